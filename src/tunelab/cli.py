@@ -1,0 +1,130 @@
+"""The command line: a thin Typer app. Each command calls one function in a stage package; errors become
+one-line messages and exit codes here, in one place (0 ok, 1 a gate said no, 2 bad input, 130 interrupted).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tunelab.errors import TunelabError
+
+app = typer.Typer(
+    help="tunelab: fine-tune, evaluate, govern and serve open models on your own hardware.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def quickstart(
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/quickstart-<time>).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Training steps (default from the config: 48).")] = None,
+    model: Annotated[str | None, typer.Option(help="Local Hugging Face model dir or .gguf (default: bundled)")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config with overrides of the defaults.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: section.key=value")] = None,
+) -> None:
+    """Examples → audited data → LoRA → base-vs-tuned evaluation → report, on the default model and task."""
+    from tunelab.quickstart import QuickstartOptions, run_quickstart
+
+    s = run_quickstart(
+        QuickstartOptions(out=out, max_steps=max_steps, model=model, config=config, overrides=set_ or [])
+    )
+    _print_done(s)
+
+
+def _print_done(s: dict[str, object]) -> None:
+    from rich.console import Console
+
+    c = Console()
+    run = Path(str(s["run_dir"]))
+    c.print()
+    c.print(f"[bold]report[/]    {run / 'report.html'}")
+    c.print(f"[bold]adapter[/]   {run / 'model'}  (model card: model/README.md)")
+    c.print(f"[bold]summary[/]   {run / 'summary.json'}")
+    c.print(f"[bold]eval[/]      {run / 'eval' / 'predictions.jsonl'}")
+    c.print(f"[bold]audit[/]     {run / 'audit' / 'audit.json'}")
+    b, t, comp, tm = s["base"], s["tuned"], s["comparison"], s["timings"]
+    assert isinstance(b, dict) and isinstance(t, dict) and isinstance(comp, dict) and isinstance(tm, dict)
+    c.print(f"\n{s['verdict']}\n", highlight=False)
+    print(
+        f"accuracy {b['accuracy']:.3f} → {t['accuracy']:.3f} (base → tuned), "
+        f"p = {comp['p_value']:.2g}, wall time {tm['total_s']:.0f} s"
+    )
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The user message.")],
+    model: Annotated[str | None, typer.Option(help="Local model dir or .gguf (default: bundled).")] = None,
+    adapter: Annotated[Path | None, typer.Option(help="A PEFT adapter directory, e.g. RUN/model.")] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.0,
+    seed: int = 0,
+) -> None:
+    """Try a model: generate a reply to PROMPT, streamed to the terminal."""
+    from tunelab.models.generate import generate_stream
+
+    generate_stream(
+        prompt,
+        model_spec=model,
+        adapter=adapter,
+        system=system,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+    )
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Rebuild report.html from the files of a run directory."""
+    from tunelab.quickstart import load_summary
+    from tunelab.report.html import write_report
+
+    path = write_report(run_dir, load_summary(run_dir))
+    print(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import click
+
+    cmd = typer.main.get_command(app)
+    try:
+        cmd.main(args=argv if argv is not None else sys.argv[1:], prog_name="tunelab", standalone_mode=False)
+    except TunelabError as e:
+        _fail(f"error: {e}", e.exit_code, e)
+    except click.exceptions.Abort as e:  # click turns Ctrl-C into Abort
+        _fail("interrupted", 130, e)
+    except KeyboardInterrupt as e:
+        _fail("interrupted", 130, e)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except OSError as e:
+        _fail(f"error: {e.filename or ''}: {e.strerror or e}", 2, e)
+    except Exception as e:
+        _fail(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", 3, e)
+    sys.exit(0)
+
+
+def _fail(message: str, code: int, exc: BaseException) -> None:
+    if _state["debug"]:
+        import traceback
+
+        traceback.print_exception(exc)
+    print(message, file=sys.stderr)
+    sys.exit(code)

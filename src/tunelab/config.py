@@ -1,0 +1,129 @@
+"""Typed run configuration: nested sections with defaults; unknown keys are errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tunelab.data.licence import DataPolicy
+from tunelab.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Section):
+    name: str | None = None  # None: the bundled default; else a local HF dir or a .gguf file
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class DataSection(_Section):
+    task: str = "bbc-topics"
+    seed: int = 0
+    eval_per_class: int = Field(40, ge=1)
+    max_words: int = Field(64, ge=8)  # article words kept in the user turn
+    max_length: int = Field(256, ge=16)  # tokens; longer records are quarantined
+
+
+class LoraSection(_Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+class OptimizerSection(_Section):
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = Field(1.0, gt=0)
+
+
+class ScheduleSection(_Section):
+    kind: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(4, ge=0)
+
+
+class BatchSection(_Section):
+    size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+
+
+class TrainSection(_Section):
+    max_steps: int = Field(48, ge=1)
+    seed: int = 0
+    threads: int | None = None  # None: all cores
+
+
+class EvalSection(_Section):
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(8, ge=1)
+    latency_samples: int = Field(16, ge=0)  # single-request latency is measured on this many examples
+    bootstrap_resamples: int = Field(10_000, ge=100)
+    seed: int = 0
+    limit: int | None = Field(None, ge=1)  # evaluate only the first N eval examples
+
+
+class RunConfig(_Section):
+    model: ModelSection = Field(default_factory=lambda: ModelSection())
+    data: DataSection = Field(default_factory=lambda: DataSection())
+    lora: LoraSection = Field(default_factory=lambda: LoraSection())
+    optimizer: OptimizerSection = Field(default_factory=lambda: OptimizerSection())
+    schedule: ScheduleSection = Field(default_factory=lambda: ScheduleSection())
+    batch: BatchSection = Field(default_factory=lambda: BatchSection())
+    train: TrainSection = Field(default_factory=lambda: TrainSection())
+    eval: EvalSection = Field(default_factory=lambda: EvalSection())
+    policy: DataPolicy = Field(default_factory=lambda: DataPolicy())
+
+
+def _format_validation(e: ValidationError, source: str) -> ConfigError:
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"])
+    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+    return ConfigError(msg, file=source, field=loc)
+
+
+def build_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise _format_validation(e, source) from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`a.b=c` assignments; values parse as YAML scalars (`3`, `1e-4`, `true`, `[q_proj, v_proj]`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value", field="--set")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key!r}: {p!r} is not a section", field="--set")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(f"cannot read config: {e.strerror}", file=path) from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"invalid YAML: {e}", file=path) from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError("a config must be a YAML mapping", file=path)
+        data = loaded or {}
+    return build_config(apply_overrides(data, overrides or []), source)

@@ -1,0 +1,1 @@
+"""Data: formats and validation, bundled tasks, audit, licence policy, provenance."""

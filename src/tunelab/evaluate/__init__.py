@@ -1,0 +1,1 @@
+"""Evaluation: generation, label parsing, metrics, paired statistics."""

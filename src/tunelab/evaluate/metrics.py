@@ -1,0 +1,80 @@
+"""Classification metrics where an unparseable answer is simply wrong (never dropped)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tunelab.data.text import normalise_words
+
+UNPARSED = "(unparsed)"
+
+
+def parse_label(text: str, labels: Sequence[str], aliases: dict[str, str] | None = None) -> str | None:
+    """The one label `text` names (whole words, case/punctuation-insensitive; a plural `s` is accepted;
+    aliases map other words to labels, `technology` -> `tech`). None when it names none, or several:
+    an answer that echoes the label list has not chosen."""
+    norm = f" {normalise_words(text)} "
+    names = {normalise_words(lab): lab for lab in labels}
+    for alias, lab in (aliases or {}).items():
+        names.setdefault(normalise_words(alias), lab)
+    found = {lab for name, lab in names.items() if re.search(rf" {re.escape(name)}s? ", norm)}
+    return found.pop() if len(found) == 1 else None
+
+
+@dataclass
+class ClassMetrics:
+    accuracy: float
+    macro_f1: float
+    per_class: dict[str, dict[str, float]]
+    confusion: dict[str, dict[str, int]]  # gold -> predicted (incl. UNPARSED) -> count
+    unparsed: int
+    n: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "per_class": self.per_class,
+            "confusion": self.confusion,
+            "unparsed": self.unparsed,
+            "n": self.n,
+        }
+
+
+def classification_metrics(gold: Sequence[str], pred: Sequence[str | None], labels: Sequence[str]) -> ClassMetrics:
+    n = len(gold)
+    cols = [*labels, UNPARSED]
+    confusion = {g: dict.fromkeys(cols, 0) for g in labels}
+    for g, p in zip(gold, pred, strict=True):
+        confusion.setdefault(g, dict.fromkeys(cols, 0))[p if p is not None else UNPARSED] += 1
+    per_class: dict[str, dict[str, float]] = {}
+    for lab in labels:
+        tp = confusion[lab][lab]
+        fp = sum(confusion[g][lab] for g in confusion if g != lab)
+        fn = sum(v for k, v in confusion[lab].items() if k != lab)
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        rec = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        per_class[lab] = {"precision": prec, "recall": rec, "f1": f1, "support": tp + fn}
+    correct = sum(1 for g, p in zip(gold, pred, strict=True) if g == p)
+    return ClassMetrics(
+        accuracy=correct / n if n else 0.0,
+        macro_f1=sum(c["f1"] for c in per_class.values()) / len(labels) if labels else 0.0,
+        per_class=per_class,
+        confusion=confusion,
+        unparsed=sum(1 for p in pred if p is None),
+        n=n,
+    )
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (q in [0, 100]) without numpy."""
+    if not values:
+        return 0.0
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)

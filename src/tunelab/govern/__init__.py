@@ -1,0 +1,1 @@
+"""Governance: model cards and the provenance manifest."""

@@ -1,0 +1,1 @@
+"""Model loading (local dir, GGUF, bundled default) and chat-template encoding."""

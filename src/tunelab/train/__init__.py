@@ -1,0 +1,1 @@
+"""Training: the LoRA recipe, batching, losses."""
