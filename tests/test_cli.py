@@ -34,7 +34,7 @@ def test_unknown_model_path_is_one_line_exit_2(tmp_path: Path) -> None:
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert lines == [f"error: {tmp_path / 'missing'} [model]: no such model directory or file"]
-    assert not (tmp_path / "run" / "summary.json").exists()
+    assert not (tmp_path / "run").exists()  # checked before anything is written
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:

@@ -102,7 +102,12 @@ def main(argv: list[str] | None = None) -> None:
 
     cmd = typer.main.get_command(app)
     try:
-        cmd.main(args=argv if argv is not None else sys.argv[1:], prog_name="tunelab", standalone_mode=False)
+        rv = cmd.main(args=argv if argv is not None else sys.argv[1:], prog_name="tunelab", standalone_mode=False)
+        # typer turns Ctrl-C (and typer.Exit) into a returned exit code when not in standalone mode
+        if isinstance(rv, int) and rv != 0:
+            if rv == 130:
+                _fail("interrupted", 130, KeyboardInterrupt())
+            sys.exit(rv)
     except TunelabError as e:
         _fail(f"error: {e}", e.exit_code, e)
     except click.exceptions.Abort as e:  # click turns Ctrl-C into Abort

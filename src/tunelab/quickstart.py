@@ -23,7 +23,7 @@ from tunelab.evaluate.stats import compare_binary
 from tunelab.fsutil import atomic_write_json, atomic_write_jsonl, atomic_write_text, sha256_file
 from tunelab.govern.card import model_card
 from tunelab.govern.provenance import write_manifest
-from tunelab.models.loading import load_model, load_tokenizer, resolve_model
+from tunelab.models.loading import check_model_spec, load_model, load_tokenizer, resolve_model
 from tunelab.paths import new_run_dir
 from tunelab.progress import Reporter
 from tunelab.report.html import write_report
@@ -73,6 +73,7 @@ def quickstart_config(opts: QuickstartOptions) -> RunConfig:
 def run_quickstart(opts: QuickstartOptions, reporter_factory: type[Reporter] = Reporter) -> dict[str, Any]:
     t_start = time.perf_counter()
     cfg = quickstart_config(opts)
+    check_model_spec(cfg.model.name)
     run_dir = prepare_run_dir(opts.out, "quickstart")
     rep = reporter_factory(events=run_dir / "events.jsonl")
     try:

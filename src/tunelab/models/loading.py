@@ -94,20 +94,30 @@ def _default_model() -> ResolvedModel:
     )
 
 
+def check_model_spec(spec: str | Path | None) -> None:
+    """Fail fast (before any work or output) on a model path that cannot be right."""
+    if spec is None or str(spec) in ("default", DEFAULT_MODEL):
+        return
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise ModelError("no such model directory or file", file=path, field="model")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ModelError("not a Hugging Face model directory (no config.json)", file=path, field="model")
+
+
 def resolve_model(spec: str | Path | None) -> ResolvedModel:
     """`None`/"default" → the bundled model; a directory with config.json; or a .gguf file."""
     if spec is None or str(spec) in ("default", DEFAULT_MODEL):
         return _default_model()
+    check_model_spec(spec)
     path = Path(spec).expanduser()
-    if not path.exists():
-        raise ModelError("no such model directory or file", file=path, field="model")
     if path.is_file() and path.suffix == ".gguf":
         out = tunelab_home() / "models" / f"{path.stem}-{sha256_file(path)[:12]}"
         if not (out / SOURCE_FILE).is_file():
             convert_gguf(path, out)
         return ResolvedModel(path=out, name=path.stem, base_model_id=path.stem, license="unknown")
-    if not (path / "config.json").is_file():
-        raise ModelError("not a Hugging Face model directory (no config.json)", file=path, field="model")
+    if not path.is_dir():
+        raise ModelError("expected a model directory or a .gguf file", file=path, field="model")
     return ResolvedModel(
         path=path.resolve(),
         name=path.name,
