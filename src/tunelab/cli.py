@@ -97,6 +97,35 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) ->
     print(path)
 
 
+bench_app = typer.Typer(help="Benchmarks that measure the issues' targets and write JSON.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("quickstart")
+def bench_quickstart(
+    out: Annotated[Path, typer.Option(help="Where the run and bench-quickstart.json go.")] = Path("runs/bench"),
+    max_steps: Annotated[int | None, typer.Option(help="Training steps (default: the quickstart's).")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Run the whole quickstart; report wall time and accuracy against the targets (10 min, >= 0.85, p < 0.01)."""
+    import json
+
+    from tunelab.bench.quickstart import bench_quickstart as run_bench
+    from tunelab.paths import new_run_dir
+
+    r = run_bench(new_run_dir("quickstart", out), max_steps)
+    if json_:
+        print(json.dumps(r, indent=2))
+        return
+    met = ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in r["met"].items())
+    print(
+        f"quickstart: {r['total_s']:.0f} s (target <= {r['targets']['total_s_max']:.0f} s), accuracy "
+        f"{r['base_accuracy']:.3f} -> {r['tuned_accuracy']:.3f} (target >= 0.85), p = {r['p_value']:.2g}; "
+        f"tuned accuracy x{r['tuned_accuracy_vs_reference']:.2f} of the issue's reference in "
+        f"x{r['steps_vs_reference']:.2f} its steps; {met}"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     import click
 

@@ -22,7 +22,7 @@ def line_chart(
     x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
     y0, y1 = min(0.0, min(p[1] for p in pts)), max(p[1] for p in pts)
     x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
-    L, R, T, B = 48, 12, 12, 36
+    L, R, T, B = 48, 12, 26, 36
 
     def sx(x: float) -> float:
         return L + (x - x0) / (x1 - x0) * (width - L - R)
@@ -41,7 +41,7 @@ def line_chart(
     out.append(
         f'<text x="{(L + width - R) / 2}" y="{height - 4}" font-size="12" text-anchor="middle">{escape(xlabel)}</text>'
     )
-    out.append(f'<text x="12" y="{T + 10}" font-size="12">{escape(ylabel)}</text>')
+    out.append(f'<text x="{L}" y="14" font-size="12">{escape(ylabel)}</text>')
     for k, (name, s) in enumerate(series.items()):
         path = " ".join(f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for i, (x, y) in enumerate(s))
         color = COLORS[(k + 1) % len(COLORS)]
