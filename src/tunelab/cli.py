@@ -97,6 +97,53 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) ->
     print(path)
 
 
+data_app = typer.Typer(help="Data: audit what you will train on.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("audit")
+def data_audit(
+    paths: Annotated[list[Path], typer.Argument(help="Training data files (chat JSONL).")],
+    eval_: Annotated[
+        list[Path] | None, typer.Option("--eval", help="Eval set(s) to check contamination against.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Check lengths and the chat template with this model.")] = None,
+    policy: Annotated[Path | None, typer.Option(help="YAML policy (allowed licences, gates).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default runs/audit-<time>).")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Token limit (default: the model's context).")] = None,
+    dedup: Annotated[
+        bool, typer.Option(help="Write cleaned copies without duplicates and contaminated records.")
+    ] = False,
+    redact: Annotated[bool, typer.Option(help="Write cleaned copies with PII replaced by typed placeholders.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print audit.json to stdout.")] = False,
+) -> None:
+    """Validate, deduplicate, check contamination, PII and licences. Exit 1 when the policy says no."""
+    import json
+
+    from tunelab.data.audit_command import AuditOptions, audit_files
+    from tunelab.errors import GateFailed
+
+    res, out_dir = audit_files(
+        AuditOptions(list(paths), list(eval_ or []), out, model, policy, max_length, dedup, redact)
+    )
+    r = res.report
+    if json_:
+        print(json.dumps(r, indent=2, ensure_ascii=False))
+    else:
+        cont = sum(c["contaminated"] for c in r["contamination"].values())
+        pii = sum(r["pii"]["counts"].values())
+        print(
+            f"{r['records_total']} records: {r['records_valid']} valid, {r['quarantined']} quarantined, "
+            f"{r['duplicates']['exact']} exact and {r['duplicates']['near']} near duplicates, "
+            f"{cont} contaminated eval items, {pii} PII findings; verdict {r['verdict']}"
+        )
+        for w in r["warnings"]:
+            print(f"warning: {w}")
+        print(f"details: {out_dir / 'audit.html'}  (audit.json, quarantine.jsonl)")
+    if not res.passed:
+        raise GateFailed("audit failed: " + "; ".join(r["reasons"]))
+
+
 bench_app = typer.Typer(help="Benchmarks that measure the issues' targets and write JSON.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 

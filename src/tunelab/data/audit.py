@@ -9,8 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunelab.data.contamination import find_contamination
+from tunelab.data.diversity import diversity_report
 from tunelab.data.formats import Record, Rejected, read_chat_jsonl
 from tunelab.data.licence import DataPolicy, LicenceCheck, check_licence
+from tunelab.data.minhash import near_duplicate_clusters
+from tunelab.data.pii import find_pii
 from tunelab.data.tasks import read_datacard
 from tunelab.data.text import text_hash
 from tunelab.fsutil import atomic_write_json, atomic_write_jsonl, sha256_file
@@ -35,9 +39,43 @@ def _conversation_key(r: Record) -> str:
     return text_hash("\x1f".join(f"{m['role']}\x1e{m['content']}" for m in r.messages))
 
 
-def _input_key(r: Record) -> str:
+def input_text(r: Record) -> str:
     """What the model is shown (user turns): two records with the same input leak the answer."""
-    return text_hash("\x1f".join(m["content"] for m in r.messages if m["role"] == "user"))
+    return "\n".join(m["content"] for m in r.messages if m["role"] == "user")
+
+
+def _near_dedup(
+    records: list[Record], threshold: float, remove: bool, rejected: list[Rejected]
+) -> tuple[list[Record], list[dict[str, Any]]]:
+    texts = ["\n".join(m["content"] for m in r.messages if m["role"] != "system") for r in records]
+    pairs = near_duplicate_clusters(texts, threshold=threshold)
+    clusters: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    for idx, kept, j in pairs:
+        clusters[kept].append((idx, j))
+    report = [
+        {"kept": records[k].id, "near": [{"id": records[i].id, "jaccard_estimate": round(j, 3)} for i, j in v]}
+        for k, v in clusters.items()
+    ]
+    if not remove:
+        return records, report
+    drop = {i for i, _, _ in pairs}
+    for i, kept, j in pairs:
+        r = records[i]
+        rejected.append(Rejected(r.file, r.line, "messages", f"near duplicate of {records[kept].id!r} (J~{j:.2f})"))
+    return [r for i, r in enumerate(records) if i not in drop], report
+
+
+def pii_counts(records: list[Record]) -> dict[str, Any]:
+    counts: Counter[str] = Counter()
+    examples: dict[str, str] = {}
+    with_pii = 0
+    for r in records:
+        found = [f for m in r.messages for f in find_pii(m["content"])]
+        with_pii += bool(found)
+        for f in found:
+            counts[f.type] += 1
+            examples.setdefault(f.type, r.id)
+    return {"counts": dict(sorted(counts.items())), "records_with_pii": with_pii, "first_record": examples}
 
 
 def _dedup(records: list[Record], rejected: list[Rejected]) -> tuple[list[Record], list[dict[str, Any]]]:
@@ -96,6 +134,8 @@ def run_audit(
     tokenizer: PreTrainedTokenizerBase | None = None,
     max_length: int | None = None,
     decontaminate: bool = True,
+    near_threshold: float = 0.8,
+    remove_near: bool = False,
 ) -> AuditResult:
     """Audit the files and write `audit.json` and `quarantine.jsonl` into `out_dir`."""
     rejected: list[Rejected] = []
@@ -144,25 +184,25 @@ def run_audit(
         eval_by_file[k], cl = _dedup(eval_by_file[k], rejected)
         eval_clusters += cl
 
+    train, near_clusters = _near_dedup(train, near_threshold, remove_near, rejected)
+    near_count = sum(len(c["near"]) for c in near_clusters)
+
     contamination: dict[str, Any] = {}
-    train_inputs: dict[str, list[Record]] = defaultdict(list)
-    for r in train:
-        train_inputs[_input_key(r)].append(r)
     leaked: set[str] = set()
+    train_inputs = [(r.id, input_text(r)) for r in train]
     for path, recs in eval_by_file.items():
-        hits = [(e, train_inputs[_input_key(e)]) for e in recs if _input_key(e) in train_inputs]
-        contamination[path] = {
-            "items": len(recs),
-            "contaminated": len(hits),
-            "eval_ids": [e.id for e, _ in hits],
-            "train_ids": sorted({t.id for _, ts in hits for t in ts}),
-        }
-        leaked.update(t.id for _, ts in hits for t in ts)
+        found = find_contamination([(e.id, input_text(e)) for e in recs], train_inputs, near_threshold=near_threshold)
+        contamination[path] = found.to_json()
+        leaked |= found.train_ids()
     if decontaminate and leaked:
         for r in train:
             if r.id in leaked:
-                rejected.append(Rejected(r.file, r.line, "messages", "same input as an eval item (removed)"))
+                rejected.append(Rejected(r.file, r.line, "messages", "overlaps an eval item (removed)"))
         train = [r for r in train if r.id not in leaked]
+    all_records = train + [r for rs in eval_by_file.values() for r in rs]
+    pii = pii_counts(all_records)
+    diversity = diversity_report(train, near_count)
+    warnings.extend(diversity.pop("warnings"))
 
     reasons: list[str] = []
     for lic in licences:
@@ -193,19 +233,24 @@ def run_audit(
         "eval_records_after_cleaning": {k: len(v) for k, v in eval_by_file.items()},
         "duplicates": {
             "exact": sum(len(c["removed"]) for c in train_clusters + eval_clusters),
-            "near": None,  # near-duplicate detection (MinHash) is not part of the first version
+            "near": near_count,
+            "near_removed": remove_near,
+            "near_threshold": near_threshold,
             "clusters": train_clusters + eval_clusters,
+            "near_clusters": near_clusters,
         },
         "contamination": contamination,
         "decontaminated": bool(decontaminate and leaked),
         "licence": [lic.to_json() for lic in licences],
         "files": files,
         "lengths": length_stats,
+        "pii": pii,
+        "diversity": diversity,
         "labels": dict(sorted(label_counts.items())),
         "policy": policy.model_dump(),
-        "warnings": warnings,
+        "warnings": list(dict.fromkeys(warnings)),
         "verdict": "fail" if reasons else "pass",
-        "reasons": reasons,
+        "reasons": list(dict.fromkeys(reasons)),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_jsonl(out_dir / "quarantine.jsonl", [q.to_json() for q in rejected])
@@ -214,7 +259,8 @@ def run_audit(
 
 
 def _reason_kind(reason: str) -> str:
-    for key in ("exact duplicate", "tokens >", "invalid JSON", "UTF-8", "same input", "no token"):
+    kinds = ("exact duplicate", "near duplicate", "tokens >", "invalid JSON", "UTF-8", "overlaps an eval", "no token")
+    for key in kinds:
         if key in reason:
             return key.replace(" >", " > max length")
     return "schema"
