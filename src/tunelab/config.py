@@ -82,7 +82,8 @@ class RunConfig(_Section):
     policy: DataPolicy = Field(default_factory=lambda: DataPolicy())
 
 
-def _format_validation(e: ValidationError, source: str) -> ConfigError:
+def config_error(e: ValidationError, source: str) -> ConfigError:
+    """One line naming the file and the dotted key, from pydantic's first complaint."""
     err = e.errors()[0]
     loc = ".".join(str(x) for x in err["loc"])
     msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
@@ -93,7 +94,7 @@ def build_config(data: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise _format_validation(e, source) from None
+        raise config_error(e, source) from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

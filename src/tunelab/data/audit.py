@@ -39,11 +39,6 @@ def _conversation_key(r: Record) -> str:
     return text_hash("\x1f".join(f"{m['role']}\x1e{m['content']}" for m in r.messages))
 
 
-def input_text(r: Record) -> str:
-    """What the model is shown (user turns): two records with the same input leak the answer."""
-    return "\n".join(m["content"] for m in r.messages if m["role"] == "user")
-
-
 def _near_dedup(
     records: list[Record], threshold: float, remove: bool, rejected: list[Rejected]
 ) -> tuple[list[Record], list[dict[str, Any]]]:
@@ -189,9 +184,9 @@ def run_audit(
 
     contamination: dict[str, Any] = {}
     leaked: set[str] = set()
-    train_inputs = [(r.id, input_text(r)) for r in train]
+    train_inputs = [(r.id, r.input) for r in train]
     for path, recs in eval_by_file.items():
-        found = find_contamination([(e.id, input_text(e)) for e in recs], train_inputs, near_threshold=near_threshold)
+        found = find_contamination([(e.id, e.input) for e in recs], train_inputs, near_threshold=near_threshold)
         contamination[path] = found.to_json()
         leaked |= found.train_ids()
     if decontaminate and leaked:

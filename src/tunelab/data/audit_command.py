@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from tunelab.config import config_error
 from tunelab.data.audit import AuditResult, run_audit
 from tunelab.data.licence import DataPolicy
 from tunelab.data.pii import redact as redact_text
@@ -44,9 +45,7 @@ def load_policy(path: Path | None) -> DataPolicy:
     try:
         return DataPolicy.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise ConfigError(msg, file=path, field=".".join(str(x) for x in err["loc"])) from None
+        raise config_error(e, str(path)) from None
 
 
 def audit_files(opts: AuditOptions) -> tuple[AuditResult, Path]:

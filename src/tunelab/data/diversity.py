@@ -33,7 +33,7 @@ def _script(text: str) -> str:
 
 
 def diversity_report(train: list[Record], near_duplicates: int) -> dict[str, Any]:
-    inputs = ["\\n".join(m["content"] for m in r.messages if m["role"] == "user") for r in train]
+    inputs = [r.input for r in train]
     answers = [r.answer.strip() for r in train]
     words = sorted(len(_WORD.findall(t)) for t in inputs) or [0]
     labels = Counter(answers)

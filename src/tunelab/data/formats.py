@@ -29,6 +29,11 @@ class Record:
     def answer(self) -> str:
         return self.messages[-1]["content"]
 
+    @property
+    def input(self) -> str:
+        """What the model is shown (the user turns): two records with the same input leak the answer."""
+        return "\n".join(m["content"] for m in self.messages if m["role"] == "user")
+
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "messages": self.messages}
 

@@ -73,7 +73,7 @@ def evaluate_classification(
         rows.append(
             {
                 "id": r.id,
-                "input": next(m["content"] for m in r.messages if m["role"] == "user"),
+                "input": r.input,
                 "reference": gold[i],
                 "output": o,
                 "predicted": p,
