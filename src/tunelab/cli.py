@@ -173,6 +173,33 @@ def bench_quickstart(
     )
 
 
+@bench_app.command("data")
+def bench_data(
+    out: Annotated[Path, typer.Option(help="Where the synthetic data, audit and bench-data.json go.")] = Path(
+        "runs/bench-data"
+    ),
+    records: Annotated[int, typer.Option(min=1000, help="Synthetic training records.")] = 100_000,
+    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Audit speed, near-dup speed vs datasketch (same run), near-dup and PII precision/recall, peak RSS."""
+    import json
+
+    from tunelab.bench.data import bench_data as run_bench
+
+    r = run_bench(out, records)
+    if json_:
+        print(json.dumps(r, indent=2))
+        return
+    print(
+        f"audit {r['records_per_s']:,.0f} records/s (target >= 10,000); near-dup stage x{r['near_dup_speedup']:.1f} "
+        f"vs datasketch ({r['tunelab_near_dup']['records_per_s']:,.0f} vs "
+        f"{r['datasketch_near_dup']['records_per_s']:,.0f} records/s, target x3); "
+        f"near-dup P {r['near_dup_precision']:.3f} R {r['near_dup_recall']:.3f}; "
+        f"PII P {r['pii_precision']:.3f} R {r['pii_recall']:.3f}; "
+        f"peak RSS {r['peak_rss_gb']:.2f} GB; met: {', '.join(k for k, v in r['met'].items() if v) or 'none'}"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     import click
 

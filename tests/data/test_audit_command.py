@@ -37,7 +37,8 @@ def test_audit_passes_and_writes_its_outputs(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     out = tmp_path / "out"
     r = json.loads((out / "audit.json").read_text())
-    assert (r["records_total"], r["duplicates"]["exact"], r["pii"]["counts"]) == (5, 1, {"EMAIL": 1})
+    # PII is counted in every valid record as given, duplicates included
+    assert (r["records_total"], r["duplicates"]["exact"], r["pii"]["counts"]) == (5, 1, {"EMAIL": 2})
     assert r["contamination"][str(ev)]["eval_ids"] == ["eval-1"]
     clean = [json.loads(x) for x in (out / "clean" / "train.jsonl").read_text().splitlines()]
     assert [c["messages"][1]["content"] for c in clean] == [

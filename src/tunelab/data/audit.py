@@ -1,123 +1,123 @@
-"""First-version data audit: schema, length/loss-mask preflight, exact duplicates, train/eval overlap,
-licence and provenance. Bad records go to `quarantine.jsonl`; the audit goes on with the rest.
+"""The data audit, streaming: schema, length/loss-mask preflight, exact and near duplicates, train/eval
+contamination, PII, licence and provenance, diversity. Bad records go to `quarantine.jsonl`; the audit goes
+on with the rest. Training files are read in chunks (on both cores when large), so memory stays bounded:
+what is kept per record is an id, a line number, a 16-byte key and a 512-byte MinHash signature.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunelab.data.contamination import find_contamination
+import numpy as np
+
+from tunelab.data.contamination import KINDS, ContaminationResult, EvalIndex
 from tunelab.data.diversity import diversity_report
-from tunelab.data.formats import Record, Rejected, read_chat_jsonl
+from tunelab.data.formats import Record, Rejected
 from tunelab.data.licence import DataPolicy, LicenceCheck, check_licence
-from tunelab.data.minhash import near_duplicate_clusters
-from tunelab.data.pii import find_pii
+from tunelab.data.minhash import lsh_pairs
+from tunelab.data.readers import FileNotes, iter_units, stream_records
+from tunelab.data.scan import ChunkResult, ScanContext, conversation_key, non_input, scan_chunk
 from tunelab.data.tasks import read_datacard
-from tunelab.data.text import text_hash
-from tunelab.fsutil import atomic_write_json, atomic_write_jsonl, sha256_file
+from tunelab.fsutil import atomic_write_json, sha256_file
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+CHUNK = 2000
+PARALLEL_MIN_BYTES = 8 << 20  # below this, worker start-up costs more than it saves
 
 
 @dataclass
 class AuditResult:
     report: dict[str, Any]
-    train: list[Record]  # valid, deduplicated, decontaminated
+    train: list[Record]  # valid, deduplicated, decontaminated (empty unless records were kept)
     eval: dict[str, list[Record]]  # eval file -> valid, deduplicated records
-    rejected: list[Rejected] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)  # kept with the records
 
     @property
     def passed(self) -> bool:
         return bool(self.report["verdict"] == "pass")
 
 
-def _conversation_key(r: Record) -> str:
-    return text_hash("\x1f".join(f"{m['role']}\x1e{m['content']}" for m in r.messages))
+class _Quarantine:
+    """Rejected records, streamed to disk as they are found (and kept in memory for small audits)."""
+
+    def __init__(self, path: Path, keep: bool) -> None:
+        self.path, self.keep = path, keep
+        self.tmp = path.with_name(f".{path.name}.tmp")
+        self._f = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115
+        self.rows: list[Rejected] = []
+        self.reasons: Counter[str] = Counter()
+        self.count = 0
+
+    def add(self, r: Rejected) -> None:
+        self._f.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+        self.reasons[_reason_kind(r.reason)] += 1
+        self.count += 1
+        if self.keep:
+            self.rows.append(r)
+
+    def close(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self.tmp, self.path)
 
 
-def _near_dedup(
-    records: list[Record], threshold: float, remove: bool, rejected: list[Rejected]
-) -> tuple[list[Record], list[dict[str, Any]]]:
-    texts = ["\n".join(m["content"] for m in r.messages if m["role"] != "system") for r in records]
-    pairs = near_duplicate_clusters(texts, threshold=threshold)
-    clusters: dict[int, list[tuple[int, float]]] = defaultdict(list)
-    for idx, kept, j in pairs:
-        clusters[kept].append((idx, j))
-    report = [
-        {"kept": records[k].id, "near": [{"id": records[i].id, "jaccard_estimate": round(j, 3)} for i, j in v]}
-        for k, v in clusters.items()
-    ]
-    if not remove:
-        return records, report
-    drop = {i for i, _, _ in pairs}
-    for i, kept, j in pairs:
-        r = records[i]
-        rejected.append(Rejected(r.file, r.line, "messages", f"near duplicate of {records[kept].id!r} (J~{j:.2f})"))
-    return [r for i, r in enumerate(records) if i not in drop], report
-
-
-def pii_counts(records: list[Record]) -> dict[str, Any]:
-    counts: Counter[str] = Counter()
-    examples: dict[str, str] = {}
-    with_pii = 0
-    for r in records:
-        found = [f for m in r.messages for f in find_pii(m["content"])]
-        with_pii += bool(found)
-        for f in found:
-            counts[f.type] += 1
-            examples.setdefault(f.type, r.id)
-    return {"counts": dict(sorted(counts.items())), "records_with_pii": with_pii, "first_record": examples}
-
-
-def _dedup(records: list[Record], rejected: list[Rejected]) -> tuple[list[Record], list[dict[str, Any]]]:
-    kept: dict[str, Record] = {}
-    clusters: dict[str, list[str]] = defaultdict(list)
-    out = []
-    for r in records:
-        k = _conversation_key(r)
-        if k in kept:
-            clusters[k].append(r.id)
-            rejected.append(Rejected(r.file, r.line, "messages", f"exact duplicate of {kept[k].id!r}"))
-            continue
-        kept[k] = r
-        out.append(r)
-    return out, [{"kept": kept[k].id, "removed": ids} for k, ids in clusters.items()]
-
-
-def _check_lengths(
-    records: list[Record], tok: PreTrainedTokenizerBase, max_length: int, rejected: list[Rejected]
-) -> tuple[list[Record], dict[str, Any]]:
+def _length_ok(r: Record, tok: PreTrainedTokenizerBase, max_length: int, stats: list[tuple[int, int]]) -> str | None:
     from tunelab.models.chat import encode_chat
 
-    ok, lengths, trained = [], [], []
-    for r in records:
+    if r.is_text:
+        n = len(tok(r.input, add_special_tokens=False)["input_ids"])
+        trained = n
+    else:
         enc = encode_chat(tok, r.messages)
-        if len(enc.input_ids) > max_length:
-            rejected.append(
-                Rejected(r.file, r.line, "messages", f"{len(enc.input_ids)} tokens > max length {max_length}")
-            )
-            continue
-        if enc.n_trained == 0:
-            rejected.append(Rejected(r.file, r.line, "messages", "no token would be trained"))
-            continue
-        ok.append(r)
-        lengths.append(len(enc.input_ids))
-        trained.append(enc.n_trained)
-    stats: dict[str, Any] = {}
-    if lengths:
-        s = sorted(lengths)
-        stats = {
-            "tokens_min": s[0],
-            "tokens_p50": s[len(s) // 2],
-            "tokens_max": s[-1],
-            "tokens_total": sum(s),
-            "trained_tokens_total": sum(trained),
-        }
-    return ok, stats
+        n, trained = len(enc.input_ids), enc.n_trained
+    if n > max_length:
+        return f"{n} tokens > max length {max_length}"
+    if trained == 0:
+        return "no token would be trained"
+    stats.append((n, trained))
+    return None
+
+
+def _chunks(path: Path, notes: FileNotes) -> Iterator[list[tuple[int, Any]]]:
+    buf: list[tuple[int, Any]] = []
+    for unit in iter_units(path, notes):
+        buf.append(unit)
+        if len(buf) >= CHUNK:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+_CTX: ScanContext | None = None
+
+
+def _scan_in_worker(units: list[tuple[int, Any]]) -> ChunkResult:
+    assert _CTX is not None
+    return scan_chunk(_CTX, units)
+
+
+def _scan_file(path: Path, ctx: ScanContext, notes: FileNotes, workers: int) -> Iterator[ChunkResult]:
+    global _CTX
+    if workers <= 1 or path.stat().st_size < PARALLEL_MIN_BYTES:
+        for units in _chunks(path, notes):
+            yield scan_chunk(ctx, units)
+        return
+    import multiprocessing as mp
+
+    _CTX = ctx  # inherited by the forked workers: the eval index is built once
+    with mp.get_context("fork").Pool(workers) as pool:
+        yield from pool.imap(_scan_in_worker, _chunks(path, notes), chunksize=1)
+    _CTX = None
 
 
 def run_audit(
@@ -131,72 +131,165 @@ def run_audit(
     decontaminate: bool = True,
     near_threshold: float = 0.8,
     remove_near: bool = False,
+    fmt: str = "auto",
+    keep_records: bool = True,
+    workers: int | None = None,
 ) -> AuditResult:
     """Audit the files and write `audit.json` and `quarantine.jsonl` into `out_dir`."""
-    rejected: list[Rejected] = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_len = tokenizer is not None and max_length is not None
+    keep = keep_records or check_len
+    quarantine = _Quarantine(out_dir / "quarantine.jsonl", keep)
     warnings: list[str] = []
     files: list[dict[str, Any]] = []
     licences: list[LicenceCheck] = []
+    length_stats: list[tuple[int, int]] = []
 
-    def read(paths: list[Path], role: str) -> dict[str, list[Record]]:
-        by_file: dict[str, list[Record]] = {}
-        for p in paths:
-            res = read_chat_jsonl(p)
-            rejected.extend(res.rejected)
-            warnings.extend(res.warnings)
-            card = read_datacard(p)
-            lic = check_licence(card, policy)
-            licences.append(lic)
-            files.append(
-                {
-                    "path": str(p),
-                    "role": role,
-                    "sha256": sha256_file(p),
-                    "records": len(res.records) + len(res.rejected),
-                    "valid": len(res.records),
-                    "licence": lic.id,
-                }
-            )
-            by_file[str(p)] = res.records
-        return by_file
+    def file_entry(p: Path, role: str, records: int, valid: int) -> None:
+        lic = check_licence(read_datacard(p), policy)
+        licences.append(lic)
+        files.append({"path": str(p), "role": role, "sha256": sha256_file(p), "records": records, "valid": valid,
+                      "licence": lic.id})  # fmt: skip
 
-    train_by_file = read(train_paths, "train")
-    eval_by_file = read(eval_paths, "eval")
-    records_total = sum(f["records"] for f in files)
-    schema_rejected = len(rejected)
-
-    train = [r for rs in train_by_file.values() for r in rs]
-    length_stats: dict[str, Any] = {}
-    if tokenizer is not None and max_length is not None:
-        train, length_stats = _check_lengths(train, tokenizer, max_length, rejected)
-        for k in list(eval_by_file):
-            eval_by_file[k], _ = _check_lengths(eval_by_file[k], tokenizer, max_length, rejected)
-    records_valid = len(train) + sum(len(v) for v in eval_by_file.values())
-
-    train, train_clusters = _dedup(train, rejected)
+    # 1. Eval sets: small, read whole; they become the index training records are checked against.
+    eval_by_file: dict[str, list[Record]] = {}
     eval_clusters: list[dict[str, Any]] = []
-    for k in list(eval_by_file):
-        eval_by_file[k], cl = _dedup(eval_by_file[k], rejected)
-        eval_clusters += cl
+    records_total = records_valid = 0
+    for p in eval_paths:
+        notes = FileNotes()
+        recs: list[Record] = []
+        n = 0
+        seen: dict[bytes, Record] = {}
+        for r in stream_records(p, fmt, notes):
+            n += 1
+            if isinstance(r, Rejected):
+                quarantine.add(r)
+                continue
+            reason = _length_ok(r, tokenizer, max_length, []) if check_len else None  # type: ignore[arg-type]
+            if reason:
+                quarantine.add(Rejected(r.file, r.line, "messages", reason))
+                continue
+            records_valid += 1
+            k = conversation_key(r)
+            if k in seen:
+                quarantine.add(Rejected(r.file, r.line, "messages", f"exact duplicate of {seen[k].id!r}"))
+                eval_clusters.append({"kept": seen[k].id, "removed": [r.id]})
+                continue
+            seen[k] = r
+            recs.append(r)
+        warnings += notes.warnings
+        records_total += n
+        file_entry(p, "eval", n, len(recs))
+        eval_by_file[str(p)] = recs
+    eval_recs = [(i, r) for i, recs in enumerate(eval_by_file.values()) for r in recs]
+    index = None
+    if eval_recs:
+        items = [(f"{i}\x00{r.id}", r.input) for i, r in eval_recs]
+        index = EvalIndex(items, near_threshold, answers=[non_input(r) for _, r in eval_recs])
 
-    train, near_clusters = _near_dedup(train, near_threshold, remove_near, rejected)
-    near_count = sum(len(c["near"]) for c in near_clusters)
+    # 2. Training files: streamed in chunks.
+    ids: list[str] = []
+    lines: list[tuple[str, int]] = []
+    sig_chunks: list[np.ndarray] = []
+    sig_owner: list[int] = []  # signature row -> record position
+    first_of: dict[bytes, int] = {}
+    exact_clusters: dict[int, list[str]] = {}
+    dropped: set[int] = set()
+    hits: list[tuple[int, str, str]] = []
+    pii: Counter[str] = Counter()
+    pii_first: dict[str, str] = {}
+    with_pii = 0
+    labels: Counter[str] = Counter()
+    words: list[int] = []
+    sample: list[str] = []
+    kept_records: list[Record] = []
+    n_workers = workers if workers is not None else (1 if check_len else min(2, os.cpu_count() or 1))
+    for p in train_paths:
+        notes = FileNotes()
+        ctx = ScanContext(fmt, str(p), p.stem, index, keep_records=keep)
+        n_file = valid_file = 0
+        seen_ids: set[str] = set()
+        for chunk in _scan_file(p, ctx, notes, n_workers):
+            n_file += chunk.n
+            for r in chunk.rejected:
+                quarantine.add(r)
+            assert chunk.sigs is not None
+            keep_rows = []
+            for i, rid in enumerate(chunk.ids):
+                line = chunk.lines[i]
+                if rid in seen_ids:
+                    quarantine.add(Rejected(str(p), line, "id", f"duplicate id {rid!r}"))
+                    continue
+                if check_len:
+                    reason = _length_ok(chunk.records[i], tokenizer, max_length, length_stats)  # type: ignore[arg-type]
+                    if reason:
+                        quarantine.add(Rejected(str(p), line, "messages", reason))
+                        continue
+                seen_ids.add(rid)
+                valid_file += 1
+                pos = len(ids)
+                ids.append(rid)
+                lines.append((str(p), line))
+                if keep:
+                    kept_records.append(chunk.records[i])
+                k = chunk.conv_keys[i]
+                if k in first_of:
+                    dropped.add(pos)
+                    exact_clusters.setdefault(first_of[k], []).append(rid)
+                    quarantine.add(Rejected(str(p), line, "messages", f"exact duplicate of {ids[first_of[k]]!r}"))
+                    continue
+                first_of[k] = pos
+                keep_rows.append(i)
+                sig_owner.append(pos)
+            sig_chunks.append(chunk.sigs[keep_rows])
+            base = len(ids) - len(chunk.ids)
+            hits += [(base + i, kind, eid) for i, kind, eid in chunk.contaminated]
+            pii.update(chunk.pii)
+            for t, rid in chunk.pii_first.items():
+                pii_first.setdefault(t, rid)
+            with_pii += chunk.with_pii
+            labels.update(chunk.labels)
+            words += chunk.words
+            if len(sample) < 20_000:
+                sample += chunk.inputs_sample
+        warnings += notes.warnings
+        records_total += n_file
+        records_valid += valid_file
+        file_entry(p, "train", n_file, valid_file)
+    del first_of
 
-    contamination: dict[str, Any] = {}
-    leaked: set[str] = set()
-    train_inputs = [(r.id, r.input) for r in train]
-    for path, recs in eval_by_file.items():
-        found = find_contamination([(e.id, e.input) for e in recs], train_inputs, near_threshold=near_threshold)
-        contamination[path] = found.to_json()
-        leaked |= found.train_ids()
-    if decontaminate and leaked:
-        for r in train:
-            if r.id in leaked:
-                rejected.append(Rejected(r.file, r.line, "messages", "overlaps an eval item (removed)"))
-        train = [r for r in train if r.id not in leaked]
-    all_records = train + [r for rs in eval_by_file.values() for r in rs]
-    pii = pii_counts(all_records)
-    diversity = diversity_report(train, near_count)
+    # 3. Near duplicates among the training records that are not exact duplicates.
+    sigs = np.concatenate(sig_chunks) if sig_chunks else np.zeros((0, 128), dtype=np.uint32)
+    pairs = lsh_pairs(sigs, threshold=near_threshold)
+    del sigs
+    near_clusters: dict[int, list[dict[str, Any]]] = {}
+    for m, root, j in pairs:
+        pm, pr = sig_owner[m], sig_owner[root]
+        near_clusters.setdefault(pr, []).append({"id": ids[pm], "jaccard_estimate": round(j, 3)})
+        if remove_near:
+            dropped.add(pm)
+            f, line = lines[pm]
+            quarantine.add(Rejected(f, line, "messages", f"near duplicate of {ids[pr]!r} (J~{j:.2f})"))
+
+    # 4. Contamination, per eval file.
+    eval_files = list(eval_by_file)
+    per_file = {f: ContaminationResult(items=len(v)) for f, v in eval_by_file.items()}
+    leaked: set[int] = set()
+    for pos, kind, key in hits:  # a leak through a record already dropped as a duplicate is still reported
+        fi, eid = key.split("\x00", 1)
+        per_file[eval_files[int(fi)]].add(kind, eid, ids[pos])
+        leaked.add(pos)
+    if decontaminate:
+        for pos in sorted(leaked - dropped):
+            f, line = lines[pos]
+            quarantine.add(Rejected(f, line, "messages", "overlaps an eval item (removed)"))
+        dropped |= leaked
+    quarantine.close()
+
+    train = [r for pos, r in enumerate(kept_records) if pos not in dropped] if keep else []
+    n_train = len(ids) - len(dropped)
+    contamination = {f: c.to_json() for f, c in per_file.items()}
+    diversity = diversity_report(sample, words, labels, len(pairs), len(ids))
     warnings.extend(diversity.pop("warnings"))
 
     reasons: list[str] = []
@@ -209,48 +302,55 @@ def run_audit(
     n_contaminated = sum(c["contaminated"] for c in contamination.values())
     if n_contaminated and policy.fail_on_contamination and not decontaminate:
         reasons.append(f"{n_contaminated} eval item(s) also appear in the training data")
+    schema_rejected = sum(v for k, v in quarantine.reasons.items() if k in ("schema", "invalid JSON", "UTF-8"))
     ratio = schema_rejected / records_total if records_total else 0.0
     if ratio > policy.max_quarantined_ratio:
         reasons.append(
             f"{schema_rejected} of {records_total} records failed validation "
             f"({ratio:.1%} > policy {policy.max_quarantined_ratio:.1%})"
         )
-    if not train:
+    if n_train == 0:
         reasons.append("no valid training records")
-    label_counts = Counter(r.answer.strip() for r in train)
-
+    lengths: dict[str, Any] = {}
+    if length_stats:
+        s = sorted(n for n, _ in length_stats)
+        lengths = {"tokens_min": s[0], "tokens_p50": s[len(s) // 2], "tokens_max": s[-1], "tokens_total": sum(s),
+                   "trained_tokens_total": sum(t for _, t in length_stats)}  # fmt: skip
+    train_clusters = [{"kept": ids[k], "removed": v} for k, v in exact_clusters.items()]
     report: dict[str, Any] = {
         "records_total": records_total,
         "records_valid": records_valid,
-        "quarantined": len(rejected),
-        "quarantine_reasons": dict(Counter(_reason_kind(q.reason) for q in rejected)),
-        "train_records_after_cleaning": len(train),
+        "quarantined": quarantine.count,
+        "quarantine_reasons": dict(quarantine.reasons),
+        "train_records_after_cleaning": n_train,
         "eval_records_after_cleaning": {k: len(v) for k, v in eval_by_file.items()},
         "duplicates": {
             "exact": sum(len(c["removed"]) for c in train_clusters + eval_clusters),
-            "near": near_count,
+            "near": len(pairs),
             "near_removed": remove_near,
             "near_threshold": near_threshold,
             "clusters": train_clusters + eval_clusters,
-            "near_clusters": near_clusters,
+            "near_clusters": [{"kept": ids[k], "near": v} for k, v in near_clusters.items()],
         },
         "contamination": contamination,
+        "contamination_kinds": list(KINDS),
         "decontaminated": bool(decontaminate and leaked),
-        "licence": [lic.to_json() for lic in licences],
-        "files": files,
-        "lengths": length_stats,
-        "pii": pii,
+        "pii": {"counts": dict(sorted(pii.items())), "records_with_pii": with_pii, "first_record": pii_first},
+        "licence": [
+            lic.to_json()
+            for _, lic in sorted(zip(files, licences, strict=True), key=lambda fl: fl[0]["role"] != "train")
+        ],
+        "files": [f for f in files if f["role"] == "train"] + [f for f in files if f["role"] == "eval"],
+        "lengths": lengths,
         "diversity": diversity,
-        "labels": dict(sorted(label_counts.items())),
+        "labels": dict(sorted(labels.items())) if len(labels) <= 1000 else {},
         "policy": policy.model_dump(),
         "warnings": list(dict.fromkeys(warnings)),
         "verdict": "fail" if reasons else "pass",
         "reasons": list(dict.fromkeys(reasons)),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_jsonl(out_dir / "quarantine.jsonl", [q.to_json() for q in rejected])
     atomic_write_json(out_dir / "audit.json", report)
-    return AuditResult(report, train, eval_by_file, rejected)
+    return AuditResult(report, train, eval_by_file, quarantine.rows)
 
 
 def _reason_kind(reason: str) -> str:

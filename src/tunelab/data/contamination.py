@@ -5,30 +5,91 @@ small one) and the training records stream past it.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from tunelab.data.minhash import MinHasher, NearDupIndex
 from tunelab.data.text import text_hash
 
-_WORD = re.compile(r"\w+")
 KINDS = ("exact", "near", "ngram13")
 BOILERPLATE_SHARE = 0.05
+N = 13
+_MIX = np.random.default_rng(13).integers(1, 2**63, size=N, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
 
 
-def _gram_list(text: str, n: int = 13) -> list[int]:
-    words = _WORD.findall(text.casefold())
-    return [
-        int.from_bytes(hashlib.blake2b(" ".join(words[i : i + n]).encode(), digest_size=8).digest(), "little")
-        for i in range(len(words) - n + 1)
-    ]
+def ngram_hashes(hasher: MinHasher, text: str, n: int = N) -> np.ndarray:
+    """Hashes of every word n-gram, in order (computed from cached word hashes, vectorised)."""
+    return ngrams_of(hasher.word_hashes(text), n)
 
 
-def ngram_hashes(text: str, n: int = 13) -> set[int]:
-    return set(_gram_list(text, n))
+def ngrams_of(w: np.ndarray, n: int = N) -> np.ndarray:
+    if len(w) < n:
+        return np.zeros(0, dtype=np.uint64)
+    span = len(w) - n + 1
+    g = w[:span] * _MIX[0]
+    for k in range(1, n):
+        g = g ^ (w[k : k + span] * _MIX[k])
+    return g
+
+
+class EvalIndex:
+    """Everything a training record is checked against: eval inputs by hash, 13-grams, MinHash LSH."""
+
+    def __init__(
+        self, items: Sequence[tuple[str, str]], near_threshold: float = 0.8, answers: Sequence[str] | None = None
+    ) -> None:
+        """items: (id, input). The near check compares whole conversations: input words then `answers`."""
+        self.near_threshold = near_threshold
+        self.hasher = MinHasher()
+        self.ids = [eid for eid, _ in items]
+        self.exact: dict[str, list[str]] = defaultdict(list)
+        self.grams: dict[int, list[str]] = {}
+        eval_grams = [ngram_hashes(self.hasher, t) for _, t in items]
+        share: dict[int, int] = defaultdict(int)
+        for gl in eval_grams:
+            for g in set(gl.tolist()):
+                share[g] += 1
+        # An n-gram shared by many eval items is template (an instruction, a header), not leaked content;
+        # so is every n-gram that touches a word of it ("... said. Which topic is this article: ...").
+        limit = max(2, int(BOILERPLATE_SHARE * len(items)))
+        for (eid, text), gl in zip(items, eval_grams, strict=True):
+            self.exact[text_hash(text)].append(eid)
+            glist = gl.tolist()
+            masked = np.zeros(len(glist) + N, dtype=bool)
+            for i, g in enumerate(glist):
+                if share[g] >= limit:
+                    masked[i : i + N] = True
+            for i, g in enumerate(glist):
+                if not masked[i : i + N].any():
+                    self.grams.setdefault(g, []).append(eid)
+        self.near = NearDupIndex(threshold=near_threshold)
+        words = self.hasher.word_hashes_many([t for _, t in items])
+        if answers is not None:
+            extra = self.hasher.word_hashes_many(list(answers))
+            words = [np.concatenate([w, x]) for w, x in zip(words, extra, strict=True)]
+        for sig in self.hasher.signatures_of([self.hasher.shingles_of(w) for w in words]):
+            self.near.insert(sig)
+
+    def lookup(self, text: str, sig: np.ndarray | None, words: np.ndarray | None = None) -> list[tuple[str, str]]:
+        """(kind, eval id) for every way `text` leaks an eval item (`words`: its word hashes, if known)."""
+        hits = [("exact", eid) for eid in self.exact.get(text_hash(text), ())]
+        if sig is not None:
+            best = self.near.query(sig)
+            if best is not None:
+                hits.append(("near", self.ids[best[0]]))
+        if self.grams:
+            seen: set[str] = set()
+            grams = ngram_hashes(self.hasher, text) if words is None else ngrams_of(words)
+            for g in grams.tolist():
+                for eid in self.grams.get(g, ()):
+                    if eid not in seen:
+                        seen.add(eid)
+                        hits.append(("ngram13", eid))
+        return hits
 
 
 @dataclass
@@ -36,13 +97,16 @@ class ContaminationResult:
     items: int
     hits: dict[str, dict[str, set[str]]] = field(default_factory=dict)  # kind -> eval id -> train ids
 
+    def add(self, kind: str, eval_id: str, train_id: str) -> None:
+        self.hits.setdefault(kind, {}).setdefault(eval_id, set()).add(train_id)
+
     def eval_ids(self) -> list[str]:
         return sorted({e for by in self.hits.values() for e in by})
 
     def train_ids(self) -> set[str]:
         return {t for by in self.hits.values() for ts in by.values() for t in ts}
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "items": self.items,
             "contaminated": len(self.eval_ids()),
@@ -56,43 +120,12 @@ def find_contamination(
     eval_items: Sequence[tuple[str, str]], train_items: Sequence[tuple[str, str]], *, near_threshold: float = 0.8
 ) -> ContaminationResult:
     """Items are (id, input text). Returns which eval items leak into training, and through which records."""
-    res = ContaminationResult(items=len(eval_items), hits={k: defaultdict(set) for k in KINDS})
-    exact: dict[str, list[str]] = defaultdict(list)
-    grams: dict[int, list[str]] = defaultdict(list)
-    hasher = MinHasher()
-    index = NearDupIndex(threshold=near_threshold)
-    eval_ids = [eid for eid, _ in eval_items]
-    eval_grams = [_gram_list(text) for _, text in eval_items]
-    share: dict[int, int] = defaultdict(int)
-    for gl in eval_grams:
-        for g in set(gl):
-            share[g] += 1
-    # An n-gram shared by many eval items is template (an instruction, a header), not leaked content; so is
-    # every n-gram that touches a word of it ("... said. Which topic is this article: ...").
-    limit = max(2, int(BOILERPLATE_SHARE * len(eval_items)))
-    n = 13
-    for (eid, text), gl in zip(eval_items, eval_grams, strict=True):
-        exact[text_hash(text)].append(eid)
-        masked = [False] * (len(gl) + n)
-        for i, g in enumerate(gl):
-            if share[g] >= limit:
-                masked[i : i + n] = [True] * n
-        for i, g in enumerate(gl):
-            if not any(masked[i : i + n]):
-                grams[g].append(eid)
-    for sig in hasher.signatures([t for _, t in eval_items]):
-        index.insert(sig)
+    index = EvalIndex(eval_items, near_threshold)
+    res = ContaminationResult(items=len(eval_items))
     batch = 512
     for s in range(0, len(train_items), batch):
         chunk = train_items[s : s + batch]
-        for (tid, text), sig in zip(chunk, hasher.signatures([t for _, t in chunk]), strict=True):
-            for eid in exact.get(text_hash(text), ()):
-                res.hits["exact"][eid].add(tid)
-            hit = index.query(sig)
-            if hit is not None:
-                res.hits["near"][eval_ids[hit[0]]].add(tid)
-            for g in ngram_hashes(text):
-                for eid in grams.get(g, ()):
-                    res.hits["ngram13"][eid].add(tid)
-    res.hits = {k: dict(v) for k, v in res.hits.items()}
+        for (tid, text), sig in zip(chunk, index.hasher.signatures([t for _, t in chunk]), strict=True):
+            for kind, eid in index.lookup(text, sig):
+                res.add(kind, eid, tid)
     return res

@@ -6,8 +6,6 @@ import re
 from collections import Counter
 from typing import Any
 
-from tunelab.data.formats import Record
-
 _WORD = re.compile(r"\w+")
 IMBALANCE_WARN = 10.0  # most / least frequent label
 DISTINCT2_WARN = 0.2
@@ -32,26 +30,27 @@ def _script(text: str) -> str:
     return "latin" if latin > 0.8 else "other"
 
 
-def diversity_report(train: list[Record], near_duplicates: int) -> dict[str, Any]:
-    inputs = [r.input for r in train]
-    answers = [r.answer.strip() for r in train]
-    words = sorted(len(_WORD.findall(t)) for t in inputs) or [0]
-    labels = Counter(answers)
-    classification = len(labels) <= max(2, len(answers) // 10)  # few distinct answers: a label set
+def diversity_report(
+    inputs_sample: list[str], words: list[int], labels: Counter[str], near_duplicates: int, n_records: int
+) -> dict[str, Any]:
+    """Stats over all records (lengths, labels) and over a sample of inputs (distinct-n, scripts)."""
+    w = sorted(words) or [0]
     out: dict[str, Any] = {
-        "input_words": {"min": words[0], "p50": words[len(words) // 2], "max": words[-1]},
-        "distinct_1": distinct_n(inputs, 1),
-        "distinct_2": distinct_n(inputs, 2),
-        "near_duplicate_ratio": near_duplicates / len(train) if train else 0.0,
-        "scripts": dict(Counter(_script(t) for t in inputs)),
+        "input_words": {"min": w[0], "p50": w[len(w) // 2], "max": w[-1]},
+        "distinct_1": distinct_n(inputs_sample, 1),
+        "distinct_2": distinct_n(inputs_sample, 2),
+        "distinct_sample": len(inputs_sample),
+        "near_duplicate_ratio": near_duplicates / n_records if n_records else 0.0,
+        "scripts": dict(Counter(_script(t) for t in inputs_sample)),
         "warnings": [],
     }
-    if classification and labels:
+    n_answers = sum(labels.values())
+    if labels and len(labels) <= max(2, n_answers // 10):  # few distinct answers: a label set
         ratio = max(labels.values()) / min(labels.values())
         out["label_imbalance"] = ratio
         if ratio > IMBALANCE_WARN:
             out["warnings"].append(f"heavy label imbalance: most/least frequent label = {ratio:.1f}")
-    if train and out["distinct_2"] < DISTINCT2_WARN:
+    if inputs_sample and out["distinct_2"] < DISTINCT2_WARN:
         out["warnings"].append(f"low diversity: distinct-2 of inputs is {out['distinct_2']:.2f}")
     if out["near_duplicate_ratio"] > NEAR_RATIO_WARN:
         out["warnings"].append(f"{out['near_duplicate_ratio']:.0%} of training records are near duplicates")

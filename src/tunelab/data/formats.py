@@ -6,16 +6,11 @@ first, then user and assistant turns alternating, starting with the user and end
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.errors import DataError
-
 ROLES = ("system", "user", "assistant")
-_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -26,12 +21,19 @@ class Record:
     messages: list[dict[str, str]]
 
     @property
+    def is_text(self) -> bool:
+        """A plain-text record (pre-training style) rather than a conversation."""
+        return self.messages[0]["role"] == "text"
+
+    @property
     def answer(self) -> str:
-        return self.messages[-1]["content"]
+        return "" if self.is_text else self.messages[-1]["content"]
 
     @property
     def input(self) -> str:
         """What the model is shown (the user turns): two records with the same input leak the answer."""
+        if self.is_text:
+            return self.messages[0]["content"]
         return "\n".join(m["content"] for m in self.messages if m["role"] == "user")
 
     def to_json(self) -> dict[str, Any]:
@@ -91,62 +93,15 @@ def check_messages(messages: Any) -> tuple[str, str] | None:
     return None
 
 
-def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    with open(path, "rb") as f:
-        yield from enumerate(f, start=1)
+def read_chat_jsonl(path: str | Path, *, fmt: str = "chat") -> ReadResult:
+    """Validate every record of a file (whole, for small data). Raises DataError only when it cannot be read."""
+    from tunelab.data.readers import FileNotes, stream_records
 
-
-def read_chat_jsonl(path: str | Path, *, id_prefix: str | None = None) -> ReadResult:
-    """Validate every line of a chat JSONL file. Raises DataError only when the file cannot be read."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("no such file", file=path)
-    out = ReadResult()
-    prefix = id_prefix or path.stem
-    seen_ids: set[str] = set()
-    crlf = 0
-    try:
-        lines = list(iter_lines(path))
-    except OSError as e:
-        raise DataError(f"cannot read: {e.strerror}", file=path) from e
-    for n, raw in lines:
-        if n == 1 and raw.startswith(_BOM):
-            raw = raw[len(_BOM) :]
-            out.warnings.append(f"{path}:1: file starts with a UTF-8 byte-order mark (ignored)")
-        if raw.endswith(b"\r\n"):
-            crlf += 1
-        try:
-            text = raw.decode("utf-8").strip()
-        except UnicodeDecodeError as e:
-            out.rejected.append(Rejected(str(path), n, "", f"not valid UTF-8 at byte {e.start}", repr(raw[:200])))
-            continue
-        if not text:
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            out.rejected.append(Rejected(str(path), n, "", f"invalid JSON: {e.msg} at column {e.colno}", text))
-            continue
-        if not isinstance(obj, dict):
-            out.rejected.append(Rejected(str(path), n, "", f"must be a JSON object, got {type(obj).__name__}", text))
-            continue
-        if "messages" not in obj:
-            out.rejected.append(Rejected(str(path), n, "messages", "missing", text))
-            continue
-        problem = check_messages(obj["messages"])
-        if problem:
-            out.rejected.append(Rejected(str(path), n, problem[0], problem[1], text))
-            continue
-        rid = obj.get("id", f"{prefix}-{n}")
-        if not isinstance(rid, str | int) or isinstance(rid, bool):
-            out.rejected.append(Rejected(str(path), n, "id", "must be a string or integer", text))
-            continue
-        rid = str(rid)
-        if rid in seen_ids:
-            out.rejected.append(Rejected(str(path), n, "id", f"duplicate id {rid!r}", text))
-            continue
-        seen_ids.add(rid)
-        out.records.append(Record(str(path), n, rid, obj["messages"]))
-    if crlf:
-        out.warnings.append(f"{path}: {crlf} line(s) end with CRLF (accepted)")
+    out, notes = ReadResult(), FileNotes()
+    for r in stream_records(Path(path), fmt, notes):
+        if isinstance(r, Record):
+            out.records.append(r)
+        else:
+            out.rejected.append(r)
+    out.warnings = notes.warnings
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,24 +21,38 @@ _SEED_MIX = np.array(
 )
 
 
+class _WordCache(dict[str, int]):
+    """word -> stable 64-bit hash; `map(cache.__getitem__, words)` runs the lookups in C."""
+
+    def __missing__(self, w: str) -> int:
+        h = int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little")
+        if len(self) < 2_000_000:  # bounded
+            self[w] = h
+        return h
+
+
 class MinHasher:
     def __init__(self, num_perm: int = 128, ngram: int = 5, seed: int = 1) -> None:
         rng = np.random.default_rng(seed)
         self.num_perm, self.ngram = num_perm, ngram
         self.a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)  # odd
         self.b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
-        self._words: dict[str, int] = {}
+        self._cache = _WordCache()
 
-    def _word(self, w: str) -> int:
-        h = self._words.get(w)
-        if h is None:
-            h = int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little")
-            if len(self._words) < 2_000_000:  # bounded cache
-                self._words[w] = h
-        return h
+    def word_hashes(self, text: str) -> np.ndarray:
+        return np.array(list(map(self._cache.__getitem__, _WORD.findall(text.casefold()))), dtype=np.uint64)
+
+    def word_hashes_many(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """`word_hashes` of each text, with one array conversion for the whole batch."""
+        words = [_WORD.findall(t.casefold()) for t in texts]
+        flat = np.array(list(map(self._cache.__getitem__, (w for ws in words for w in ws))), dtype=np.uint64)
+        ends = np.cumsum([len(ws) for ws in words])
+        return np.split(flat, ends[:-1]) if len(texts) else []
 
     def shingles(self, text: str) -> np.ndarray:
-        words = np.fromiter((self._word(w) for w in _WORD.findall(text.casefold())), dtype=np.uint64)
+        return self.shingles_of(self.word_hashes(text))
+
+    def shingles_of(self, words: np.ndarray) -> np.ndarray:
         n = self.ngram
         if len(words) == 0:
             return np.zeros(1, dtype=np.uint64)
@@ -50,27 +64,30 @@ class MinHasher:
         return np.unique(out)
 
     def signatures(self, texts: Sequence[str], chunk: int = 4096) -> np.ndarray:
-        """[len(texts), num_perm] uint32 signatures.
+        return self.signatures_of([self.shingles_of(w) for w in self.word_hashes_many(texts)], chunk)
 
-        Shingles are hashed in chunks of about `chunk` rows (whole records only) into one reused buffer,
-        so the working set stays in cache instead of allocating [all shingles x num_perm] temporaries.
+    def signatures_of(self, parts: Sequence[np.ndarray], chunk: int = 4096) -> np.ndarray:
+        """[len(parts), num_perm] uint32 signatures from per-record shingle arrays.
+
+        Shingles are hashed in chunks of about `chunk` (whole records only) into one reused buffer laid out
+        permutation-major, so each per-record minimum is a reduction over contiguous memory.
         """
-        out = np.empty((len(texts), self.num_perm), dtype=np.uint32)
-        parts = [self.shingles(t) for t in texts]
-        buf = np.empty((max(chunk, max((len(p) for p in parts), default=1)), self.num_perm), dtype=np.uint64)
+        out = np.empty((len(parts), self.num_perm), dtype=np.uint32)
+        width = max(chunk, max((len(p) for p in parts), default=1))
+        buf = np.empty((self.num_perm, width), dtype=np.uint64)
+        a, b = self.a[:, None], self.b[:, None]
         i = 0
         while i < len(parts):
-            j, rows = i, 0
-            while j < len(parts) and (rows == 0 or rows + len(parts[j]) <= chunk):
-                rows += len(parts[j])
+            j, cols = i, 0
+            while j < len(parts) and (cols == 0 or cols + len(parts[j]) <= chunk):
+                cols += len(parts[j])
                 j += 1
-            sh = np.concatenate(parts[i:j])
-            h = buf[:rows]
-            np.multiply(sh[:, None], self.a[None, :], out=h)
-            np.add(h, self.b[None, :], out=h)
+            h = buf[:, :cols]
+            np.multiply(a, np.concatenate(parts[i:j])[None, :], out=h)
+            np.add(h, b, out=h)
             np.right_shift(h, np.uint64(32), out=h)
             offsets = np.cumsum([0] + [len(p) for p in parts[i : j - 1]])
-            out[i:j] = np.minimum.reduceat(h, offsets, axis=0)
+            out[i:j] = np.minimum.reduceat(h, offsets, axis=1).T
             i = j
         return out
 
@@ -124,35 +141,66 @@ class NearDupIndex:
         return len(self._sigs)
 
 
-def near_duplicate_clusters(
-    texts: Iterable[str], *, threshold: float = 0.8, num_perm: int = 128, bands: int = 32, batch: int = 512
-) -> list[tuple[int, int, float]]:
-    """(index, kept_index, estimated Jaccard) for every text that near-duplicates an earlier kept one.
+def lsh_pairs(sigs: np.ndarray, *, bands: int = 32, threshold: float = 0.8) -> list[tuple[int, int, float]]:
+    """(member, kept, estimated Jaccard) for every row that near-duplicates an earlier row.
 
-    Greedy in input order: the first of a cluster is kept, later members point at it.
+    Batch LSH: per band, rows are sorted by the band's hash; rows sharing a bucket are paired with the
+    bucket's first row; candidates are verified on the full signatures (vectorised); clusters are joined
+    with union-find and each keeps its first row (input order).
     """
-    hasher = MinHasher(num_perm)
-    index = NearDupIndex(num_perm, bands, threshold)
-    kept: list[int] = []  # index position -> original text index
-    out: list[tuple[int, int, float]] = []
-    buf: list[str] = []
-    pos = 0
+    n = len(sigs)
+    if n < 2:
+        return []
+    rows = sigs.shape[1] // bands
+    view = sigs[:, : bands * rows].reshape(n, bands, rows).astype(np.uint64)
+    keys = np.zeros((n, bands), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(rows):
+            keys = keys * np.uint64(0x100000001B3) + view[:, :, k] + np.uint64(k + 1)
+    idx = np.arange(n)
+    heads_all, others_all = [], []
+    for b in range(bands):
+        order = np.argsort(keys[:, b], kind="stable")
+        col = keys[order, b]
+        new = np.empty(n, dtype=bool)
+        new[0] = True
+        new[1:] = col[1:] != col[:-1]
+        start = np.maximum.accumulate(np.where(new, idx, 0))
+        heads_all.append(order[start[~new]])
+        others_all.append(order[~new])
+    heads, others = np.concatenate(heads_all), np.concatenate(others_all)
+    if len(heads) == 0:
+        return []
+    pair = np.unique(np.minimum(heads, others).astype(np.int64) * n + np.maximum(heads, others))
+    a, b_ = pair // n, pair % n
+    j = np.empty(len(a))
+    for s in range(0, len(a), 65536):
+        j[s : s + 65536] = (sigs[a[s : s + 65536]] == sigs[b_[s : s + 65536]]).mean(axis=1)
+    ok = j >= threshold
+    parent = list(range(n))
 
-    def flush() -> None:
-        nonlocal pos
-        for sig in hasher.signatures(buf):
-            hit = index.query(sig)
-            if hit is None:
-                index.insert(sig)
-                kept.append(pos)
-            else:
-                out.append((pos, kept[hit[0]], hit[1]))
-            pos += 1
-        buf.clear()
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
 
-    for t in texts:
-        buf.append(t)
-        if len(buf) >= batch:
-            flush()
-    flush()
+    for x, y in zip(a[ok].tolist(), b_[ok].tolist(), strict=True):
+        rx, ry = find(x), find(y)
+        if rx != ry:
+            parent[max(rx, ry)] = min(rx, ry)  # the root is the earliest row
+    members = sorted({int(m) for m in np.concatenate([a[ok], b_[ok]])})
+    out = []
+    for m in members:
+        root = find(m)
+        if root != m:
+            out.append((m, root, float((sigs[m] == sigs[root]).mean())))
     return out
+
+
+def near_duplicate_clusters(
+    texts: Sequence[str], *, threshold: float = 0.8, num_perm: int = 128, bands: int = 32
+) -> list[tuple[int, int, float]]:
+    """(index, kept_index, estimated Jaccard) for every text that near-duplicates an earlier one."""
+    sigs = MinHasher(num_perm).signatures(list(texts))
+    return lsh_pairs(sigs, bands=bands, threshold=threshold)
