@@ -115,6 +115,7 @@ def data_audit(
         bool, typer.Option(help="Write cleaned copies without duplicates and contaminated records.")
     ] = False,
     redact: Annotated[bool, typer.Option(help="Write cleaned copies with PII replaced by typed placeholders.")] = False,
+    format_: Annotated[str, typer.Option("--format", help="auto | chat | completion | classification | text")] = "auto",
     json_: Annotated[bool, typer.Option("--json", help="Print audit.json to stdout.")] = False,
 ) -> None:
     """Validate, deduplicate, check contamination, PII and licences. Exit 1 when the policy says no."""
@@ -124,7 +125,7 @@ def data_audit(
     from tunelab.errors import GateFailed
 
     res, out_dir = audit_files(
-        AuditOptions(list(paths), list(eval_ or []), out, model, policy, max_length, dedup, redact)
+        AuditOptions(list(paths), list(eval_ or []), out, model, policy, max_length, dedup, redact, format_)
     )
     r = res.report
     if json_:

@@ -86,3 +86,24 @@ def test_too_long_and_untrainable_records_are_quarantined(tmp_path: Path, tiny_t
     assert [x.id for x in res.train] == ["train-1"]
     assert "> max length 64" in res.rejected[0].reason
     assert res.report["lengths"]["tokens_max"] <= 64
+
+
+def test_two_processes_give_the_same_audit_as_one(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import random
+
+    import tunelab.data.audit as audit_mod
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(500)]
+    rows = [chat(" ".join(rng.choice(words) for _ in range(40)), rng.choice("AB")) for _ in range(5000)]
+    rows += rows[:50]  # exact duplicates
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    ev = write_jsonl(tmp_path / "eval.jsonl", rows[100:110])
+    monkeypatch.setattr(audit_mod, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(audit_mod, "CHUNK", 700)
+    one = run_audit([train], [ev], tmp_path / "a1", policy=DataPolicy(), keep_records=False, workers=1).report
+    two = run_audit([train], [ev], tmp_path / "a2", policy=DataPolicy(), keep_records=False, workers=2).report
+    assert one == two
+    assert one["duplicates"]["exact"] == 50
+    assert next(iter(one["contamination"].values()))["contaminated"] == 10
+    assert (tmp_path / "a1" / "quarantine.jsonl").read_bytes() == (tmp_path / "a2" / "quarantine.jsonl").read_bytes()

@@ -31,6 +31,7 @@ class AuditOptions:
     max_length: int | None = None
     dedup: bool = False
     redact: bool = False
+    fmt: str = "auto"
 
 
 def load_policy(path: Path | None) -> DataPolicy:
@@ -67,7 +68,7 @@ def audit_files(opts: AuditOptions) -> tuple[AuditResult, Path]:
     inputs = {p.resolve() for p in [*opts.paths, *opts.eval_paths]}
     result = run_audit(
         opts.paths, opts.eval_paths, out, policy=policy, tokenizer=tok, max_length=max_length,
-        decontaminate=opts.dedup, remove_near=opts.dedup,
+        decontaminate=opts.dedup, remove_near=opts.dedup, fmt=opts.fmt, keep_records=opts.dedup or opts.redact,
     )  # fmt: skip
     r = result.report
     if r["records_total"] == 0:

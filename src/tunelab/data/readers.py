@@ -149,7 +149,9 @@ def parse_unit(raw: bytes | dict[str, Any], fmt: str, file: str, line: int, pref
         if kind == "text":
             messages = [{"role": "text", "content": first}]
         else:
-            second = _string_field(obj, b) if not isinstance(obj.get(b), int | float) else str(obj[b])
+            label = obj.get(b)
+            numeric = kind == "classification" and isinstance(label, int | float) and not isinstance(label, bool)
+            second = str(label) if numeric else _string_field(obj, b)  # 0/1 labels are common
             if isinstance(second, tuple):
                 return _reject(file, line, *second, obj)
             messages = [{"role": "user", "content": first}, {"role": "assistant", "content": second}]
