@@ -140,6 +140,12 @@ def data_audit(
         )
         for w in r["warnings"]:
             print(f"warning: {w}")
+        if r.get("preflight"):
+            from rich.console import Console
+
+            from tunelab.data.preflight import render_terminal
+
+            Console().print("what is trained (green):\n" + render_terminal(r["preflight"]), highlight=False)
         print(f"details: {out_dir / 'audit.html'}  (audit.json, quarantine.jsonl)")
     if not res.passed:
         raise GateFailed("audit failed: " + "; ".join(r["reasons"]))

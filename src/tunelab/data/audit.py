@@ -287,6 +287,11 @@ def run_audit(
     quarantine.close()
 
     train = [r for pos, r in enumerate(kept_records) if pos not in dropped] if keep else []
+    pf: dict[str, Any] = {}
+    if check_len and train:
+        from tunelab.data.preflight import preflight
+
+        pf = preflight(tokenizer, train)  # type: ignore[arg-type]
     n_train = len(ids) - len(dropped)
     contamination = {f: c.to_json() for f, c in per_file.items()}
     diversity = diversity_report(sample, words, labels, len(pairs), len(ids))
@@ -311,6 +316,7 @@ def run_audit(
         )
     if n_train == 0:
         reasons.append("no valid training records")
+    reasons += pf.get("problems", [])
     lengths: dict[str, Any] = {}
     if length_stats:
         s = sorted(n for n, _ in length_stats)
@@ -342,6 +348,7 @@ def run_audit(
         ],
         "files": [f for f in files if f["role"] == "train"] + [f for f in files if f["role"] == "eval"],
         "lengths": lengths,
+        "preflight": pf,
         "diversity": diversity,
         "labels": dict(sorted(labels.items())) if len(labels) <= 1000 else {},
         "policy": policy.model_dump(),

@@ -34,6 +34,15 @@ def render_audit_html(r: dict[str, Any]) -> str:
     ]))  # fmt: skip
     if r["quarantine_reasons"]:
         parts.append("<h3>Why records were quarantined</h3>" + _table(sorted(r["quarantine_reasons"].items())))
+    pf = r.get("preflight") or {}
+    if pf.get("segments"):
+        shown = "".join(
+            f"<span style='background:#bbf7d0'>{escape(s['text'])}</span>" if s["trained"]
+            else f"<span class='muted'>{escape(s['text'])}</span>" for s in pf["segments"]
+        )  # fmt: skip
+        parts.append(f"<h2>What is trained</h2><p>Record <code>{escape(pf['example_id'])}</code> as the model sees it; "
+                     f"green tokens carry the loss ({pf['trained_tokens']} of {pf['tokens']}).</p>"
+                     f"<pre style='white-space:pre-wrap'>{shown}</pre>")  # fmt: skip
     parts.append("<h2>Contamination</h2>")
     for path, c in r["contamination"].items():
         ids = ", ".join(c["eval_ids"][:30]) + (" …" if len(c["eval_ids"]) > 30 else "")
