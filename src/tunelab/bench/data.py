@@ -47,6 +47,14 @@ def make_corpus(n: int, out: Path, seed: int = 0) -> dict[str, Any]:
     ids = rng.choice(len(vocab), size=(originals, 100), p=p)
     for row in ids:
         texts.append(" ".join(vocab[i] for i in row))
+    for i in range(originals):  # PII in 5% and look-alikes in 5% of the originals (copies inherit them)
+        r = prng.random()
+        if r < 0.05:
+            kind = prng.choice(["EMAIL", "CREDIT_CARD", "PHONE", "IBAN", "IP_ADDRESS", "AWS_KEY"])
+            texts[i] += f" contact {_value(kind, prng)} today"
+            truth["pii"] += 1
+        elif r < 0.10:
+            texts[i] += " " + prng.choice(NEGATIVES)(prng)
     for _ in range(n_exact):
         src = prng.randrange(originals)
         truth["exact"].append((len(texts), src))
@@ -70,14 +78,6 @@ def make_corpus(n: int, out: Path, seed: int = 0) -> dict[str, Any]:
     remap = {old: new for new, old in enumerate(list(range(originals)) + order)}
     for kind in ("exact", "near", "far"):
         truth[kind] = [(remap[c], s) for c, s in truth[kind]]
-    for i in range(len(final)):  # PII in 5% and look-alikes in 5% of records
-        r = prng.random()
-        if r < 0.05:
-            kind = prng.choice(["EMAIL", "CREDIT_CARD", "PHONE", "IBAN", "IP_ADDRESS", "AWS_KEY"])
-            final[i] += f" contact {_value(kind, prng)} today"
-            truth["pii"] += 1
-        elif r < 0.10:
-            final[i] += " " + prng.choice(NEGATIVES)(prng)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "train.jsonl", "w") as f:
         for i, t in enumerate(final):
@@ -144,8 +144,7 @@ def datasketch_near_dups(texts: list[str], threshold: float = 0.8) -> tuple[floa
     found = 0
     for i, t in enumerate(texts):
         m = MinHash(num_perm=128)
-        for s in _shingle_set(t):
-            m.update(s.encode("utf8"))
+        m.update_batch([s.encode("utf8") for s in _shingle_set(t)])  # datasketch's own batched update
         if lsh.query(m):
             found += 1
         else:

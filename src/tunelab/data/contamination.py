@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.data.minhash import MinHasher, NearDupIndex
+from tunelab.data.minhash import MinHasher, band_keys
 from tunelab.data.text import text_hash
 
 KINDS = ("exact", "near", "ngram13")
@@ -58,38 +58,57 @@ class EvalIndex:
         limit = max(2, int(BOILERPLATE_SHARE * len(items)))
         for (eid, text), gl in zip(items, eval_grams, strict=True):
             self.exact[text_hash(text)].append(eid)
-            glist = gl.tolist()
-            masked = np.zeros(len(glist) + N, dtype=bool)
-            for i, g in enumerate(glist):
-                if share[g] >= limit:
-                    masked[i : i + N] = True
-            for i, g in enumerate(glist):
-                if not masked[i : i + N].any():
-                    self.grams.setdefault(g, []).append(eid)
-        self.near = NearDupIndex(threshold=near_threshold)
+            if len(gl) == 0:
+                continue
+            boiler = np.fromiter((share[g] >= limit for g in gl.tolist()), dtype=bool, count=len(gl))
+            # an n-gram is clean when no boilerplate n-gram overlaps it (starts within N-1 positions)
+            near_boiler = np.convolve(boiler.astype(np.int32), np.ones(2 * N - 1, dtype=np.int32), mode="same") > 0
+            for g in gl[~near_boiler].tolist():
+                self.grams.setdefault(g, []).append(eid)
+        self._gram_keys = np.array(sorted(self.grams), dtype=np.uint64)
         words = self.hasher.word_hashes_many([t for _, t in items])
         if answers is not None:
             extra = self.hasher.word_hashes_many(list(answers))
             words = [np.concatenate([w, x]) for w, x in zip(words, extra, strict=True)]
-        for sig in self.hasher.signatures_of([self.hasher.shingles_of(w) for w in words]):
-            self.near.insert(sig)
+        self._sigs = self.hasher.signatures_of([self.hasher.shingles_of(w) for w in words])
+        self._bands = band_keys(self._sigs) if len(self._sigs) else np.zeros((0, 32), dtype=np.uint64)
+        self._band_sorted = [np.sort(self._bands[:, b]) for b in range(self._bands.shape[1])]
+
+    def lookup_many(
+        self, texts: Sequence[str], sigs: np.ndarray, words: Sequence[np.ndarray]
+    ) -> list[tuple[int, str, str]]:
+        """(position, kind, eval id) for every way each text leaks an eval item; vectorised per batch."""
+        hits: list[tuple[int, str, str]] = []
+        for i, t in enumerate(texts):
+            hits += [(i, "exact", eid) for eid in self.exact.get(text_hash(t), ())]
+        if len(self._sigs):
+            keys = band_keys(sigs)
+            cand = np.zeros(len(texts), dtype=bool)
+            for b, col in enumerate(self._band_sorted):
+                cand |= np.isin(keys[:, b], col)
+            for i in np.flatnonzero(cand).tolist():
+                shared = (keys[i][None, :] == self._bands).any(axis=1)
+                js = (self._sigs[shared] == sigs[i]).mean(axis=1)
+                if len(js) and js.max() >= self.near_threshold:
+                    hits.append((i, "near", self.ids[int(np.flatnonzero(shared)[int(js.argmax())])]))
+        if len(self._gram_keys):
+            grams = [ngrams_of(w) for w in words]
+            flat = np.concatenate(grams) if grams else np.zeros(0, dtype=np.uint64)
+            owner = np.repeat(np.arange(len(grams)), [len(g) for g in grams])
+            hit = np.isin(flat, self._gram_keys)
+            seen: set[tuple[int, str]] = set()
+            for pos, g in zip(owner[hit].tolist(), flat[hit].tolist(), strict=True):
+                for eid in self.grams[g]:
+                    if (pos, eid) not in seen:
+                        seen.add((pos, eid))
+                        hits.append((pos, "ngram13", eid))
+        return hits
 
     def lookup(self, text: str, sig: np.ndarray | None, words: np.ndarray | None = None) -> list[tuple[str, str]]:
-        """(kind, eval id) for every way `text` leaks an eval item (`words`: its word hashes, if known)."""
-        hits = [("exact", eid) for eid in self.exact.get(text_hash(text), ())]
-        if sig is not None:
-            best = self.near.query(sig)
-            if best is not None:
-                hits.append(("near", self.ids[best[0]]))
-        if self.grams:
-            seen: set[str] = set()
-            grams = ngram_hashes(self.hasher, text) if words is None else ngrams_of(words)
-            for g in grams.tolist():
-                for eid in self.grams.get(g, ()):
-                    if eid not in seen:
-                        seen.add(eid)
-                        hits.append(("ngram13", eid))
-        return hits
+        """(kind, eval id) for every way `text` leaks an eval item."""
+        w = self.hasher.word_hashes(text) if words is None else words
+        s = sig if sig is not None else self.hasher.signatures([text])[0]
+        return [(k, e) for _, k, e in self.lookup_many([text], s[None, :], [w])]
 
 
 @dataclass
@@ -125,7 +144,8 @@ def find_contamination(
     batch = 512
     for s in range(0, len(train_items), batch):
         chunk = train_items[s : s + batch]
-        for (tid, text), sig in zip(chunk, index.hasher.signatures([t for _, t in chunk]), strict=True):
-            for kind, eid in index.lookup(text, sig):
-                res.add(kind, eid, tid)
+        words = index.hasher.word_hashes_many([t for _, t in chunk])
+        sigs = index.hasher.signatures_of([index.hasher.shingles_of(w) for w in words])
+        for pos, kind, eid in index.lookup_many([t for _, t in chunk], sigs, words):
+            res.add(kind, eid, chunk[pos][0])
     return res

@@ -141,6 +141,18 @@ class NearDupIndex:
         return len(self._sigs)
 
 
+def band_keys(sigs: np.ndarray, bands: int = 32) -> np.ndarray:
+    """[n, bands] uint64: one hash per band of each signature (equal keys = same LSH bucket)."""
+    n = len(sigs)
+    rows = sigs.shape[1] // bands
+    view = sigs[:, : bands * rows].reshape(n, bands, rows).astype(np.uint64)
+    keys = np.zeros((n, bands), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(rows):
+            keys = keys * np.uint64(0x100000001B3) + view[:, :, k] + np.uint64(k + 1)
+    return keys
+
+
 def lsh_pairs(sigs: np.ndarray, *, bands: int = 32, threshold: float = 0.8) -> list[tuple[int, int, float]]:
     """(member, kept, estimated Jaccard) for every row that near-duplicates an earlier row.
 
@@ -151,12 +163,7 @@ def lsh_pairs(sigs: np.ndarray, *, bands: int = 32, threshold: float = 0.8) -> l
     n = len(sigs)
     if n < 2:
         return []
-    rows = sigs.shape[1] // bands
-    view = sigs[:, : bands * rows].reshape(n, bands, rows).astype(np.uint64)
-    keys = np.zeros((n, bands), dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for k in range(rows):
-            keys = keys * np.uint64(0x100000001B3) + view[:, :, k] + np.uint64(k + 1)
+    keys = band_keys(sigs, bands)
     idx = np.arange(n)
     heads_all, others_all = [], []
     for b in range(bands):

@@ -109,35 +109,68 @@ def _ok_generic_secret(m: re.Match[str], text: str) -> bool:
 
 
 Validator = Callable[[re.Match[str], str], bool]
-_DETECTORS: list[tuple[str, re.Pattern[str], Validator | None]] = [
+_NO_DIGITS = str.maketrans("", "", "0123456789")
+_SECRET_WORDS = ("secret", "token", "key", "passw", "pwd", "auth", "credential")
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """Cheap facts about a text, computed once, that decide which detectors can possibly match."""
+
+    digits: int
+    at: bool
+    assign: bool  # a secret keyword followed somewhere by ':' or '='
+    text: str
+
+    @classmethod
+    def of(cls, text: str) -> _Facts:
+        low = text.lower()
+        assign = ("=" in text or ":" in text) and any(w in low for w in _SECRET_WORDS)
+        return cls(len(text) - len(text.translate(_NO_DIGITS)), "@" in text, assign, text)
+
+    def has(self, *needles: str) -> bool:
+        return any(n in self.text for n in needles)
+
+
+Gate = Callable[[_Facts], bool]
+_DETECTORS: list[tuple[str, re.Pattern[str], Validator | None, Gate]] = [
     ("PRIVATE_KEY", re.compile(r"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z]+ )?PRIVATE KEY-----"),
-     None),
-    ("AWS_KEY", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), None),
-    ("GITHUB_TOKEN", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{60,255})\b"), None),
-    ("JWT", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), None),
+     None, lambda f: f.has("PRIVATE KEY-----")),
+    ("AWS_KEY", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), None, lambda f: f.has("AKIA", "ASIA")),
+    ("GITHUB_TOKEN", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{60,255})\b"), None,
+     lambda f: f.has("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_")),
+    ("JWT", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), None,
+     lambda f: f.has("eyJ")),
     ("API_KEY", re.compile(r"\b(?:sk-(?:proj-)?[A-Za-z0-9_-]{20,}|sk_live_[0-9a-zA-Z]{20,}"
-                           r"|xox[abposr]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})"), None),
+                           r"|xox[abposr]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})"), None,
+     lambda f: f.has("sk-", "sk_live_", "xox", "AIza")),
     ("SECRET", re.compile(r"(?i)(?:secret|token|api[_-]?key|apikey|passw(?:or)?d|pwd|auth|credential)s?[\"']?"
-                          r"\s*[:=]\s*[\"']?(?P<val>[^\s\"'`,;]{12,})"), _ok_generic_secret),
-    ("EMAIL", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"), None),
+                          r"\s*[:=]\s*[\"']?(?P<val>[^\s\"'`,;]{12,})"), _ok_generic_secret, lambda f: f.assign),
+    ("EMAIL", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"), None,
+     lambda f: f.at),
     ("IBAN", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"),
-     lambda m, t: iban_ok(m.group())),
-    ("CREDIT_CARD", re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])"), _ok_card),
-    ("NATIONAL_ID", re.compile(r"\b(\d{3})-(\d{2})-(\d{4})\b"), _ok_ssn),
-    ("NATIONAL_ID", re.compile(r"\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"), None),
-    ("IP_ADDRESS", re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])"), _ok_ip),
+     lambda m, t: iban_ok(m.group()), lambda f: f.digits >= 6),
+    ("CREDIT_CARD", re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])"), _ok_card, lambda f: f.digits >= 13),
+    ("NATIONAL_ID", re.compile(r"\b(\d{3})-(\d{2})-(\d{4})\b"), _ok_ssn, lambda f: f.digits >= 9 and f.has("-")),
+    ("NATIONAL_ID", re.compile(r"\b[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"), None,
+     lambda f: f.digits >= 6),
+    ("IP_ADDRESS", re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])"), _ok_ip,
+     lambda f: f.digits >= 4 and f.has(".")),
     ("IP_ADDRESS", re.compile(r"(?<![\w:])(?:[0-9a-fA-F]{1,4}:){2,7}(?::|[0-9a-fA-F]{1,4})(?:[0-9a-fA-F:]*)(?![\w:])"),
-     _ok_ip),
+     _ok_ip, lambda f: f.has("::") or f.text.count(":") >= 3),
     ("PHONE", re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,5}\)[ .-]?)?\d{2,5}(?:[ .-]\d{2,8}){1,4}(?![\w])"
-                         r"|(?<![\w+])\+?\d{9,15}(?!\w)"), _ok_phone),
+                         r"|(?<![\w+])\+?\d{9,15}(?!\w)"), _ok_phone, lambda f: f.digits >= 9),
 ]  # fmt: skip
 
 
 def find_pii(text: str) -> list[Finding]:
     """Non-overlapping findings in text order; earlier detectors (more specific) win overlaps."""
+    facts = _Facts.of(text)
     taken: list[tuple[int, int]] = []
     found: list[Finding] = []
-    for kind, pattern, ok in _DETECTORS:
+    for kind, pattern, ok, gate in _DETECTORS:
+        if not gate(facts):
+            continue
         for m in pattern.finditer(text):
             if ok is not None and not ok(m, text):
                 continue

@@ -22,17 +22,6 @@ from tunelab.data.pii import find_pii
 from tunelab.data.readers import parse_unit
 
 _WORD = re.compile(r"\w+")
-# Cheap gate before the PII detectors (plain substring tests, no regex): a text with none of these
-# characters or words cannot hold a finding.
-_PII_CHARS = "@0123456789"
-_PII_WORDS = ("begin", "secret", "token", "key", "passw", "pwd", "auth", "credential", "eyj", "gh", "xox")
-
-
-def _may_hold_pii(text: str) -> bool:
-    if any(c in text for c in _PII_CHARS):
-        return True
-    low = text.lower()
-    return any(w in low for w in _PII_WORDS)
 
 
 @dataclass
@@ -98,12 +87,11 @@ def scan_chunk(ctx: ScanContext, units: list[tuple[int, Any]], sample_every: int
         out.lines.append(r.line)
         out.conv_keys.append(conversation_key(r))
         inp = r.input
-        out.words.append(len(_WORD.findall(inp)))
         if not r.is_text:
             out.labels[r.answer.strip()[:200]] += 1
         if r.line % sample_every == 0:
             out.inputs_sample.append(inp)
-        found = [f for m in r.messages if _may_hold_pii(m["content"]) for f in find_pii(m["content"])]
+        found = [f for m in r.messages for f in find_pii(m["content"])]
         if found:
             out.with_pii += 1
             for f in found:
@@ -113,13 +101,12 @@ def scan_chunk(ctx: ScanContext, units: list[tuple[int, Any]], sample_every: int
     # Words are hashed once per record. One signature (of the whole conversation) serves both the
     # near-duplicate search and the near check against eval items; exact and 13-gram checks use the input.
     input_words = h.word_hashes_many([r.input for r in valid])
+    out.words = [len(w) for w in input_words]
     other_words = h.word_hashes_many([non_input(r) for r in valid])
     conv = [np.concatenate([a, b]) for a, b in zip(input_words, other_words, strict=True)]
     out.sigs = h.signatures_of([h.shingles_of(w) for w in conv])
     if ctx.eval_index is not None:
-        for i, r in enumerate(valid):
-            for kind, eid in ctx.eval_index.lookup(r.input, out.sigs[i], input_words[i]):
-                out.contaminated.append((i, kind, eid))
+        out.contaminated = ctx.eval_index.lookup_many([r.input for r in valid], out.sigs, input_words)
     if ctx.keep_records:
         out.records = valid
     return out

@@ -12,7 +12,7 @@ _PUNCT = re.compile(r"[^\w\s]")
 
 def normalise(text: str) -> str:
     """NFKC, case-folded, whitespace collapsed: two texts that differ only so hash the same."""
-    return _WS.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 def normalise_words(text: str) -> str:
