@@ -116,6 +116,9 @@ def data_audit(
     ] = False,
     redact: Annotated[bool, typer.Option(help="Write cleaned copies with PII replaced by typed placeholders.")] = False,
     format_: Annotated[str, typer.Option("--format", help="auto | chat | completion | classification | text")] = "auto",
+    near_threshold: Annotated[
+        float, typer.Option(min=0.1, max=1.0, help="Jaccard (word 5-grams) at which texts are near duplicates.")
+    ] = 0.8,
     json_: Annotated[bool, typer.Option("--json", help="Print audit.json to stdout.")] = False,
 ) -> None:
     """Validate, deduplicate, check contamination, PII and licences. Exit 1 when the policy says no."""
@@ -125,7 +128,9 @@ def data_audit(
     from tunelab.errors import GateFailed
 
     res, out_dir = audit_files(
-        AuditOptions(list(paths), list(eval_ or []), out, model, policy, max_length, dedup, redact, format_)
+        AuditOptions(
+            list(paths), list(eval_ or []), out, model, policy, max_length, dedup, redact, format_, near_threshold
+        )
     )
     r = res.report
     if json_:
@@ -186,6 +191,7 @@ def bench_data(
         "runs/bench-data"
     ),
     records: Annotated[int, typer.Option(min=1000, help="Synthetic training records.")] = 100_000,
+    peer: Annotated[bool, typer.Option(help="Also time datasketch and our near-dup stage alone.")] = True,
     json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Audit speed, near-dup speed vs datasketch (same run), near-dup and PII precision/recall, peak RSS."""
@@ -193,9 +199,12 @@ def bench_data(
 
     from tunelab.bench.data import bench_data as run_bench
 
-    r = run_bench(out, records)
+    r = run_bench(out, records, peer=peer)
     if json_:
         print(json.dumps(r, indent=2))
+        return
+    if not peer:
+        print(f"audit {r['records_per_s']:,.0f} records/s, peak RSS of the audit {r['peak_rss_gb']:.2f} GB")
         return
     print(
         f"audit {r['records_per_s']:,.0f} records/s (target >= 10,000); near-dup stage x{r['near_dup_speedup']:.1f} "

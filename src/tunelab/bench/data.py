@@ -9,6 +9,8 @@ import json
 import random
 import re
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,6 @@ from typing import Any
 import numpy as np
 
 from tunelab.bench.pii_set import NEGATIVES, _value, labelled_pii_set
-from tunelab.data.audit import run_audit
-from tunelab.data.licence import DataPolicy
 from tunelab.data.minhash import MinHasher, lsh_pairs
 from tunelab.data.pii import find_pii
 from tunelab.fsutil import atomic_write_json
@@ -92,18 +92,19 @@ def make_corpus(n: int, out: Path, seed: int = 0) -> dict[str, Any]:
             )
     evals: list[str] = []
     leaks: dict[str, list[int]] = {"exact": [], "near": [], "ngram13": []}
+    sources = prng.sample(range(originals), 300)  # distinct: two leaks of one source would be one eval item
     for k in range(1000):
         if k < 100:
-            src = prng.randrange(originals)
+            src = sources[k]
             evals.append(final[src])
             leaks["exact"].append(k)
         elif k < 200:
-            words = final[prng.randrange(originals)].split()
+            words = final[sources[k]].split()
             words[prng.randrange(len(words))] = "changed"
             evals.append(" ".join(words))
             leaks["near"].append(k)
         elif k < 300:
-            words = final[prng.randrange(originals)].split()
+            words = final[sources[k]].split()
             fresh = " ".join(vocab[i] for i in rng.choice(len(vocab), size=40, p=p))
             evals.append(fresh + " " + " ".join(words[20:40]))
             leaks["ngram13"].append(k)
@@ -184,18 +185,26 @@ def pii_scores(n: int = 4000) -> dict[str, Any]:
     return {"items": n, "tp": tp, "fp": fp, "fn": fn, "precision": tp / (tp + fp), "recall": tp / (tp + fn)}
 
 
-def bench_data(out: Path, records: int = 100_000, seed: int = 0) -> dict[str, Any]:
+def bench_data(out: Path, records: int = 100_000, seed: int = 0, peer: bool = True) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     truth = make_corpus(records, out / "data", seed)
     gen_s = time.perf_counter() - t0
     texts: list[str] = truth.pop("texts")
 
+    # The audit runs as a user runs it, in its own process: its time and peak memory are its own, not the
+    # generator's (this process holds every text for the ground truth).
     t0 = time.perf_counter()
-    res = run_audit([out / "data" / "train.jsonl"], [out / "data" / "eval.jsonl"], out / "audit",
-                    policy=DataPolicy(), keep_records=False, decontaminate=False, workers=2)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunelab", "data", "audit", str(out / "data" / "train.jsonl"),
+         "--eval", str(out / "data" / "eval.jsonl"), "--out", str(out / "audit")],
+        capture_output=True, text=True,
+    )  # fmt: skip
     audit_s = time.perf_counter() - t0
-    r = res.report
+    audit_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # largest of the audit and its workers
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"audit failed: {proc.stderr.strip()}")
+    r = json.loads((out / "audit" / "audit.json").read_text())
 
     # near duplicates as the audit reported them (exact copies are removed before this stage)
     idx = {f"r{i}": i for i in range(len(texts))}
@@ -206,16 +215,13 @@ def bench_data(out: Path, records: int = 100_000, seed: int = 0) -> dict[str, An
     recall = sum(c in members for c, _ in planted) / len(planted) if planted else 1.0
     far_flagged = sum(c in members for c, _ in truth["far"])
 
-    # near-dup stage alone, both sides on the same texts (the deduplicated ones the audit hashes)
-    peer_s, peer_found = datasketch_near_dups(texts)
-    ours_s, ours_pairs = tunelab_near_dups(texts)
+    # near-dup stage alone, both sides on the same texts
+    peer_s, peer_found = datasketch_near_dups(texts) if peer else (float("nan"), 0)
+    ours_s, ours_pairs = tunelab_near_dups(texts) if peer else (float("nan"), [])
     contamination = next(iter(r["contamination"].values()))
     found_eval = set(contamination["eval_ids"])
     leak_recall = {k: sum(f"e{i}" in found_eval for i in v) / len(v) for k, v in truth["eval_leaks"].items()}
     pii = pii_scores()
-    rss = max(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    )
     result = {
         "bench": "data",
         "records": records,
@@ -227,7 +233,7 @@ def bench_data(out: Path, records: int = 100_000, seed: int = 0) -> dict[str, An
         "near_dup_recall": recall,
         "pii_precision": pii["precision"],
         "pii_recall": pii["recall"],
-        "peak_rss_gb": rss / 1024 / 1024,
+        "peak_rss_gb": audit_rss / 1024 / 1024,  # the audit process (or its largest worker), not this bench
         "tunelab_near_dup": {"seconds": ours_s, "records_per_s": len(texts) / ours_s, "pairs": len(ours_pairs)},
         "datasketch_near_dup": {"seconds": peer_s, "records_per_s": len(texts) / peer_s, "found": peer_found},
         "planted": {
@@ -239,6 +245,7 @@ def bench_data(out: Path, records: int = 100_000, seed: int = 0) -> dict[str, An
         },
         "audit_found": {
             "exact": r["duplicates"]["exact"],
+            "exact_in_train": sum(len(c["removed"]) for c in r["duplicates"]["clusters"] if c["kept"].startswith("r")),
             "near": r["duplicates"]["near"],
             "pii": r["pii"]["counts"],
             "contaminated_eval": contamination["contaminated"],
@@ -247,6 +254,7 @@ def bench_data(out: Path, records: int = 100_000, seed: int = 0) -> dict[str, An
         "pii_labelled": pii,
         "targets": TARGETS,
     }
-    result["met"] = {k: (result[k] <= v if k == "peak_rss_gb" else result[k] >= v) for k, v in TARGETS.items()}
+    checked = {k: v for k, v in TARGETS.items() if peer or k != "near_dup_speedup"}
+    result["met"] = {k: (result[k] <= v if k == "peak_rss_gb" else result[k] >= v) for k, v in checked.items()}
     atomic_write_json(out / "bench-data.json", result)
     return result

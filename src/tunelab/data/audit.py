@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from array import array
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -62,6 +63,10 @@ class _Quarantine:
         self.count += 1
         if self.keep:
             self.rows.append(r)
+
+    def abort(self) -> None:
+        self._f.close()
+        self.tmp.unlink(missing_ok=True)
 
     def close(self) -> None:
         self._f.flush()
@@ -140,6 +145,33 @@ def run_audit(
     check_len = tokenizer is not None and max_length is not None
     keep = keep_records or check_len
     quarantine = _Quarantine(out_dir / "quarantine.jsonl", keep)
+    try:
+        return _audit(
+            quarantine, train_paths, eval_paths, out_dir, policy, tokenizer, max_length, check_len, keep,
+            decontaminate, near_threshold, remove_near, fmt, keep_records, workers,
+        )  # fmt: skip
+    except BaseException:
+        quarantine.abort()
+        raise
+
+
+def _audit(
+    quarantine: _Quarantine,
+    train_paths: list[Path],
+    eval_paths: list[Path],
+    out_dir: Path,
+    policy: DataPolicy,
+    tokenizer: PreTrainedTokenizerBase | None,
+    max_length: int | None,
+    check_len: bool,
+    keep: bool,
+    decontaminate: bool,
+    near_threshold: float,
+    remove_near: bool,
+    fmt: str,
+    keep_records: bool,
+    workers: int | None,
+) -> AuditResult:
     warnings: list[str] = []
     files: list[dict[str, Any]] = []
     licences: list[LicenceCheck] = []
@@ -189,7 +221,8 @@ def run_audit(
 
     # 2. Training files: streamed in chunks.
     ids: list[str] = []
-    lines: list[tuple[str, int]] = []
+    train_files: list[str] = [str(p) for p in train_paths]
+    line_file, line_no = array("H"), array("q")  # per record, compact: no tuple per record
     sig_chunks: list[np.ndarray] = []
     sig_owner: list[int] = []  # signature row -> record position
     first_of: dict[bytes, int] = {}
@@ -229,7 +262,8 @@ def run_audit(
                 valid_file += 1
                 pos = len(ids)
                 ids.append(rid)
-                lines.append((str(p), line))
+                line_file.append(train_paths.index(p))
+                line_no.append(line)
                 if keep:
                     kept_records.append(chunk.records[i])
                 k = chunk.conv_keys[i]
@@ -259,7 +293,13 @@ def run_audit(
     del first_of
 
     # 3. Near duplicates among the training records that are not exact duplicates.
-    sigs = np.concatenate(sig_chunks) if sig_chunks else np.zeros((0, 128), dtype=np.uint32)
+    # fill one preallocated matrix, freeing each chunk as it is copied (no concatenate doubling)
+    sigs = np.empty((sum(len(c) for c in sig_chunks), 128), dtype=np.uint32)
+    at = 0
+    while sig_chunks:
+        c = sig_chunks.pop(0)
+        sigs[at : at + len(c)] = c
+        at += len(c)
     pairs = lsh_pairs(sigs, threshold=near_threshold)
     del sigs
     near_clusters: dict[int, list[dict[str, Any]]] = {}
@@ -268,7 +308,7 @@ def run_audit(
         near_clusters.setdefault(pr, []).append({"id": ids[pm], "jaccard_estimate": round(j, 3)})
         if remove_near:
             dropped.add(pm)
-            f, line = lines[pm]
+            f, line = train_files[line_file[pm]], line_no[pm]
             quarantine.add(Rejected(f, line, "messages", f"near duplicate of {ids[pr]!r} (J~{j:.2f})"))
 
     # 4. Contamination, per eval file.
@@ -281,7 +321,7 @@ def run_audit(
         leaked.add(pos)
     if decontaminate:
         for pos in sorted(leaked - dropped):
-            f, line = lines[pos]
+            f, line = train_files[line_file[pos]], line_no[pos]
             quarantine.add(Rejected(f, line, "messages", "overlaps an eval item (removed)"))
         dropped |= leaked
     quarantine.close()

@@ -32,6 +32,7 @@ class AuditOptions:
     dedup: bool = False
     redact: bool = False
     fmt: str = "auto"
+    near_threshold: float = 0.8
 
 
 def load_policy(path: Path | None) -> DataPolicy:
@@ -67,9 +68,18 @@ def audit_files(opts: AuditOptions) -> tuple[AuditResult, Path]:
     out = opts.out or new_run_dir("audit")
     inputs = {p.resolve() for p in [*opts.paths, *opts.eval_paths]}
     result = run_audit(
-        opts.paths, opts.eval_paths, out, policy=policy, tokenizer=tok, max_length=max_length,
-        decontaminate=opts.dedup, remove_near=opts.dedup, fmt=opts.fmt, keep_records=opts.dedup or opts.redact,
-    )  # fmt: skip
+        opts.paths,
+        opts.eval_paths,
+        out,
+        policy=policy,
+        tokenizer=tok,
+        max_length=max_length,
+        decontaminate=opts.dedup,
+        remove_near=opts.dedup,
+        fmt=opts.fmt,
+        near_threshold=opts.near_threshold,
+        keep_records=opts.dedup or opts.redact,
+    )
     r = result.report
     if r["records_total"] == 0:
         raise DataError("empty dataset: no records in " + ", ".join(str(p) for p in opts.paths))

@@ -62,7 +62,8 @@ class EvalIndex:
                 continue
             boiler = np.fromiter((share[g] >= limit for g in gl.tolist()), dtype=bool, count=len(gl))
             # an n-gram is clean when no boilerplate n-gram overlaps it (starts within N-1 positions)
-            near_boiler = np.convolve(boiler.astype(np.int32), np.ones(2 * N - 1, dtype=np.int32), mode="same") > 0
+            window = np.convolve(boiler.astype(np.int32), np.ones(2 * N - 1, dtype=np.int32), mode="full")
+            near_boiler = window[N - 1 : N - 1 + len(gl)] > 0
             for g in gl[~near_boiler].tolist():
                 self.grams.setdefault(g, []).append(eid)
         self._gram_keys = np.array(sorted(self.grams), dtype=np.uint64)

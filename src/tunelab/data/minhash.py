@@ -145,11 +145,13 @@ def band_keys(sigs: np.ndarray, bands: int = 32) -> np.ndarray:
     """[n, bands] uint64: one hash per band of each signature (equal keys = same LSH bucket)."""
     n = len(sigs)
     rows = sigs.shape[1] // bands
-    view = sigs[:, : bands * rows].reshape(n, bands, rows).astype(np.uint64)
     keys = np.zeros((n, bands), dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for k in range(rows):
-            keys = keys * np.uint64(0x100000001B3) + view[:, :, k] + np.uint64(k + 1)
+        for b in range(bands):  # one band at a time: no [n, num_perm] uint64 temporary
+            col = np.zeros(n, dtype=np.uint64)
+            for k in range(rows):
+                col = col * np.uint64(0x100000001B3) + sigs[:, b * rows + k].astype(np.uint64) + np.uint64(k + 1)
+            keys[:, b] = col
     return keys
 
 
