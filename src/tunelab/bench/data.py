@@ -20,7 +20,7 @@ import numpy as np
 from tunelab.bench.pii_set import NEGATIVES, _value, labelled_pii_set
 from tunelab.data.minhash import MinHasher, lsh_pairs
 from tunelab.data.pii import find_pii
-from tunelab.fsutil import atomic_write_json
+from tunelab.fsutil import atomic_write_json, atomic_write_jsonl
 
 _WORD = re.compile(r"\w+")
 TARGETS = {"records_per_s": 10_000, "near_dup_speedup": 3.0, "near_dup_precision": 0.95, "near_dup_recall": 0.95,
@@ -31,6 +31,12 @@ def _vocab(rng: np.random.Generator, n: int = 30_000) -> list[str]:
     letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
     lens = rng.integers(3, 10, size=n)
     return ["".join(rng.choice(letters, size=k)) for k in lens]
+
+
+def _write_chat(path: Path, prefix: str, texts: list[str]) -> None:
+    rows = ({"id": f"{prefix}{i}", "messages": [{"role": "user", "content": t}, {"role": "assistant", "content": "ok"}]}
+            for i, t in enumerate(texts))  # fmt: skip
+    atomic_write_jsonl(path, rows)
 
 
 def make_corpus(n: int, out: Path, seed: int = 0) -> dict[str, Any]:
@@ -79,17 +85,7 @@ def make_corpus(n: int, out: Path, seed: int = 0) -> dict[str, Any]:
     for kind in ("exact", "near", "far"):
         truth[kind] = [(remap[c], s) for c, s in truth[kind]]
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "train.jsonl", "w") as f:
-        for i, t in enumerate(final):
-            f.write(
-                json.dumps(
-                    {
-                        "id": f"r{i}",
-                        "messages": [{"role": "user", "content": t}, {"role": "assistant", "content": "ok"}],
-                    }
-                )
-                + "\n"
-            )
+    _write_chat(out / "train.jsonl", "r", final)
     evals: list[str] = []
     leaks: dict[str, list[int]] = {"exact": [], "near": [], "ngram13": []}
     sources = prng.sample(range(originals), 300)  # distinct: two leaks of one source would be one eval item
@@ -110,17 +106,7 @@ def make_corpus(n: int, out: Path, seed: int = 0) -> dict[str, Any]:
             leaks["ngram13"].append(k)
         else:
             evals.append(" ".join(vocab[i] for i in rng.choice(len(vocab), size=100, p=p)) + f" q{k}")
-    with open(out / "eval.jsonl", "w") as f:
-        for k, t in enumerate(evals):
-            f.write(
-                json.dumps(
-                    {
-                        "id": f"e{k}",
-                        "messages": [{"role": "user", "content": t}, {"role": "assistant", "content": "ok"}],
-                    }
-                )
-                + "\n"
-            )
+    _write_chat(out / "eval.jsonl", "e", evals)
     truth["texts"] = final
     truth["eval_leaks"] = leaks
     return truth
