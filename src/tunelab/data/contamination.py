@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.data.minhash import MinHasher, band_keys
+from tunelab.data.minhash import MinHasher, band_keys, window_hashes
 from tunelab.data.text import text_hash
 
 KINDS = ("exact", "near", "ngram13")
@@ -93,7 +93,8 @@ class EvalIndex:
                 if len(js) and js.max() >= self.near_threshold:
                     hits.append((i, "near", self.ids[int(np.flatnonzero(shared)[int(js.argmax())])]))
         if len(self._gram_keys):
-            grams = [ngrams_of(w) for w in words]
+            grams = window_hashes(words, N, _MIX)
+            grams = [g if len(w) >= N else g[:0] for g, w in zip(grams, words, strict=True)]
             flat = np.concatenate(grams) if grams else np.zeros(0, dtype=np.uint64)
             owner = np.repeat(np.arange(len(grams)), [len(g) for g in grams])
             hit = np.isin(flat, self._gram_keys)

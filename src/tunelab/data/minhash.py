@@ -9,12 +9,50 @@ from __future__ import annotations
 
 import hashlib
 import re
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 _WORD = re.compile(r"\w+")
+# Word splitting by one C-level translate + split (several times faster than a regex): punctuation becomes space.
+_PUNCT = str.maketrans(
+    dict.fromkeys(
+        string.punctuation.replace("_", "")
+        + "\u201c\u201d\u2018\u2019\u2014\u2013\u2026\u00ab\u00bb\u00b7\u2022\u00a1\u00bf",
+        " ",
+    )
+)
+
+
+def split_words(text: str) -> list[str]:
+    return text.casefold().translate(_PUNCT).split()
+
+
+def window_hashes(words: Sequence[np.ndarray], n: int, mix: np.ndarray) -> list[np.ndarray]:
+    """Per record, the hash of every run of `n` consecutive words, computed in one pass over all records.
+
+    A record shorter than `n` words gets one hash of all its words (none if it has no words).
+    """
+    lens = np.array([len(w) for w in words], dtype=np.int64)
+    flat = np.concatenate(words) if len(words) else np.zeros(0, dtype=np.uint64)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]) if len(words) else lens
+    span = max(0, len(flat) - n + 1)
+    g = flat[:span] * mix[0]
+    for k in range(1, n):
+        g ^= flat[k : k + span] * mix[k]
+    out = []
+    for w, s, ln in zip(words, starts.tolist(), lens.tolist(), strict=True):
+        if ln >= n:
+            out.append(g[s : s + ln - n + 1])
+        elif ln:
+            out.append(np.bitwise_xor.reduce(w * mix[:ln], keepdims=True))
+        else:
+            out.append(np.zeros(0, dtype=np.uint64))
+    return out
+
+
 _SEED_MIX = np.array(
     [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD],
     dtype=np.uint64,
@@ -40,14 +78,18 @@ class MinHasher:
         self._cache = _WordCache()
 
     def word_hashes(self, text: str) -> np.ndarray:
-        return np.array(list(map(self._cache.__getitem__, _WORD.findall(text.casefold()))), dtype=np.uint64)
+        return np.array(list(map(self._cache.__getitem__, split_words(text))), dtype=np.uint64)
 
     def word_hashes_many(self, texts: Sequence[str]) -> list[np.ndarray]:
         """`word_hashes` of each text, with one array conversion for the whole batch."""
-        words = [_WORD.findall(t.casefold()) for t in texts]
+        words = [split_words(t) for t in texts]
         flat = np.array(list(map(self._cache.__getitem__, (w for ws in words for w in ws))), dtype=np.uint64)
         ends = np.cumsum([len(ws) for ws in words])
         return np.split(flat, ends[:-1]) if len(texts) else []
+
+    def shingles_many(self, words: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Shingle hashes of many records in one pass (duplicates kept: they do not change a minimum)."""
+        return [np.zeros(1, dtype=np.uint64) if len(s) == 0 else s for s in window_hashes(words, self.ngram, _SEED_MIX)]
 
     def shingles(self, text: str) -> np.ndarray:
         return self.shingles_of(self.word_hashes(text))
@@ -64,7 +106,7 @@ class MinHasher:
         return np.unique(out)
 
     def signatures(self, texts: Sequence[str], chunk: int = 4096) -> np.ndarray:
-        return self.signatures_of([self.shingles_of(w) for w in self.word_hashes_many(texts)], chunk)
+        return self.signatures_of(self.shingles_many(self.word_hashes_many(texts)), chunk)
 
     def signatures_of(self, parts: Sequence[np.ndarray], chunk: int = 4096) -> np.ndarray:
         """[len(parts), num_perm] uint32 signatures from per-record shingle arrays.

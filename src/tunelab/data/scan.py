@@ -104,7 +104,7 @@ def scan_chunk(ctx: ScanContext, units: list[tuple[int, Any]], sample_every: int
     out.words = [len(w) for w in input_words]
     other_words = h.word_hashes_many([non_input(r) for r in valid])
     conv = [np.concatenate([a, b]) for a, b in zip(input_words, other_words, strict=True)]
-    out.sigs = h.signatures_of([h.shingles_of(w) for w in conv])
+    out.sigs = h.signatures_of(h.shingles_many(conv))
     if ctx.eval_index is not None:
         out.contaminated = ctx.eval_index.lookup_many([r.input for r in valid], out.sigs, input_words)
     if ctx.keep_records:
