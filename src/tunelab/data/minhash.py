@@ -8,14 +8,11 @@ multiply-shift over that array (uint64 arithmetic wraps), and each record's mini
 from __future__ import annotations
 
 import hashlib
-import re
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
-_WORD = re.compile(r"\w+")
 # Word splitting by one C-level translate + split (several times faster than a regex): punctuation becomes space.
 _PUNCT = str.maketrans(
     dict.fromkeys(
@@ -132,55 +129,6 @@ class MinHasher:
             out[i:j] = np.minimum.reduceat(h, offsets, axis=1).T
             i = j
         return out
-
-
-def jaccard_estimate(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean(a == b))
-
-
-@dataclass
-class NearDupIndex:
-    """Banded LSH over signatures. `add` returns the id of an earlier near-duplicate, or None."""
-
-    num_perm: int = 128
-    bands: int = 32
-    threshold: float = 0.8
-    _tables: list[dict[bytes, list[int]]] = field(default_factory=list)
-    _sigs: list[np.ndarray] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if self.num_perm % self.bands:
-            raise ValueError("num_perm must be a multiple of bands")
-        self._rows = self.num_perm // self.bands
-        self._tables = [{} for _ in range(self.bands)]
-
-    def _keys(self, sig: np.ndarray) -> list[bytes]:
-        r = self._rows
-        return [sig[i * r : (i + 1) * r].tobytes() for i in range(self.bands)]
-
-    def query(self, sig: np.ndarray) -> tuple[int, float] | None:
-        """The best earlier match at or above the threshold (id, estimated Jaccard)."""
-        seen: set[int] = set()
-        best: tuple[int, float] | None = None
-        for table, key in zip(self._tables, self._keys(sig), strict=True):
-            for cand in table.get(key, ()):
-                if cand in seen:
-                    continue
-                seen.add(cand)
-                j = jaccard_estimate(sig, self._sigs[cand])
-                if j >= self.threshold and (best is None or j > best[1]):
-                    best = (cand, j)
-        return best
-
-    def insert(self, sig: np.ndarray) -> int:
-        idx = len(self._sigs)
-        self._sigs.append(sig)
-        for table, key in zip(self._tables, self._keys(sig), strict=True):
-            table.setdefault(key, []).append(idx)
-        return idx
-
-    def __len__(self) -> int:
-        return len(self._sigs)
 
 
 def band_keys(sigs: np.ndarray, bands: int = 32) -> np.ndarray:

@@ -8,7 +8,6 @@ and inherited by the workers (fork).
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +19,6 @@ from tunelab.data.formats import Record, Rejected
 from tunelab.data.minhash import MinHasher
 from tunelab.data.pii import find_pii
 from tunelab.data.readers import parse_unit
-
-_WORD = re.compile(r"\w+")
 
 
 @dataclass
