@@ -119,6 +119,9 @@ def data_audit(
     near_threshold: Annotated[
         float, typer.Option(min=0.1, max=1.0, help="Jaccard (word 5-grams) at which texts are near duplicates.")
     ] = 0.8,
+    licence: Annotated[str | None, typer.Option(help="Licence (SPDX id or text) of files with no datacard.")] = None,
+    source: Annotated[str | None, typer.Option(help="Where the data comes from (files with no datacard).")] = None,
+    owner: Annotated[str | None, typer.Option(help="Who owns the data (files with no datacard).")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print audit.json to stdout.")] = False,
 ) -> None:
     """Validate, deduplicate, check contamination, PII and licences. Exit 1 when the policy says no."""
@@ -129,7 +132,19 @@ def data_audit(
 
     res, out_dir = audit_files(
         AuditOptions(
-            list(paths), list(eval_ or []), out, model, policy, max_length, dedup, redact, format_, near_threshold
+            list(paths),
+            list(eval_ or []),
+            out,
+            model,
+            policy,
+            max_length,
+            dedup,
+            redact,
+            format_,
+            near_threshold,
+            datacard={"licence": {"id": licence} if licence else None, "source": source, "owner": owner}
+            if (licence or source or owner)
+            else None,
         )
     )
     r = res.report

@@ -89,3 +89,18 @@ def test_bad_inputs_are_exit_2_with_one_line(tmp_path: Path) -> None:
         res = audit(*args, "--out", str(tmp_path / "o"))
         assert res.returncode == 2, (args, res.stderr)
         assert len(res.stderr.strip().splitlines()) == 1 and msg in res.stderr
+
+
+def test_licence_by_flags_for_files_without_a_sidecar(tmp_path: Path) -> None:
+    bare = write_jsonl(tmp_path / "bare.jsonl", [chat("a question", "an answer")])
+    with_card = write_jsonl(tmp_path / "carded.jsonl", [chat("another question", "x")])
+    datacard_path(with_card).write_text(yaml.safe_dump({"licence": {"id": "CC-BY-4.0"}}))
+    res = audit(str(bare), str(with_card), "--licence", "MIT", "--source", "support tickets 2024", "--owner", "acme",
+                "--out", str(tmp_path / "out"), "--json")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    files = {Path(f["path"]).name: f for f in json.loads(res.stdout)["files"]}
+    assert (files["bare.jsonl"]["licence"], files["bare.jsonl"]["datacard"]) == ("MIT", "flags")
+    assert files["bare.jsonl"]["source"] == "support tickets 2024" and files["bare.jsonl"]["owner"] == "acme"
+    assert (files["carded.jsonl"]["licence"], files["carded.jsonl"]["datacard"]) == ("CC-BY-4.0", "sidecar")
+    refused = audit(str(bare), "--licence", "LicenseRef-Proprietary", "--out", str(tmp_path / "o2"))
+    assert refused.returncode == 1 and "not in the policy's allowed licences" in refused.stderr

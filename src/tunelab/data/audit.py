@@ -139,6 +139,7 @@ def run_audit(
     fmt: str = "auto",
     keep_records: bool = True,
     workers: int | None = None,
+    datacard: dict[str, Any] | None = None,
 ) -> AuditResult:
     """Audit the files and write `audit.json` and `quarantine.jsonl` into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -148,7 +149,7 @@ def run_audit(
     try:
         return _audit(
             quarantine, train_paths, eval_paths, out_dir, policy, tokenizer, max_length, check_len, keep,
-            decontaminate, near_threshold, remove_near, fmt, keep_records, workers,
+            decontaminate, near_threshold, remove_near, fmt, keep_records, workers, datacard,
         )  # fmt: skip
     except BaseException:
         quarantine.abort()
@@ -171,6 +172,7 @@ def _audit(
     fmt: str,
     keep_records: bool,
     workers: int | None,
+    datacard: dict[str, Any] | None,
 ) -> AuditResult:
     warnings: list[str] = []
     files: list[dict[str, Any]] = []
@@ -178,10 +180,13 @@ def _audit(
     length_stats: list[tuple[int, int]] = []
 
     def file_entry(p: Path, role: str, records: int, valid: int) -> None:
-        lic = check_licence(read_datacard(p), policy)
+        sidecar = read_datacard(p)  # a sidecar describes its own file; flags describe files that have none
+        card = sidecar if sidecar is not None else datacard
+        lic = check_licence(card, policy)
         licences.append(lic)
         files.append({"path": str(p), "role": role, "sha256": sha256_file(p), "records": records, "valid": valid,
-                      "licence": lic.id})  # fmt: skip
+                      "licence": lic.id, "source": (card or {}).get("source"), "owner": (card or {}).get("owner"),
+                      "datacard": "sidecar" if sidecar is not None else ("flags" if datacard else None)})  # fmt: skip
 
     # 1. Eval sets: small, read whole; they become the index training records are checked against.
     eval_by_file: dict[str, list[Record]] = {}
@@ -342,7 +347,7 @@ def _audit(
         if lic.status == "not-allowed":
             reasons.append(f"licence {lic.id!r} is not in the policy's allowed licences")
         elif lic.status == "unknown":
-            msg = "a data file has no recorded licence (add a <file>.datacard.yaml)"
+            msg = "a data file has no recorded licence (add a <file>.datacard.yaml, or pass --licence)"
             (reasons if policy.unknown_licence == "fail" else warnings).append(msg)
     n_contaminated = sum(c["contaminated"] for c in contamination.values())
     if n_contaminated and policy.fail_on_contamination and not decontaminate:

@@ -33,6 +33,7 @@ class AuditOptions:
     redact: bool = False
     fmt: str = "auto"
     near_threshold: float = 0.8
+    datacard: dict[str, Any] | None = None  # from --licence/--source/--owner, for files without a sidecar
 
 
 def load_policy(path: Path | None) -> DataPolicy:
@@ -79,6 +80,7 @@ def audit_files(opts: AuditOptions) -> tuple[AuditResult, Path]:
         fmt=opts.fmt,
         near_threshold=opts.near_threshold,
         keep_records=opts.dedup or opts.redact,
+        datacard=opts.datacard,
     )
     r = result.report
     if r["records_total"] == 0:
