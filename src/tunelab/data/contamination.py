@@ -21,19 +21,9 @@ N = 13
 _MIX = np.random.default_rng(13).integers(1, 2**63, size=N, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
 
 
-def ngram_hashes(hasher: MinHasher, text: str, n: int = N) -> np.ndarray:
-    """Hashes of every word n-gram, in order (computed from cached word hashes, vectorised)."""
-    return ngrams_of(hasher.word_hashes(text), n)
-
-
-def ngrams_of(w: np.ndarray, n: int = N) -> np.ndarray:
-    if len(w) < n:
-        return np.zeros(0, dtype=np.uint64)
-    span = len(w) - n + 1
-    g = w[:span] * _MIX[0]
-    for k in range(1, n):
-        g = g ^ (w[k : k + span] * _MIX[k])
-    return g
+def ngrams_many(words: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per record, the hash of every word 13-gram in order (none for a record shorter than 13 words)."""
+    return [g if len(w) >= N else g[:0] for g, w in zip(window_hashes(words, N, _MIX), words, strict=True)]
 
 
 class EvalIndex:
@@ -48,7 +38,8 @@ class EvalIndex:
         self.ids = [eid for eid, _ in items]
         self.exact: dict[str, list[str]] = defaultdict(list)
         self.grams: dict[int, list[str]] = {}
-        eval_grams = [ngram_hashes(self.hasher, t) for _, t in items]
+        input_words = self.hasher.word_hashes_many([t for _, t in items])  # hashed once, used twice below
+        eval_grams = ngrams_many(input_words)
         share: dict[int, int] = defaultdict(int)
         for gl in eval_grams:
             for g in set(gl.tolist()):
@@ -67,11 +58,11 @@ class EvalIndex:
             for g in gl[~near_boiler].tolist():
                 self.grams.setdefault(g, []).append(eid)
         self._gram_keys = np.array(sorted(self.grams), dtype=np.uint64)
-        words = self.hasher.word_hashes_many([t for _, t in items])
+        words = input_words
         if answers is not None:
             extra = self.hasher.word_hashes_many(list(answers))
             words = [np.concatenate([w, x]) for w, x in zip(words, extra, strict=True)]
-        self._sigs = self.hasher.signatures_of([self.hasher.shingles_of(w) for w in words])
+        self._sigs = self.hasher.signatures_of(self.hasher.shingles_many(words))
         self._bands = band_keys(self._sigs) if len(self._sigs) else np.zeros((0, 32), dtype=np.uint64)
         self._band_sorted = [np.sort(self._bands[:, b]) for b in range(self._bands.shape[1])]
 
@@ -93,8 +84,7 @@ class EvalIndex:
                 if len(js) and js.max() >= self.near_threshold:
                     hits.append((i, "near", self.ids[int(np.flatnonzero(shared)[int(js.argmax())])]))
         if len(self._gram_keys):
-            grams = window_hashes(words, N, _MIX)
-            grams = [g if len(w) >= N else g[:0] for g, w in zip(grams, words, strict=True)]
+            grams = ngrams_many(words)
             flat = np.concatenate(grams) if grams else np.zeros(0, dtype=np.uint64)
             owner = np.repeat(np.arange(len(grams)), [len(g) for g in grams])
             hit = np.isin(flat, self._gram_keys)
@@ -105,12 +95,6 @@ class EvalIndex:
                         seen.add((pos, eid))
                         hits.append((pos, "ngram13", eid))
         return hits
-
-    def lookup(self, text: str, sig: np.ndarray | None, words: np.ndarray | None = None) -> list[tuple[str, str]]:
-        """(kind, eval id) for every way `text` leaks an eval item."""
-        w = self.hasher.word_hashes(text) if words is None else words
-        s = sig if sig is not None else self.hasher.signatures([text])[0]
-        return [(k, e) for _, k, e in self.lookup_many([text], s[None, :], [w])]
 
 
 @dataclass
@@ -147,7 +131,7 @@ def find_contamination(
     for s in range(0, len(train_items), batch):
         chunk = train_items[s : s + batch]
         words = index.hasher.word_hashes_many([t for _, t in chunk])
-        sigs = index.hasher.signatures_of([index.hasher.shingles_of(w) for w in words])
+        sigs = index.hasher.signatures_of(index.hasher.shingles_many(words))
         for pos, kind, eid in index.lookup_many([t for _, t in chunk], sigs, words):
             res.add(kind, eid, chunk[pos][0])
     return res

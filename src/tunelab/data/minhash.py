@@ -89,18 +89,7 @@ class MinHasher:
         return [np.zeros(1, dtype=np.uint64) if len(s) == 0 else s for s in window_hashes(words, self.ngram, _SEED_MIX)]
 
     def shingles(self, text: str) -> np.ndarray:
-        return self.shingles_of(self.word_hashes(text))
-
-    def shingles_of(self, words: np.ndarray) -> np.ndarray:
-        n = self.ngram
-        if len(words) == 0:
-            return np.zeros(1, dtype=np.uint64)
-        if len(words) < n:
-            return np.bitwise_xor.reduce(words * _SEED_MIX[: len(words)], keepdims=True)
-        out = words[: len(words) - n + 1] * _SEED_MIX[0]
-        for k in range(1, n):
-            out = out ^ (words[k : len(words) - n + 1 + k] * _SEED_MIX[k])
-        return np.unique(out)
+        return self.shingles_many([self.word_hashes(text)])[0]
 
     def signatures(self, texts: Sequence[str], chunk: int = 4096) -> np.ndarray:
         return self.signatures_of(self.shingles_many(self.word_hashes_many(texts)), chunk)
