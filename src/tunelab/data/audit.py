@@ -242,7 +242,7 @@ def _audit(
     sample: list[str] = []
     kept_records: list[Record] = []
     n_workers = workers if workers is not None else (1 if check_len else min(2, os.cpu_count() or 1))
-    for p in train_paths:
+    for file_index, p in enumerate(train_paths):
         notes = FileNotes()
         ctx = ScanContext(fmt, str(p), p.stem, index, keep_records=keep)
         n_file = valid_file = 0
@@ -267,7 +267,7 @@ def _audit(
                 valid_file += 1
                 pos = len(ids)
                 ids.append(rid)
-                line_file.append(train_paths.index(p))
+                line_file.append(file_index)
                 line_no.append(line)
                 if keep:
                     kept_records.append(chunk.records[i])
