@@ -117,3 +117,9 @@ def test_ctrl_c_exits_130_and_leaves_no_complete_looking_run(tiny_model_dir: Pat
     assert not (out / "summary.json").exists()
     assert not (out / "model").exists()
     assert json.loads(events.read_text().splitlines()[-1])["event"] == "interrupted"
+
+
+def test_an_unknown_command_is_a_usage_error_not_an_internal_one() -> None:
+    res = run("no-such-command")
+    assert res.returncode == 2
+    assert "No such command" in res.stderr and "internal error" not in res.stderr

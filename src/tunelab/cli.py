@@ -64,6 +64,44 @@ def _print_done(s: dict[str, object]) -> None:
 
 
 @app.command()
+def train(
+    config: Annotated[Path | None, typer.Argument(help="YAML config (see configs/).")] = None,
+    preset: Annotated[str | None, typer.Option(help="A built-in config instead of a file: quickstart.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: section.key=value")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/train-<time>).")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the run in this directory from its newest good checkpoint.")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (overrides train.max_steps).")] = None,
+    force: Annotated[bool, typer.Option(help="Train even when the data audit fails (recorded).")] = False,
+    mlflow: Annotated[str | None, typer.Option(help="Also log to this MLflow tracking URI.")] = None,
+) -> None:
+    """Fine-tune (LoRA or full) with packing, checkpoints and exact resume; runs under torchrun too."""
+    from tunelab.train.command import TrainOptions, run_train
+
+    s = run_train(
+        TrainOptions(
+            config=config,
+            preset=preset,
+            overrides=set_ or [],
+            out=out,
+            resume=resume,
+            max_steps=max_steps,
+            force=force,
+            mlflow=mlflow,
+        )
+    )
+    if s:  # process 0 reports
+        el = f", held-out loss {s['eval_loss']:.4f}" if s.get("eval_loss") is not None else ""
+        print(
+            f"{s['steps']} steps, final loss {s['final_loss']:.4f}{el}, {s['tokens_per_s']:.0f} tokens/s, "
+            f"peak RSS {s['peak_rss_gb']:.2f} GB"
+        )
+        print(f"model     {Path(s['run_dir']) / 'model'}")
+        print(f"summary   {Path(s['run_dir']) / 'summary.json'}")
+
+
+@app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="The user message.")],
     model: Annotated[str | None, typer.Option(help="Local model dir or .gguf (default: bundled).")] = None,
@@ -231,6 +269,34 @@ def bench_data(
     )
 
 
+@bench_app.command("train")
+def bench_train(
+    out: Annotated[Path, typer.Option(help="Where both runs and bench-train.json go.")] = Path("runs/bench-train"),
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps on each side.")] = 24,
+    eval_items: Annotated[int, typer.Option(min=10, help="Held-out articles both adapters are scored on.")] = 100,
+    quick: Annotated[bool, typer.Option(help="4 steps, 20 eval items: checks it runs, not the figures.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """tunelab's engine vs HF Trainer + peft, same data/steps/batch: tokens/s, step time, peak RSS, MFU, accuracy."""
+    import json
+
+    from tunelab.bench.train import bench_train as run_bench
+
+    r = run_bench(out, steps=steps, eval_items=eval_items, quick=quick, log=(lambda m: None) if json_ else print)
+    if json_:
+        print(json.dumps(r, indent=2))
+        return
+    t, h, q = r["tunelab"], r["hf_trainer"], r["quality"]
+    print(
+        f"tunelab {t['tokens_per_s']:.0f} vs Trainer {h['tokens_per_s']:.0f} real tokens/s: "
+        f"speed x{r['speed_ratio']:.2f} (target >= 2.0); peak RSS {t['peak_rss_gb']:.2f} vs {h['peak_rss_gb']:.2f} GB: "
+        f"memory x{r['memory_ratio']:.2f} (target <= 0.35); MFU {r['mfu']:.2f} vs {r['hf_mfu']:.2f} (target >= 0.60); "
+        f"accuracy {q['tunelab_accuracy']:.3f} vs {q['hf_accuracy']:.3f} (paired p = {q['p_value']:.2g}); "
+        f"met: {', '.join(k for k, v in r['met'].items() if v) or 'none'}"
+    )
+    print(f"details: {out / 'bench-train.json'}")
+
+
 def main(argv: list[str] | None = None) -> None:
     import click
 
@@ -244,14 +310,18 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(rv)
     except TunelabError as e:
         _fail(f"error: {e}", e.exit_code, e)
-    except click.exceptions.Abort as e:  # click turns Ctrl-C into Abort
+    except (click.exceptions.Abort, typer.Abort) as e:  # click turns Ctrl-C into Abort
         _fail("interrupted", 130, e)
     except KeyboardInterrupt as e:
         _fail("interrupted", 130, e)
-    except click.exceptions.Exit as e:
+    except (click.exceptions.Exit, typer.Exit) as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
+    except (click.ClickException, typer.TyperException) as e:  # usage errors (typer >= 0.22 vendors click)
+        show = getattr(e, "show", None)
+        if show is not None:
+            show()
+        else:
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:
         _fail(f"error: {e.filename or ''}: {e.strerror or e}", 2, e)

@@ -22,14 +22,18 @@ class ModelSection(_Section):
 
 
 class DataSection(_Section):
-    task: str = "bbc-topics"
+    task: str | None = "bbc-topics"  # a built-in task; set null and give `train` to use your own files
+    train: list[Path] = Field(default_factory=list)  # JSONL/CSV/Parquet files (relative to the config file)
+    eval: list[Path] = Field(default_factory=list)
+    format: Literal["auto", "chat", "completion", "classification", "text"] = "auto"
     seed: int = 0
     eval_per_class: int = Field(40, ge=1)
     max_words: int = Field(64, ge=8)  # article words kept in the user turn
     max_length: int = Field(256, ge=16)  # tokens; longer records are quarantined
 
 
-class LoraSection(_Section):
+class MethodSection(_Section):
+    kind: Literal["lora", "full"] = "lora"  # a LoRA adapter, or every weight
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -51,14 +55,23 @@ class ScheduleSection(_Section):
 
 
 class BatchSection(_Section):
-    size: int = Field(8, ge=1)
-    grad_accum: int = Field(1, ge=1)
+    size: int = Field(8, ge=1)  # examples per optimizer step, over all processes, before grad_accum
+    grad_accum: int = Field(1, ge=1)  # global batch = size x grad_accum examples
+    packing: bool = True  # pack examples into one row (no padding); false: right-padded rows
+    max_tokens: int = Field(2048, ge=16)  # tokens per forward pass; bounds activation memory
+
+
+class CheckpointSection(_Section):
+    every: int = Field(0, ge=0)  # optimizer steps between checkpoints; 0: only at the end
+    keep_last: int = Field(2, ge=1)
 
 
 class TrainSection(_Section):
     max_steps: int = Field(48, ge=1)
     seed: int = 0
-    threads: int | None = None  # None: all cores
+    threads: int | None = None  # None: the cores available to this process
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the hardware has it
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
 
 
 class EvalSection(_Section):
@@ -73,10 +86,11 @@ class EvalSection(_Section):
 class RunConfig(_Section):
     model: ModelSection = Field(default_factory=lambda: ModelSection())
     data: DataSection = Field(default_factory=lambda: DataSection())
-    lora: LoraSection = Field(default_factory=lambda: LoraSection())
+    method: MethodSection = Field(default_factory=lambda: MethodSection())
     optimizer: OptimizerSection = Field(default_factory=lambda: OptimizerSection())
     schedule: ScheduleSection = Field(default_factory=lambda: ScheduleSection())
     batch: BatchSection = Field(default_factory=lambda: BatchSection())
+    checkpoint: CheckpointSection = Field(default_factory=lambda: CheckpointSection())
     train: TrainSection = Field(default_factory=lambda: TrainSection())
     eval: EvalSection = Field(default_factory=lambda: EvalSection())
     policy: DataPolicy = Field(default_factory=lambda: DataPolicy())

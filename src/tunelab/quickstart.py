@@ -23,12 +23,13 @@ from tunelab.evaluate.stats import compare_binary
 from tunelab.fsutil import atomic_write_json, atomic_write_jsonl, atomic_write_text, sha256_file
 from tunelab.govern.card import model_card
 from tunelab.govern.provenance import write_manifest
+from tunelab.models.chat import encode_chat
 from tunelab.models.loading import check_model_spec, load_model, load_tokenizer, resolve_model
 from tunelab.paths import new_run_dir
 from tunelab.progress import Reporter
 from tunelab.report.html import write_report
 from tunelab.report.verdict import verdict_text
-from tunelab.train.lora import save_adapter, train_lora
+from tunelab.train.engine import save_model, train
 
 
 @dataclass
@@ -63,6 +64,8 @@ def quickstart_config(opts: QuickstartOptions) -> RunConfig:
         cfg.train.max_steps = opts.max_steps
     if opts.model is not None:
         cfg.model.name = opts.model
+    if cfg.data.task is None or cfg.data.train:
+        raise ConfigError("the quickstart runs a built-in task; use `tunelab train` for your own files", field="data")
     # The quickstart's data is BBC content for non-commercial research only. Its policy allows that licence
     # explicitly (and says so); a user's own policy does not unless they add it.
     if cfg.data.task == "bbc-topics" and BBC_LICENCE_ID not in cfg.policy.allowed_licences:
@@ -101,7 +104,7 @@ def _run(cfg: RunConfig, run_dir: Path, rep: Reporter, t_start: float) -> dict[s
     rep.info(f"{resolved.base_model_id} from {resolved.path}", model=resolved.name)
 
     rep.stage("2/6 task and data")
-    task = get_task(cfg.data.task)
+    task = get_task(cfg.data.task or "bbc-topics")
     data = build_bbc_topics(
         run_dir / "data",
         seed=cfg.data.seed,
@@ -139,9 +142,9 @@ def _run(cfg: RunConfig, run_dir: Path, rep: Reporter, t_start: float) -> dict[s
     rep.info(f"base accuracy {base_eval.metrics.accuracy:.3f}")
 
     rep.stage("5/6 train (LoRA)")
-    trained = train_lora(model, tok, audit.train, cfg, rep)
-    save_adapter(trained.model, run_dir / "model")
-    atomic_write_jsonl(run_dir / "train" / "curve.jsonl", trained.curve)
+    examples = [encode_chat(tok, r.messages) for r in audit.train]
+    trained = train(model, examples, cfg, rep, pad_id=int(tok.pad_token_id), run_dir=run_dir)
+    save_model(trained.model, run_dir / "model", tok)
     rep.info(
         f"{cfg.train.max_steps} steps in {trained.train_s:.0f}s, {trained.tokens_per_s:.0f} tokens/s, "
         f"final loss {trained.curve[-1]['loss']:.3f}"
@@ -242,7 +245,7 @@ def _write_results(
         dataset=data.datacard,
         results=summary,
         training={
-            "method": f"LoRA r={cfg.lora.r}, alpha={cfg.lora.alpha} on {', '.join(cfg.lora.target_modules)}",
+            "method": method_text(cfg),
             "steps": cfg.train.max_steps,
             "batch size": cfg.batch.size * cfg.batch.grad_accum,
             "learning rate": cfg.optimizer.lr,
@@ -274,6 +277,13 @@ def _write_results(
     write_report(run_dir, summary)
     atomic_write_json(run_dir / "summary.json", summary)  # last: its presence marks the run complete
     return summary
+
+
+def method_text(cfg: RunConfig) -> str:
+    m = cfg.method
+    if m.kind == "full":
+        return "full fine-tuning (every weight)"
+    return f"LoRA r={m.r}, alpha={m.alpha} on {', '.join(m.target_modules)}"
 
 
 def load_summary(run_dir: Path) -> dict[str, Any]:

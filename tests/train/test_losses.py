@@ -25,3 +25,32 @@ def test_no_trained_token_gives_zero_loss_with_a_graph() -> None:
     loss, n = masked_lm_loss(hidden, torch.nn.Linear(8, 5), torch.full((1, 4), IGNORE))
     assert n == 0 and float(loss.detach()) == 0.0
     loss.backward()
+
+
+def test_chunked_cross_entropy_matches_plain_in_value_and_gradients() -> None:
+    from tunelab.train.losses import chunked_cross_entropy
+
+    torch.manual_seed(1)
+    h1 = torch.randn(37, 16, requires_grad=True)
+    w1 = torch.randn(50, 16, requires_grad=True)
+    t = torch.randint(0, 50, (37,))
+    h2 = h1.detach().clone().requires_grad_(True)
+    w2 = w1.detach().clone().requires_grad_(True)
+    ours = chunked_cross_entropy(h1, w1, t, chunk=8)  # 5 chunks, the last one short
+    ref = F.cross_entropy(h2 @ w2.t(), t, reduction="sum")
+    assert torch.allclose(ours, ref, atol=1e-4)
+    (ours * 0.5).backward()
+    (ref * 0.5).backward()
+    assert h1.grad is not None and h2.grad is not None and w1.grad is not None and w2.grad is not None
+    assert torch.allclose(h1.grad, h2.grad, atol=1e-5)
+    assert torch.allclose(w1.grad, w2.grad, atol=1e-5)
+
+
+def test_chunked_cross_entropy_computes_no_weight_gradient_when_frozen() -> None:
+    from tunelab.train.losses import chunked_cross_entropy
+
+    h = torch.randn(5, 8, requires_grad=True)
+    w = torch.randn(11, 8)
+    loss = chunked_cross_entropy(h, w, torch.randint(0, 11, (5,)))
+    loss.backward()
+    assert h.grad is not None and w.grad is None

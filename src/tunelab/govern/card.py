@@ -101,3 +101,88 @@ languages is unmeasured. The model answers with a label even for text that fits 
 
 def _bullets(d: dict[str, Any]) -> str:
     return "\n".join(f"- {k}: {v}" for k, v in d.items())
+
+
+def training_card(
+    *,
+    base_model: str,
+    base_license: str,
+    method: Any,
+    datacard: dict[str, Any],
+    summary: dict[str, Any],
+    config: dict[str, Any],
+    provenance: dict[str, Any],
+) -> str:
+    """Model card for what `tunelab train` made: an adapter or a full checkpoint, with measured numbers only."""
+    lora = method.kind == "lora"
+    lic = datacard.get("licence") or {}
+    meta = {
+        "base_model": base_model,
+        "library_name": "peft" if lora else "transformers",
+        "license": "other",
+        "license_name": lic.get("id", "unknown"),
+        "pipeline_tag": "text-generation",
+        "tags": ["tunelab", "lora" if lora else "full-fine-tune"],
+        "datasets": [datacard.get("name", "user data")],
+    }
+    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+    what = (
+        f"A LoRA adapter (r={method.r}, alpha={method.alpha}) on {', '.join(method.target_modules)}"
+        if lora
+        else "A fully fine-tuned checkpoint (every weight trained)"
+    )
+    use = (
+        f'base = AutoModelForCausalLM.from_pretrained("{base_model}")  # or the local base directory\n'
+        'model = PeftModel.from_pretrained(base, "path/to/this/directory")'
+        if lora
+        else 'model = AutoModelForCausalLM.from_pretrained("path/to/this/directory")'
+    )
+    eval_loss = summary.get("eval_loss")
+    training = {
+        "steps": summary["steps"],
+        "global batch (examples)": summary["global_batch"],
+        "processes": summary["processes"],
+        "learning rate": config["optimizer"]["lr"],
+        "schedule": f"{config['schedule']['kind']}, {config['schedule']['warmup_steps']} warmup steps",
+        "loss": "assistant tokens only (text records: every token)",
+        "training examples": summary["examples"],
+        "final training loss": f"{summary['final_loss']:.4f}",
+        "held-out loss": f"{eval_loss:.4f}" if eval_loss is not None else "no eval data",
+        "throughput": f"{summary['tokens_per_s']:.0f} tokens/s ({summary['precision']})",
+        "data audit": summary["audit_verdict"] + (" — trained anyway with --force" if summary["forced"] else ""),
+    }
+    return f"""---
+{front}---
+
+# {base_model.split("/")[-1]} · fine-tuned with tunelab
+
+{what} of [{base_model}](https://huggingface.co/{base_model}) (base licence: {base_license}).
+Every number below was measured by the run that produced it.
+
+## Training
+
+{_bullets(training)}
+
+## Training data and licence
+
+- Dataset: {datacard.get("name", "user data")} {("— " + datacard["source"]) if datacard.get("source") else ""}
+- Licence: **{lic.get("id", "unknown")}** {lic.get("name", "")}. The weights inherit the data's restrictions.
+
+## Use
+
+```python
+from transformers import AutoModelForCausalLM
+from peft import PeftModel
+
+{use}
+```
+
+## Provenance
+
+{_bullets(provenance)}
+
+## Limitations
+
+Only the training and held-out loss were measured here; run `tunelab eval` for task quality, safety and
+bias before deciding to use it.
+"""

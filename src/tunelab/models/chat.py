@@ -74,3 +74,18 @@ def encode_prompt(tok: PreTrainedTokenizerBase, messages: list[Message]) -> list
     prompt = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
     text = render(tok, prompt, generation_prompt=True)
     return list(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def encode_text(tok: PreTrainedTokenizerBase, text: str) -> Encoded:
+    """Plain text (continued pre-training): every token is trained, ending with EOS when the model has one."""
+    ids: list[int] = list(tok(text, add_special_tokens=False)["input_ids"])
+    if tok.eos_token_id is not None:
+        ids.append(int(tok.eos_token_id))
+    return Encoded(ids, list(ids))
+
+
+def encode_record(tok: PreTrainedTokenizerBase, messages: list[Message]) -> Encoded:
+    """A record as the audit returns it: a conversation, or a single `text` turn."""
+    if len(messages) == 1 and messages[0]["role"] == "text":
+        return encode_text(tok, messages[0]["content"])
+    return encode_chat(tok, messages)

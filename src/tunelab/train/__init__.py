@@ -1,1 +1,1 @@
-"""Training: the LoRA recipe, batching, losses."""
+"""Training: the recipe (engine), packing, packed attention, chunked loss, checkpoints, processes."""

@@ -1,0 +1,306 @@
+"""`tunelab train`: config → model → data → audit gate → training (resumable) → model/ + card + manifest.
+
+Runs the same under `torchrun --nproc_per_node N` / `accelerate launch`: every process loads the model and
+data, process 0 writes the run directory, and the engine splits each global batch between processes.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunelab.config import RunConfig, build_config, load_config
+from tunelab.data.audit import run_audit
+from tunelab.data.tasks import BBC_LICENCE_ID, build_bbc_topics
+from tunelab.errors import ConfigError, DataError, GateFailed
+from tunelab.fsutil import atomic_write_json, atomic_write_text, sha256_file
+from tunelab.govern.card import training_card
+from tunelab.govern.provenance import write_manifest
+from tunelab.models.chat import encode_record
+from tunelab.models.loading import check_model_spec, load_model, load_tokenizer, resolve_model
+from tunelab.paths import new_run_dir
+from tunelab.progress import Reporter
+from tunelab.train.distributed import Dist
+from tunelab.train.engine import evaluate_loss, save_model, train
+
+PRESETS = ("quickstart",)
+
+
+@dataclass
+class TrainOptions:
+    config: Path | None = None
+    preset: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    out: Path | None = None
+    resume: Path | None = None
+    max_steps: int | None = None
+    force: bool = False
+    mlflow: str | None = None
+
+
+def resolve_config(opts: TrainOptions) -> RunConfig:
+    if opts.resume is not None:
+        if opts.config or opts.preset or opts.overrides:
+            raise ConfigError(
+                "a resumed run keeps its own config.yaml; give only --resume (and --max-steps)", field="--resume"
+            )
+        saved = opts.resume / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError("not a training run directory (no config.yaml)", file=opts.resume, field="--resume")
+        cfg = load_config(saved)
+    else:
+        if opts.config is not None and opts.preset is not None:
+            raise ConfigError("give a CONFIG file or --preset, not both", field="--preset")
+        if opts.config is None and opts.preset is None:
+            raise ConfigError("give a CONFIG file or --preset quickstart", field="CONFIG")
+        if opts.preset is not None and opts.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {opts.preset!r}; known: {', '.join(PRESETS)}", field="--preset")
+        cfg = load_config(opts.config, opts.overrides)
+        base = opts.config.parent if opts.config else Path.cwd()
+        cfg.data.train = [p if p.is_absolute() else (base / p) for p in cfg.data.train]
+        cfg.data.eval = [p if p.is_absolute() else (base / p) for p in cfg.data.eval]
+        if cfg.data.train:
+            cfg.data.task = None
+        if cfg.data.task == "bbc-topics" and BBC_LICENCE_ID not in cfg.policy.allowed_licences:
+            cfg.policy.allowed_licences.append(BBC_LICENCE_ID)  # the quickstart's data, allowed by name
+        if cfg.data.task is None and not cfg.data.train:
+            raise ConfigError("no training data: set data.train (files) or data.task", field="data.train")
+    if opts.max_steps is not None:
+        if opts.max_steps < 1:
+            raise ConfigError("must be at least 1", field="--max-steps")
+        cfg.train.max_steps = opts.max_steps
+    return cfg
+
+
+def _run_dir(opts: TrainOptions, dist: Dist) -> Path:
+    if opts.resume is not None:
+        return opts.resume
+    chosen = None
+    if dist.main:
+        run_dir = opts.out or new_run_dir("train")
+        if (run_dir / "summary.json").exists() or (run_dir / "checkpoints").exists():
+            raise ConfigError("already holds a training run; use --resume or another --out", file=run_dir)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create: {e.strerror}", file=run_dir, field="--out") from None
+        chosen = str(run_dir)
+    return Path(dist.gather(chosen)[0])
+
+
+def run_train(opts: TrainOptions, reporter_factory: type[Reporter] = Reporter) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    cfg = resolve_config(opts)
+    check_model_spec(cfg.model.name)
+    dist = Dist.from_env()
+    try:
+        run_dir = _run_dir(opts, dist)
+        rep = reporter_factory(events=run_dir / "events.jsonl") if dist.main else Reporter(quiet=True)
+        try:
+            return _run(cfg, opts, run_dir, rep, dist, t0)
+        except BaseException as e:
+            rep.event("interrupted" if isinstance(e, KeyboardInterrupt) else "failed", error=str(e))
+            raise
+        finally:
+            rep.close()
+    finally:
+        dist.close()
+
+
+def _data_files(cfg: RunConfig, run_dir: Path, dist: Dist) -> tuple[list[Path], list[Path], dict[str, Any] | None]:
+    if cfg.data.task is None:
+        for p in [*cfg.data.train, *cfg.data.eval]:
+            if not p.is_file():
+                raise DataError("no such file", file=p, field="data.train" if p in cfg.data.train else "data.eval")
+        return list(cfg.data.train), list(cfg.data.eval), None
+    if cfg.data.task != "bbc-topics":
+        raise ConfigError(f"unknown task {cfg.data.task!r}", field="data.task")
+    if dist.main:
+        built = build_bbc_topics(
+            run_dir / "data", seed=cfg.data.seed, eval_per_class=cfg.data.eval_per_class, max_words=cfg.data.max_words
+        )
+        card: dict[str, Any] | None = built.datacard
+    dist.barrier()
+    if not dist.main:
+        card = None
+    return [run_dir / "data" / "train.jsonl"], [run_dir / "data" / "eval.jsonl"], card
+
+
+def _check_inputs_unchanged(run_dir: Path, files: list[Path]) -> None:
+    """A resumed run must train on the same bytes as the run it continues."""
+    recorded = json.loads((run_dir / "train" / "inputs.json").read_text())
+    now = {str(p): sha256_file(p) for p in files}
+    for path, digest in recorded.items():
+        if now.get(path) != digest:
+            raise DataError("changed since the run started; resuming would train on other data", file=path)
+
+
+def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist: Dist, t0: float) -> dict[str, Any]:
+    resume = opts.resume is not None
+    if dist.main and not resume:
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    rep.info(f"run directory: {run_dir}" + (" (resuming)" if resume else ""))
+    if dist.enabled:
+        rep.info(f"{dist.world} processes; global batch {cfg.batch.size * cfg.batch.grad_accum} examples per step")
+
+    with rep.status("loading the model"):
+        resolved = resolve_model(cfg.model.name)
+        tok = load_tokenizer(resolved.path)
+        model = load_model(resolved.path, cfg.model.dtype)
+    rep.info(f"model {resolved.base_model_id} from {resolved.path}")
+
+    if resume:
+        train_files, eval_files = _resume_files(run_dir)
+        _check_inputs_unchanged(run_dir, [*train_files, *eval_files])
+        card = None
+    else:
+        train_files, eval_files, card = _data_files(cfg, run_dir, dist)
+    audit_dir = run_dir / "audit" if dist.main else Path(tempfile.mkdtemp(prefix="tunelab-audit-"))
+    audit = run_audit(
+        train_files,
+        eval_files,
+        audit_dir,
+        policy=cfg.policy,
+        tokenizer=tok,
+        max_length=cfg.data.max_length,
+        fmt=cfg.data.format,
+        workers=1 if dist.enabled else None,
+    )
+    a = audit.report
+    rep.info(
+        f"audit: {a['records_valid']} of {a['records_total']} records valid, {a['quarantined']} quarantined, "
+        f"{a['duplicates']['exact']} exact duplicates removed; verdict {a['verdict']}"
+    )
+    forced = False
+    if not audit.passed:
+        if not opts.force:
+            raise GateFailed(
+                "data audit failed: " + "; ".join(a["reasons"]) + " (--force trains anyway and records it)",
+                file=run_dir / "audit" / "audit.json",
+            )
+        forced = True
+        rep.info("[yellow]the data audit failed; training anyway because of --force (recorded in the manifest)[/]")
+    if dist.main and not resume:
+        inputs = {str(p): sha256_file(p) for p in [*train_files, *eval_files]}
+        atomic_write_json(run_dir / "train" / "inputs.json", inputs)
+
+    examples = [encode_record(tok, r.messages) for r in audit.train if r.messages]
+    if not examples:
+        raise DataError("no trainable records after the audit", file=train_files[0])
+    tracker = _mlflow(opts.mlflow, cfg, run_dir) if (opts.mlflow and dist.main) else None
+    res = train(model, examples, cfg, rep, pad_id=_pad_id(tok), run_dir=run_dir, resume=resume, dist=dist)
+    if tracker:
+        for row in res.curve:
+            tracker.log_metrics({"loss": row["loss"], "lr": row["lr"]}, step=row["step"])
+
+    eval_loss = None
+    eval_examples = [encode_record(tok, r.messages) for recs in audit.eval.values() for r in recs if r.messages]
+    if eval_examples:
+        eval_loss = evaluate_loss(res.model, eval_examples, cfg.batch.max_tokens)
+    if not dist.main:
+        return {}
+    save_model(res.model, run_dir / "model", tok)
+    summary: dict[str, Any] = {
+        "method": cfg.method.kind,
+        "steps": cfg.train.max_steps,
+        "global_batch": cfg.batch.size * cfg.batch.grad_accum,
+        "processes": dist.world,
+        "examples": len(examples),
+        "final_loss": res.curve[-1]["loss"],
+        "eval_loss": eval_loss,
+        "real_tokens": res.real_tokens,
+        "trained_tokens": res.trained_tokens,
+        "train_s": res.train_s,
+        "tokens_per_s": res.tokens_per_s,
+        "peak_rss_gb": res.peak_rss_gb,
+        "precision": res.precision,
+        "packing": cfg.batch.packing,
+        "trainable_params": res.trainable_params,
+        "total_params": res.total_params,
+        "resumed_from_step": res.resumed_from,
+        "skipped_checkpoints": res.skipped_checkpoints,
+        "audit_verdict": a["verdict"],
+        "forced": forced,
+        "run_dir": str(run_dir),
+    }
+    datacard = card or _first_datacard(a)
+    atomic_write_text(
+        run_dir / "model" / "README.md",
+        training_card(
+            base_model=resolved.base_model_id,
+            base_license=resolved.license,
+            method=cfg.method,
+            datacard=datacard,
+            summary=summary,
+            config=cfg.model_dump(mode="json"),
+            provenance={
+                "train data sha256": ", ".join(sha256_file(p)[:16] for p in train_files),
+                "base weights": resolved.source.get("gguf_sha256", str(resolved.path)),
+                "run manifest": "manifest.json in the run directory",
+            },
+        ),
+    )
+    if tracker:
+        tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
+        tracker.end()
+    base_files = sorted(p for p in resolved.path.iterdir() if p.suffix in (".safetensors", ".json"))
+    write_manifest(
+        run_dir,
+        inputs={"data": [*train_files, *eval_files], "base_model": base_files, "config": [run_dir / "config.yaml"]},
+        outputs=[run_dir / "model", run_dir / "train", run_dir / "audit"],
+        extra={
+            "base_model_source": resolved.source,
+            "audit": {"verdict": a["verdict"], "forced": forced, "reasons": a.get("reasons", [])},
+            "resumed_from_step": res.resumed_from,
+        },
+    )
+    summary["total_s"] = time.perf_counter() - t0
+    atomic_write_json(run_dir / "summary.json", summary)  # last: its presence marks the run complete
+    rep.event("done", summary=summary)
+    return summary
+
+
+def _resume_files(run_dir: Path) -> tuple[list[Path], list[Path]]:
+    cfg = build_config(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
+    if cfg.data.task is not None and not cfg.data.train:
+        return [run_dir / "data" / "train.jsonl"], [run_dir / "data" / "eval.jsonl"]
+    return list(cfg.data.train), list(cfg.data.eval)
+
+
+def _pad_id(tok: Any) -> int:
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return int(pad or 0)
+
+
+def _first_datacard(audit: dict[str, Any]) -> dict[str, Any]:
+    lic = audit["licence"][0] if audit.get("licence") else {}
+    return {"name": "user data", "licence": {"id": lic.get("id") or "unknown", "name": lic.get("status", "")}}
+
+
+class _Tracker:
+    def __init__(self, mlflow: Any) -> None:
+        self.mlflow = mlflow
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.mlflow.log_metrics(metrics, step=step)
+
+    def end(self) -> None:
+        self.mlflow.end_run()
+
+
+def _mlflow(uri: str, cfg: RunConfig, run_dir: Path) -> _Tracker:
+    try:
+        import mlflow
+    except ImportError:
+        raise ConfigError("MLflow is not installed: pip install mlflow", field="--mlflow") from None
+    mlflow.set_tracking_uri(uri)
+    mlflow.start_run(run_name=run_dir.name)
+    flat = {f"{s}.{k}": v for s, sec in cfg.model_dump(mode="json").items() for k, v in (sec or {}).items()}
+    mlflow.log_params({k: str(v)[:250] for k, v in flat.items()})
+    return _Tracker(mlflow)

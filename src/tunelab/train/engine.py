@@ -1,0 +1,446 @@
+"""The training recipe, top to bottom: wrap → plan → (resume) → loop → checkpoints. One function, no class
+hierarchy; each piece it calls (packing, attention, loss, checkpoint, distributed) is a small module.
+
+- Methods: a LoRA adapter (`peft`) or full fine-tuning; loss on assistant tokens only.
+- Each optimizer step takes a fixed, seeded set of examples (`StepPlan`: a pure function of the step,
+  so the data position after a resume is just the step number). With several processes each takes its
+  share of the same global batch and DDP averages the gradients; the loss is normalised by the global
+  count of trained tokens, so 1 and N processes compute the same update.
+- A step's examples are packed into rows of at most `batch.max_tokens` tokens (no padding, attention kept
+  inside each example) and the loss is taken through the chunked cross-entropy on trained positions only.
+- Checkpoints (trainable weights, optimizer, scheduler, RNG, counters, curve) are atomic; `resume=True`
+  continues from the newest one that verifies, and the result equals an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunelab.config import MethodSection, RunConfig
+from tunelab.errors import ConfigError, DataError
+from tunelab.fsutil import atomic_dir, atomic_write_jsonl
+from tunelab.models.chat import IGNORE, Encoded
+from tunelab.progress import Reporter
+from tunelab.train import checkpoint as ckpt
+from tunelab.train.attention import packed_attention, supports_packing
+from tunelab.train.distributed import Dist
+from tunelab.train.losses import lm_loss_sum
+from tunelab.train.packing import micro_batches, pack, trained_count
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class TrainResult:
+    model: Any  # the PeftModel (LoRA) or the model itself (full)
+    curve: list[dict[str, Any]] = field(default_factory=list)  # one row per optimizer step
+    train_s: float = 0.0
+    real_tokens: int = 0  # tokens forwarded, none of them padding when packing
+    trained_tokens: int = 0
+    trainable_params: int = 0
+    total_params: int = 0
+    resumed_from: int | None = None
+    skipped_checkpoints: list[str] = field(default_factory=list)
+    peak_rss_gb: float = 0.0
+    precision: str = "fp32"
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.real_tokens / self.train_s if self.train_s else 0.0
+
+
+def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
+    """Multiplier on the peak learning rate at optimizer step `step` (0-based)."""
+    if warmup and step < warmup:
+        return (step + 1) / (warmup + 1)
+    if kind == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if kind == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class StepPlan:
+    """Examples of optimizer step s: position s*per_step onwards in a stream of seeded shuffled epochs."""
+
+    def __init__(self, n: int, per_step: int, seed: int):
+        self.n, self.per_step, self.seed = n, per_step, seed
+        self._perms: dict[int, list[int]] = {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._perms:
+            p = list(range(self.n))
+            random.Random(f"{self.seed}:{epoch}").shuffle(p)
+            self._perms = {epoch: p}  # steps move forward: keep one epoch
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> list[int]:
+        start = step * self.per_step
+        return [self._perm(q // self.n)[q % self.n] for q in range(start, start + self.per_step)]
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_threads(local_world: int = 1) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, local_world))
+
+
+def bf16_available(device: torch.device) -> bool:
+    """bf16 matmuls in hardware: CUDA with bf16 support, or a CPU with AVX512-BF16 / AMX."""
+    import torch
+
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def wrap(model: Any, mc: MethodSection) -> Any:
+    if mc.kind == "full":
+        model.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    with warnings.catch_warnings():  # peft calls a transformers API that warns about its own rename
+        warnings.simplefilter("ignore", FutureWarning)
+        return get_peft_model(
+            model,
+            LoraConfig(
+                r=mc.r,
+                lora_alpha=mc.alpha,
+                lora_dropout=mc.dropout,
+                target_modules=list(mc.target_modules),
+                bias="none",
+                task_type="CAUSAL_LM",
+            ),
+        )
+
+
+def _inner(model: Any) -> Any:
+    """The transformers model under a PeftModel (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _step_module(model: Any, packing: bool) -> Any:
+    import torch
+
+    base = _inner(model)
+    decoder, lm_head = base.get_decoder(), base.get_output_embeddings()
+
+    class CausalLMLoss(torch.nn.Module):
+        """forward(examples) → summed loss over their trained tokens. DDP wraps this module."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model  # registers every parameter, so DDP sees the trainable ones
+
+        def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+            if packing:
+                out = decoder(
+                    input_ids=batch["input_ids"],
+                    position_ids=batch["position_ids"],
+                    cu_seqlens_tunelab=batch["cu_seqlens"],
+                    use_cache=False,
+                )
+            else:
+                out = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+            loss, _ = lm_loss_sum(out.last_hidden_state, lm_head, batch["targets"])
+            return loss
+
+    return CausalLMLoss()
+
+
+def _batch(examples: list[Encoded], packing: bool, pad_id: int, device: torch.device) -> tuple[dict[str, Any], int]:
+    """Model inputs for one forward pass and the number of real (non-pad) tokens in it."""
+    import torch
+
+    if packing:
+        p = pack(examples)
+        b = {
+            "input_ids": p.input_ids.to(device),
+            "position_ids": p.position_ids.to(device),
+            "targets": p.targets.to(device),
+            "cu_seqlens": p.cu_seqlens,
+        }
+        return b, p.tokens
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    tgt = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        mask[i, :n] = 1
+        tgt[i, : n - 1] = torch.tensor(e.labels[1:])
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "targets": tgt.to(device)}, int(mask.sum())
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    np_state: Any = np.random.get_state()
+    py = random.getstate()
+    state: dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def train(
+    model: Any,
+    examples: list[Encoded],
+    cfg: RunConfig,
+    reporter: Reporter,
+    *,
+    pad_id: int = 0,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    dist: Dist | None = None,
+) -> TrainResult:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    dist = dist or Dist()
+    if not examples:
+        raise DataError("no training examples", field="train")
+    if cfg.batch.size * cfg.batch.grad_accum < dist.world:
+        raise ConfigError(
+            f"global batch {cfg.batch.size * cfg.batch.grad_accum} is smaller than {dist.world} processes",
+            field="batch.size",
+        )
+    packing = cfg.batch.packing and supports_packing(_inner(model))
+    if cfg.batch.packing and not packing:
+        reporter.info("this model's attention cannot run packed; training on padded rows")
+    torch.set_num_threads(cfg.train.threads or default_threads(dist.local_world))
+    device = torch.device("cuda", dist.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    seed_everything(cfg.train.seed)  # the same on every process: the same adapter initialisation
+    model = wrap(model, cfg.method).to(device)
+    if cfg.train.gradient_checkpointing:
+        _inner(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+    oc = cfg.optimizer
+    opt = torch.optim.AdamW(params, lr=oc.lr, betas=oc.betas, weight_decay=oc.weight_decay)
+    steps = cfg.train.max_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, steps, cfg.schedule.warmup_steps, cfg.schedule.kind)
+    )
+    use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and bf16_available(device))
+    result = TrainResult(
+        model=model,
+        trainable_params=sum(p.numel() for p in params),
+        total_params=sum(p.numel() for p in model.parameters()),
+        precision="bf16 autocast" if use_bf16 else "fp32",
+    )
+    per_step = cfg.batch.size * cfg.batch.grad_accum
+    plan = StepPlan(len(examples), per_step, cfg.train.seed)
+    ckpt_root = run_dir / "checkpoints" if run_dir else None
+    curve_path = run_dir / "train" / "curve.jsonl" if run_dir else None
+
+    start = 0
+    if resume:
+        if ckpt_root is None:
+            raise ConfigError("resuming needs a run directory", field="--resume")
+        found = ckpt.latest_good(ckpt_root)
+        for path, why in found.skipped if found else []:
+            reporter.info(f"[yellow]checkpoint {path.name} is damaged ({why}); using an older one[/]")
+            result.skipped_checkpoints.append(f"{path.name}: {why}")
+        if found is None:
+            bad = "; ".join(f"{p.name}: {ckpt.verify(p)}" for _, p in ckpt.listing(ckpt_root))
+            raise ConfigError(f"no usable checkpoint to resume from{': ' + bad if bad else ''}", file=ckpt_root)
+        state = ckpt.read_state(found.path)
+        if state["world_size"] != dist.world:
+            raise ConfigError(
+                f"checkpoint was written by {state['world_size']} processes, this run has {dist.world}",
+                file=found.path,
+            )
+        weights = load_file(str(found.path / "weights.safetensors"))
+        with torch.no_grad():
+            for k, p in named:
+                p.copy_(weights[k])
+        opt.load_state_dict(torch.load(found.path / "optimizer.pt", weights_only=True))
+        sched.load_state_dict(torch.load(found.path / "scheduler.pt", weights_only=True))
+        _set_rng_state(json.loads((found.path / "rng.json").read_text())[dist.rank])
+        start = state["step"]
+        result.curve = state["curve"]
+        result.real_tokens, result.trained_tokens = state["real_tokens"], state["trained_tokens"]
+        result.train_s = state["train_s"]
+        result.resumed_from = start
+        if curve_path and dist.main:
+            atomic_write_jsonl(curve_path, result.curve)
+        reporter.info(f"resumed from {found.path.name} (step {start} of {steps})")
+    elif dist.main and curve_path:
+        atomic_write_jsonl(curve_path, [])
+
+    step_module = _step_module(model, packing)
+    runner: Any = step_module
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        runner = DistributedDataParallel(step_module, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+
+    reporter.event(
+        "train_start",
+        examples=len(examples),
+        steps=steps,
+        start_step=start,
+        method=cfg.method.kind,
+        packing=packing,
+        processes=dist.world,
+        precision=result.precision,
+        trainable_params=result.trainable_params,
+        total_params=result.total_params,
+    )
+
+    def write_checkpoint(step: int) -> None:
+        rngs = dist.gather(_rng_state())
+        if not (dist.main and ckpt_root):
+            return
+
+        def write(tmp: Path) -> None:
+            save_file({k: p.detach().cpu().contiguous() for k, p in named}, str(tmp / "weights.safetensors"))
+            torch.save(opt.state_dict(), tmp / "optimizer.pt")
+            torch.save(sched.state_dict(), tmp / "scheduler.pt")
+            (tmp / "rng.json").write_text(json.dumps(rngs))
+            state = {
+                "step": step,
+                "world_size": dist.world,
+                "real_tokens": result.real_tokens,
+                "trained_tokens": result.trained_tokens,
+                "train_s": result.train_s,
+                "curve": result.curve,
+            }
+            (tmp / "state.json").write_text(json.dumps(state))
+
+        path = ckpt.save(ckpt_root, step, write, cfg.checkpoint.keep_last)
+        reporter.event("checkpoint", step=step, path=str(path))
+
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    model.train()
+    curve_f = open(curve_path, "a", encoding="utf-8") if (curve_path and dist.main) else None  # noqa: SIM115
+    t_resume = time.perf_counter()
+    base_s = result.train_s
+    try:
+        with packed_attention(_inner(model)) if packing else nullcontext(), reporter.progress("train", steps) as update:
+            update(advance=start)
+            for step in range(start, steps):
+                chosen = [examples[i] for i in plan.indices(step)]
+                n_total = sum(trained_count(e) for e in chosen)  # every process knows the global count
+                mine = chosen[dist.rank :: dist.world]
+                groups = micro_batches(mine, cfg.batch.max_tokens)
+                loss_sum = 0.0
+                real_tokens = 0
+                for j, group in enumerate(groups):
+                    batch, real = _batch(group, packing, pad_id, device)
+                    sync = j == len(groups) - 1 or not dist.enabled
+                    with nullcontext() if sync else runner.no_sync(), autocast:
+                        loss = runner(batch)
+                    (loss * (dist.world / max(1, n_total))).backward()
+                    loss_sum += float(loss.detach())
+                    real_tokens += real
+                loss_sum = dist.all_sum(loss_sum)
+                result.real_tokens += int(dist.all_sum(real_tokens))
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, oc.grad_clip))
+                lr = sched.get_last_lr()[0]
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                result.trained_tokens += n_total
+                result.train_s = base_s + time.perf_counter() - t_resume
+                row = {
+                    "step": step + 1,
+                    "loss": loss_sum / max(1, n_total),
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "real_tokens": result.real_tokens,
+                    "elapsed_s": round(result.train_s, 3),
+                }
+                result.curve.append(row)
+                if curve_f:
+                    curve_f.write(json.dumps(row) + "\n")
+                    curve_f.flush()
+                reporter.event("train_step", **row)
+                update(loss=row["loss"], lr=lr, tok_s=int(result.real_tokens / max(1e-9, result.train_s)))
+                if cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0 and step + 1 < steps:
+                    write_checkpoint(step + 1)
+    finally:
+        if curve_f:
+            curve_f.close()
+    model.eval()
+    result.peak_rss_gb = peak_rss_gb()
+    return result
+
+
+def evaluate_loss(model: Any, examples: list[Encoded], max_tokens: int) -> float:
+    """Mean cross-entropy per trained token on held-out examples (packed, no gradients)."""
+    import torch
+
+    inner = _inner(model)
+    packing = supports_packing(inner)
+    step_module = _step_module(model, packing)
+    device = next(model.parameters()).device
+    total, n = 0.0, 0
+    model.eval()
+    with torch.no_grad(), packed_attention(inner) if packing else nullcontext():
+        for group in micro_batches(examples, max_tokens):
+            batch, _ = _batch(group, packing, 0, device)
+            total += float(step_module(batch))
+            n += sum(trained_count(e) for e in group)
+    return total / max(1, n)
+
+
+def save_model(model: Any, out: Path, tokenizer: Any = None) -> None:
+    """Atomically write `out/`: a PEFT adapter dir for LoRA, a full safetensors checkpoint otherwise."""
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        if tokenizer is not None and not hasattr(model, "get_base_model"):
+            tokenizer.save_pretrained(str(tmp))
+
+
+def trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}

@@ -1,0 +1,240 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunelab.config import RunConfig
+from tunelab.data.formats import Record
+from tunelab.models.chat import IGNORE, encode_chat
+from tunelab.models.loading import load_model, load_tokenizer
+from tunelab.progress import Reporter
+from tunelab.train.engine import lr_factor, save_model, train
+
+
+def _records() -> list[Record]:
+    pairs = [
+        ("The striker scored twice.", "sport"),
+        ("Shares rose on profits.", "business"),
+        ("The new phone chip.", "tech"),
+        ("The minister spoke.", "politics"),
+    ]
+    return [
+        Record("mem", i, f"r{i}", [{"role": "user", "content": u}, {"role": "assistant", "content": a}])
+        for i, (u, a) in enumerate(pairs)
+    ]
+
+
+def _examples(tok, records=None):  # type: ignore[no-untyped-def]
+    return [encode_chat(tok, r.messages) for r in (records or _records())]
+
+
+def train_lora(model, tok, records, cfg, rep, **kw):  # type: ignore[no-untyped-def]
+    return train(model, _examples(tok, records), cfg, rep, pad_id=int(tok.pad_token_id), **kw)
+
+
+def _cfg(steps: int) -> RunConfig:
+    cfg = RunConfig()
+    cfg.train.max_steps = steps
+    cfg.batch.size = 4
+    cfg.optimizer.lr = 1e-2
+    cfg.schedule.warmup_steps = 0
+    cfg.schedule.kind = "constant"
+    cfg.train.threads = 1
+    return cfg
+
+
+def test_lora_learns_a_tiny_dataset_and_only_adapters_change(tiny_model_dir: Path) -> None:
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_model(tiny_model_dir)
+    frozen = {k: v.clone() for k, v in model.state_dict().items()}
+    res = train_lora(model, tok, _records(), _cfg(30), Reporter(quiet=True))
+    losses = [r["loss"] for r in res.curve]
+    assert len(losses) == 30
+    assert losses[-1] < 0.25 * losses[0]
+    assert res.trainable_params < res.total_params
+    base_sd = res.model.get_base_model().state_dict()
+    for k, v in frozen.items():
+        key = k.replace(".weight", ".base_layer.weight") if k.replace(".weight", ".base_layer.weight") in base_sd else k
+        assert torch.equal(base_sd[key], v), k  # base weights untouched
+
+
+def test_training_is_reproducible(tiny_model_dir: Path) -> None:
+    tok = load_tokenizer(tiny_model_dir)
+    a = train_lora(load_model(tiny_model_dir), tok, _records(), _cfg(3), Reporter(quiet=True))
+    b = train_lora(load_model(tiny_model_dir), tok, _records(), _cfg(3), Reporter(quiet=True))
+    assert [r["loss"] for r in a.curve] == [r["loss"] for r in b.curve]
+
+
+def test_saved_adapter_loads_with_plain_peft(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(tiny_model_dir)
+    res = train_lora(load_model(tiny_model_dir), tok, _records(), _cfg(5), Reporter(quiet=True))
+    save_model(res.model, tmp_path / "model")
+    assert {p.name for p in (tmp_path / "model").iterdir()} >= {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    }
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "model")
+    ids = torch.tensor([tok("The striker scored.")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(plain(ids).logits, res.model(ids).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("step", "kind", "expected"),
+    [(0, "cosine", 0.5), (1, "cosine", 1.0), (11, "cosine", 0.0), (6, "linear", 0.5), (5, "constant", 1.0)],
+)
+def test_lr_schedule(step: int, kind: str, expected: float) -> None:
+    assert lr_factor(step, 11, 1, kind) == pytest.approx(expected, abs=1e-9)
+
+
+class _Crash(Reporter):
+    """Stops the run (as a kill would) when the given step has been taken."""
+
+    def __init__(self, at: int):
+        super().__init__(quiet=True)
+        self.at = at
+
+    def event(self, kind: str, **data: object) -> None:
+        if kind == "train_step" and data["step"] == self.at:
+            raise KeyboardInterrupt
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def _resume_cfg() -> RunConfig:
+    cfg = _cfg(7)
+    cfg.batch.size = 3  # epochs do not align with steps: the data position matters
+    cfg.schedule.kind = "cosine"
+    cfg.schedule.warmup_steps = 2
+    cfg.method.dropout = 0.1  # the RNG state matters too
+    cfg.checkpoint.every = 2
+    return cfg
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from tunelab.train.engine import trainable_state
+
+    tok = load_tokenizer(tiny_model_dir)
+    cfg = _resume_cfg()
+    full = train_lora(load_model(tiny_model_dir), tok, None, cfg, Reporter(quiet=True), run_dir=tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(load_model(tiny_model_dir), tok, None, cfg, _Crash(at=5), run_dir=tmp_path / "b")
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+    resumed = train_lora(
+        load_model(tiny_model_dir), tok, None, cfg, Reporter(quiet=True), run_dir=tmp_path / "b", resume=True
+    )
+    assert resumed.resumed_from == 4
+    assert _max_diff(trainable_state(full.model), trainable_state(resumed.model)) <= 1e-6
+    assert [r["loss"] for r in resumed.curve] == [r["loss"] for r in full.curve]
+    curve_file = [json.loads(x) for x in (tmp_path / "b" / "train" / "curve.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in curve_file] == [r["loss"] for r in full.curve]
+
+
+def test_a_damaged_checkpoint_is_reported_and_the_previous_one_used(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from tunelab.train.engine import trainable_state
+
+    tok = load_tokenizer(tiny_model_dir)
+    cfg = _resume_cfg()
+    full = train_lora(load_model(tiny_model_dir), tok, None, cfg, Reporter(quiet=True), run_dir=tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(load_model(tiny_model_dir), tok, None, cfg, _Crash(at=5), run_dir=tmp_path / "b")
+    weights = tmp_path / "b" / "checkpoints" / "step-000004" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated, as by a full disk
+    resumed = train_lora(
+        load_model(tiny_model_dir), tok, None, cfg, Reporter(quiet=True), run_dir=tmp_path / "b", resume=True
+    )
+    assert resumed.resumed_from == 2
+    assert resumed.skipped_checkpoints and "weights.safetensors" in resumed.skipped_checkpoints[0]
+    assert _max_diff(trainable_state(full.model), trainable_state(resumed.model)) <= 1e-6
+
+
+def test_resume_without_a_good_checkpoint_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from tunelab.errors import ConfigError
+
+    tok = load_tokenizer(tiny_model_dir)
+    with pytest.raises(ConfigError, match="no usable checkpoint"):
+        train_lora(load_model(tiny_model_dir), tok, None, _cfg(2), Reporter(quiet=True), run_dir=tmp_path, resume=True)
+
+
+def test_packed_examples_do_not_see_each_other(tiny_model_dir: Path) -> None:
+    from tunelab.models.chat import Encoded
+    from tunelab.train.attention import packed_attention
+    from tunelab.train.packing import pack
+
+    model = load_model(tiny_model_dir)
+    dec = model.get_decoder()
+    a = Encoded(list(range(5, 17)), [IGNORE] * 12)
+    b = Encoded(list(range(30, 39)), [IGNORE] * 9)
+    b2 = Encoded(list(range(60, 72)), [IGNORE] * 12)  # a different first example
+    with torch.no_grad():
+        alone = dec(input_ids=torch.tensor([b.input_ids])).last_hidden_state[0]
+        with packed_attention(model):
+            for first in (a, b2):
+                p = pack([first, b])
+                out = dec(input_ids=p.input_ids, position_ids=p.position_ids, cu_seqlens_tunelab=p.cu_seqlens)
+                got = out.last_hidden_state[0, p.cu_seqlens[1] :]
+                assert torch.allclose(got, alone, atol=1e-5)
+    assert model.config._attn_implementation != "tunelab_varlen"  # restored for generation
+
+
+def test_packed_padded_and_micro_batched_training_agree(tiny_model_dir: Path) -> None:
+    from tunelab.train.engine import trainable_state
+
+    tok = load_tokenizer(tiny_model_dir)
+    results = []
+    for packing, max_tokens in [(True, 4096), (False, 4096), (True, 40)]:  # 40 tokens: one example per pass
+        cfg = _cfg(3)
+        cfg.batch.packing = packing
+        cfg.batch.max_tokens = max_tokens
+        res = train_lora(load_model(tiny_model_dir), tok, None, cfg, Reporter(quiet=True))
+        results.append(res)
+    ref = trainable_state(results[0].model)
+    for other in results[1:]:
+        assert _max_diff(ref, trainable_state(other.model)) < 1e-4
+        assert [r["loss"] for r in other.curve] == pytest.approx([r["loss"] for r in results[0].curve], rel=1e-4)
+    # Packing forwards only real tokens; padding forwards more.
+    assert results[0].real_tokens == results[2].real_tokens
+    assert results[1].real_tokens == results[0].real_tokens  # counted without the padding
+
+
+def test_full_fine_tuning_changes_every_weight_and_saves_a_plain_checkpoint(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(tiny_model_dir)
+    cfg = _cfg(20)
+    cfg.method.kind = "full"
+    cfg.optimizer.lr = 3e-3
+    before = {k: v.clone() for k, v in load_model(tiny_model_dir).state_dict().items()}
+    res = train_lora(load_model(tiny_model_dir), tok, None, cfg, Reporter(quiet=True))
+    assert res.trainable_params == res.total_params
+    assert res.curve[-1]["loss"] < 0.5 * res.curve[0]["loss"]
+    save_model(res.model, tmp_path / "model", tok)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    sd = loaded.state_dict()
+    assert not torch.equal(sd["model.layers.0.mlp.up_proj.weight"], before["model.layers.0.mlp.up_proj.weight"])
+    ids = torch.tensor([tok("The striker scored.")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, res.model(ids).logits, atol=1e-5)
+    assert (tmp_path / "model" / "tokenizer.json").exists()
+
+
+def test_step_plan_is_a_pure_function_of_the_step() -> None:
+    from tunelab.train.engine import StepPlan
+
+    a = StepPlan(7, 3, seed=1)
+    first = [a.indices(s) for s in range(7)]
+    b = StepPlan(7, 3, seed=1)
+    assert [b.indices(s) for s in (6, 2, 0)] == [first[6], first[2], first[0]]
+    flat = [i for batch in first for i in batch]
+    assert sorted(flat[:7]) == list(range(7)) and sorted(flat[7:14]) == list(range(7))  # whole epochs
