@@ -34,6 +34,8 @@ class DataSection(_Section):
 
 class MethodSection(_Section):
     kind: Literal["lora", "full"] = "lora"  # a LoRA adapter, or every weight
+    objective: Literal["sft", "dpo"] = "sft"  # dpo: {prompt, chosen, rejected} data, against the frozen start
+    beta: float = Field(0.1, gt=0)  # DPO: strength of the pull towards the reference model
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -58,7 +60,7 @@ class BatchSection(_Section):
     size: int = Field(8, ge=1)  # examples per optimizer step, over all processes, before grad_accum
     grad_accum: int = Field(1, ge=1)  # global batch = size x grad_accum examples
     packing: bool = True  # pack examples into one row (no padding); false: right-padded rows
-    max_tokens: int = Field(2048, ge=16)  # tokens per forward pass; bounds activation memory
+    max_tokens: int = Field(1024, ge=16)  # tokens per forward pass; bounds activation memory (~2 MB/token, 135M model)
 
 
 class CheckpointSection(_Section):

@@ -238,3 +238,38 @@ def test_step_plan_is_a_pure_function_of_the_step() -> None:
     assert [b.indices(s) for s in (6, 2, 0)] == [first[6], first[2], first[0]]
     flat = [i for batch in first for i in batch]
     assert sorted(flat[:7]) == list(range(7)) and sorted(flat[7:14]) == list(range(7))  # whole epochs
+
+
+def _pairs(tok):  # type: ignore[no-untyped-def]
+    out = []
+    for r in _records():
+        wrong = "tech" if r.messages[-1]["content"] != "tech" else "sport"
+        rejected = [*r.messages[:-1], {"role": "assistant", "content": wrong}]
+        out.append((encode_chat(tok, r.messages), encode_chat(tok, rejected)))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_dpo_starts_at_log_2_and_learns_to_prefer_the_chosen_answers(tiny_model_dir: Path, kind: str) -> None:
+    tok = load_tokenizer(tiny_model_dir)
+    cfg = _cfg(12)
+    cfg.method.objective = "dpo"
+    cfg.method.kind = kind
+    cfg.method.beta = 0.5
+    cfg.optimizer.lr = 1e-2 if kind == "lora" else 1e-3
+    res = train(load_model(tiny_model_dir), _pairs(tok), cfg, Reporter(quiet=True), pad_id=int(tok.pad_token_id))
+    first, last = res.curve[0], res.curve[-1]
+    # At the start the policy is the reference: every pair's reward margin is 0, the loss is ln 2.
+    assert first["loss"] == pytest.approx(0.6931, abs=1e-3)
+    assert last["loss"] < 0.3
+    assert last["reward_accuracy"] == 1.0 and last["reward_margin"] > 0
+
+
+def test_dpo_needs_pairs(tiny_model_dir: Path) -> None:
+    from tunelab.errors import ConfigError
+
+    tok = load_tokenizer(tiny_model_dir)
+    cfg = _cfg(1)
+    cfg.method.objective = "dpo"
+    with pytest.raises(ConfigError, match="pairs"):
+        train(load_model(tiny_model_dir), _examples(tok), cfg, Reporter(quiet=True))

@@ -175,3 +175,37 @@ def test_two_processes_with_the_same_global_batch_give_the_same_loss_curve(
     w1 = load_file(str(tmp_path / "one" / "model" / "adapter_model.safetensors"))
     w2 = load_file(str(tmp_path / "two" / "model" / "adapter_model.safetensors"))
     assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-4
+
+
+def test_dpo_from_a_preference_file_quarantines_bad_rows(tiny_model_dir: Path, tmp_path: Path) -> None:
+    rng = random.Random(0)
+    rows: list[object] = [
+        {"prompt": f"Topic of: {' '.join(rng.choice(WORDS) for _ in range(12))}?",
+         "chosen": "sport", "rejected": "business"}
+        for _ in range(10)
+    ]  # fmt: skip
+    rows.insert(3, {"prompt": "q", "chosen": "same", "rejected": "same"})
+    rows.insert(6, "{broken json")
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    (tmp_path / "prefs.jsonl.datacard.yaml").write_text("licence: {id: CC-BY-4.0}\n")
+    cfg = {
+        "model": {"name": str(tiny_model_dir)},
+        "data": {"task": None, "train": [str(prefs)]},
+        "method": {"kind": "lora", "objective": "dpo", "beta": 0.5, "r": 4, "alpha": 8},
+        "optimizer": {"lr": 1e-2},
+        "batch": {"size": 4},
+        "train": {"max_steps": 6, "threads": 1},
+        "policy": {"max_quarantined_ratio": 0.5},
+    }
+    p = tmp_path / "dpo.yaml"
+    p.write_text("# tunelab train dpo.yaml\n" + yaml.safe_dump(cfg))
+    res = run("train", str(p), "--out", str(tmp_path / "r"))
+    assert res.returncode == 0, res.stderr
+    bad = [json.loads(x) for x in (tmp_path / "r" / "audit" / "preferences-quarantine.jsonl").read_text().splitlines()]
+    assert [(b["line"], b["field"]) for b in bad] == [(4, "rejected"), (7, "")]
+    assert all(b["file"] == str(prefs) for b in bad)
+    curve = [json.loads(x) for x in (tmp_path / "r" / "train" / "curve.jsonl").read_text().splitlines()]
+    assert curve[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
+    assert curve[-1]["loss"] < curve[0]["loss"]
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["examples"] == 10 and summary["objective"] == "dpo"

@@ -144,7 +144,11 @@ def training_card(
         "processes": summary["processes"],
         "learning rate": config["optimizer"]["lr"],
         "schedule": f"{config['schedule']['kind']}, {config['schedule']['warmup_steps']} warmup steps",
-        "loss": "assistant tokens only (text records: every token)",
+        "objective": (
+            f"DPO (beta {config['method']['beta']}) on prompt/chosen/rejected pairs, against the starting model"
+            if summary.get("objective") == "dpo"
+            else "next-token loss on assistant tokens only (text records: every token)"
+        ),
         "training examples": summary["examples"],
         "final training loss": f"{summary['final_loss']:.4f}",
         "held-out loss": f"{eval_loss:.4f}" if eval_loss is not None else "no eval data",

@@ -17,12 +17,13 @@ import yaml
 
 from tunelab.config import RunConfig, build_config, load_config
 from tunelab.data.audit import run_audit
-from tunelab.data.tasks import BBC_LICENCE_ID, build_bbc_topics
+from tunelab.data.preferences import Preference, read_preferences
+from tunelab.data.tasks import BBC_LICENCE_ID, build_bbc_topics, datacard_path
 from tunelab.errors import ConfigError, DataError, GateFailed
-from tunelab.fsutil import atomic_write_json, atomic_write_text, sha256_file
+from tunelab.fsutil import atomic_write_json, atomic_write_jsonl, atomic_write_text, sha256_file
 from tunelab.govern.card import training_card
 from tunelab.govern.provenance import write_manifest
-from tunelab.models.chat import encode_record
+from tunelab.models.chat import Encoded, encode_chat, encode_record
 from tunelab.models.loading import check_model_spec, load_model, load_tokenizer, resolve_model
 from tunelab.paths import new_run_dir
 from tunelab.progress import Reporter
@@ -162,8 +163,14 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
     else:
         train_files, eval_files, card = _data_files(cfg, run_dir, dist)
     audit_dir = run_dir / "audit" if dist.main else Path(tempfile.mkdtemp(prefix="tunelab-audit-"))
+    dpo = cfg.method.objective == "dpo"
+    prefs: dict[tuple[str, int], Preference] = {}
+    audited = train_files
+    if dpo:  # the audit checks each prompt + chosen answer as a chat record; pairs follow their fate
+        derived_dir = run_dir / "data" / "dpo" if dist.main else Path(tempfile.mkdtemp(prefix="tunelab-dpo-"))
+        audited, prefs = _preference_chats(train_files, derived_dir, audit_dir / "preferences-quarantine.jsonl", rep)
     audit = run_audit(
-        train_files,
+        audited,
         eval_files,
         audit_dir,
         policy=cfg.policy,
@@ -190,7 +197,11 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
         inputs = {str(p): sha256_file(p) for p in [*train_files, *eval_files]}
         atomic_write_json(run_dir / "train" / "inputs.json", inputs)
 
-    examples = [encode_record(tok, r.messages) for r in audit.train if r.messages]
+    examples: list[Any]
+    if dpo:
+        examples = _pairs(tok, audit.train, prefs, cfg.data.max_length, rep)
+    else:
+        examples = [encode_record(tok, r.messages) for r in audit.train if r.messages]
     if not examples:
         raise DataError("no trainable records after the audit", file=train_files[0])
     tracker = _mlflow(opts.mlflow, cfg, run_dir) if (opts.mlflow and dist.main) else None
@@ -201,13 +212,14 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
 
     eval_loss = None
     eval_examples = [encode_record(tok, r.messages) for recs in audit.eval.values() for r in recs if r.messages]
-    if eval_examples:
+    if eval_examples and not dpo:
         eval_loss = evaluate_loss(res.model, eval_examples, cfg.batch.max_tokens)
     if not dist.main:
         return {}
     save_model(res.model, run_dir / "model", tok)
     summary: dict[str, Any] = {
         "method": cfg.method.kind,
+        "objective": cfg.method.objective,
         "steps": cfg.train.max_steps,
         "global_batch": cfg.batch.size * cfg.batch.grad_accum,
         "processes": dist.world,
@@ -264,6 +276,61 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
     atomic_write_json(run_dir / "summary.json", summary)  # last: its presence marks the run complete
     rep.event("done", summary=summary)
     return summary
+
+
+def _preference_chats(
+    files: list[Path], out_dir: Path, quarantine: Path, rep: Reporter
+) -> tuple[list[Path], dict[tuple[str, int], Preference]]:
+    """Write each preference file's prompt + chosen conversations as chat JSONL (with the source's datacard)
+    for the audit; rows that are not valid pairs go to `quarantine` with their file, line and field."""
+    import shutil
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    derived: list[Path] = []
+    prefs: dict[tuple[str, int], Preference] = {}
+    bad: list[dict[str, Any]] = []
+    for i, f in enumerate(files):
+        target = out_dir / f"{i:02d}-{f.stem}.chosen.jsonl"
+        rows: list[dict[str, Any]] = []
+        for item in read_preferences(f):
+            if isinstance(item, Preference):
+                rows.append({"id": item.id, "messages": item.conversation(item.chosen)})
+                prefs[(str(target), len(rows))] = item
+            else:
+                bad.append(item.to_json())
+        if not rows:
+            raise DataError("no valid {prompt, chosen, rejected} rows", file=f)
+        atomic_write_jsonl(target, rows)
+        card = datacard_path(f)
+        if card.is_file():
+            shutil.copyfile(card, datacard_path(target))
+        derived.append(target)
+    atomic_write_jsonl(quarantine, bad)
+    if bad:
+        first = bad[0]
+        rep.info(
+            f"[yellow]{len(bad)} preference rows quarantined → {quarantine} "
+            f"(first: {first['file']}:{first['line']} {first['field']}: {first['reason']})[/]"
+        )
+    return derived, prefs
+
+
+def _pairs(
+    tok: Any, kept: list[Any], prefs: dict[tuple[str, int], Preference], max_length: int, rep: Reporter
+) -> list[tuple[Encoded, Encoded]]:
+    """(chosen, rejected) encodings of the pairs whose chosen conversation passed the audit."""
+    pairs = []
+    too_long = 0
+    for r in kept:
+        p = prefs[(r.file, r.line)]
+        rejected = encode_chat(tok, p.conversation(p.rejected))
+        if len(rejected.input_ids) > max_length:
+            too_long += 1
+            continue
+        pairs.append((encode_chat(tok, p.conversation(p.chosen)), rejected))
+    if too_long:
+        rep.info(f"[yellow]{too_long} pairs dropped: the rejected answer exceeds data.max_length={max_length}[/]")
+    return pairs
 
 
 def _resume_files(run_dir: Path) -> tuple[list[Path], list[Path]]:

@@ -21,7 +21,7 @@ import random
 import resource
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -148,31 +148,67 @@ def _inner(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _step_module(model: Any, packing: bool) -> Any:
+def _seq_logps(decoder: Any, lm_head: Any, batch: dict[str, Any], packing: bool) -> torch.Tensor:
+    """Summed log-probability of each sequence's trained tokens: [number of sequences]."""
     import torch
+    import torch.nn.functional as F
+
+    hidden = _hidden(decoder, batch, packing)
+    targets = batch["targets"]
+    keep = targets != IGNORE
+    logp = -F.cross_entropy(lm_head(hidden[keep]).float(), targets[keep], reduction="none")
+    out = torch.zeros(batch["n_seqs"], dtype=logp.dtype, device=logp.device)
+    return out.index_add(0, batch["seq_ids"][keep], logp)
+
+
+def _hidden(decoder: Any, batch: dict[str, Any], packing: bool) -> torch.Tensor:
+    if packing:
+        out = decoder(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            cu_seqlens_tunelab=batch["cu_seqlens"],
+            use_cache=False,
+        )
+    else:
+        out = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    hidden: torch.Tensor = out.last_hidden_state
+    return hidden
+
+
+def _step_module(model: Any, packing: bool, dpo_beta: float | None = None, reference: Any = None) -> Any:
+    """forward(batch) → summed loss of the batch's units (SFT: trained tokens; DPO: pairs). DDP wraps it.
+
+    DPO compares the policy with a frozen reference: the same model with its LoRA adapter switched off,
+    or (full fine-tuning) a frozen copy of the starting weights.
+    """
+    import torch
+    import torch.nn.functional as F
 
     base = _inner(model)
     decoder, lm_head = base.get_decoder(), base.get_output_embeddings()
 
     class CausalLMLoss(torch.nn.Module):
-        """forward(examples) → summed loss over their trained tokens. DDP wraps this module."""
-
         def __init__(self) -> None:
             super().__init__()
             self.model = model  # registers every parameter, so DDP sees the trainable ones
+            self.stats = {"correct": 0.0, "margin": 0.0}
 
         def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-            if packing:
-                out = decoder(
-                    input_ids=batch["input_ids"],
-                    position_ids=batch["position_ids"],
-                    cu_seqlens_tunelab=batch["cu_seqlens"],
-                    use_cache=False,
-                )
-            else:
-                out = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-            loss, _ = lm_loss_sum(out.last_hidden_state, lm_head, batch["targets"])
-            return loss
+            if dpo_beta is None:
+                loss, _ = lm_loss_sum(_hidden(decoder, batch, packing), lm_head, batch["targets"])
+                return loss
+            with torch.no_grad():
+                if reference is None:
+                    with model.disable_adapter():
+                        ref = _seq_logps(decoder, lm_head, batch, packing)
+                else:
+                    rb = _inner(reference)
+                    ref = _seq_logps(rb.get_decoder(), rb.get_output_embeddings(), batch, packing)
+            pol = _seq_logps(decoder, lm_head, batch, packing)
+            margin = (pol[0::2] - ref[0::2]) - (pol[1::2] - ref[1::2])  # chosen minus rejected rewards / beta
+            self.stats["correct"] += float((margin > 0).sum())
+            self.stats["margin"] += float(dpo_beta * margin.detach().sum())
+            return -F.logsigmoid(dpo_beta * margin).sum()
 
     return CausalLMLoss()
 
@@ -183,11 +219,14 @@ def _batch(examples: list[Encoded], packing: bool, pad_id: int, device: torch.de
 
     if packing:
         p = pack(examples)
+        lens = torch.tensor([len(e.input_ids) for e in examples])
         b = {
             "input_ids": p.input_ids.to(device),
             "position_ids": p.position_ids.to(device),
             "targets": p.targets.to(device),
             "cu_seqlens": p.cu_seqlens,
+            "seq_ids": torch.repeat_interleave(torch.arange(len(examples)), lens)[None].to(device),
+            "n_seqs": len(examples),
         }
         return b, p.tokens
     width = max(len(e.input_ids) for e in examples)
@@ -199,7 +238,15 @@ def _batch(examples: list[Encoded], packing: bool, pad_id: int, device: torch.de
         ids[i, :n] = torch.tensor(e.input_ids)
         mask[i, :n] = 1
         tgt[i, : n - 1] = torch.tensor(e.labels[1:])
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "targets": tgt.to(device)}, int(mask.sum())
+    seq_ids = torch.arange(len(examples))[:, None].expand(len(examples), width)
+    b = {
+        "input_ids": ids.to(device),
+        "attention_mask": mask.to(device),
+        "targets": tgt.to(device),
+        "seq_ids": seq_ids.to(device),
+        "n_seqs": len(examples),
+    }
+    return b, int(mask.sum())
 
 
 def _rng_state() -> dict[str, Any]:
@@ -231,9 +278,20 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
+Pair = tuple[Encoded, Encoded]  # DPO: (prompt + chosen, prompt + rejected)
+
+
+def _flat(units: list[Any], dpo: bool) -> list[Encoded]:
+    return [e for u in units for e in u] if dpo else list(units)
+
+
+def _size(unit: Any) -> int:
+    return sum(len(e.input_ids) for e in unit) if isinstance(unit, tuple) else len(unit.input_ids)
+
+
 def train(
     model: Any,
-    examples: list[Encoded],
+    examples: list[Encoded] | list[Pair],
     cfg: RunConfig,
     reporter: Reporter,
     *,
@@ -242,10 +300,15 @@ def train(
     resume: bool = False,
     dist: Dist | None = None,
 ) -> TrainResult:
+    import copy
+
     import torch
     from safetensors.torch import load_file, save_file
 
     dist = dist or Dist()
+    dpo = cfg.method.objective == "dpo"
+    if examples and dpo != isinstance(examples[0], tuple):
+        raise ConfigError("DPO trains on (chosen, rejected) pairs; SFT on examples", field="method.objective")
     if not examples:
         raise DataError("no training examples", field="train")
     if cfg.batch.size * cfg.batch.grad_accum < dist.world:
@@ -259,6 +322,9 @@ def train(
     torch.set_num_threads(cfg.train.threads or default_threads(dist.local_world))
     device = torch.device("cuda", dist.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     seed_everything(cfg.train.seed)  # the same on every process: the same adapter initialisation
+    reference = None
+    if dpo and cfg.method.kind == "full":  # LoRA's reference is the same model with the adapter off
+        reference = copy.deepcopy(model).requires_grad_(False).eval().to(device)
     model = wrap(model, cfg.method).to(device)
     if cfg.train.gradient_checkpointing:
         _inner(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -317,7 +383,7 @@ def train(
     elif dist.main and curve_path:
         atomic_write_jsonl(curve_path, [])
 
-    step_module = _step_module(model, packing)
+    step_module = _step_module(model, packing, cfg.method.beta if dpo else None, reference)
     runner: Any = step_module
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -366,17 +432,24 @@ def train(
     t_resume = time.perf_counter()
     base_s = result.train_s
     try:
-        with packed_attention(_inner(model)) if packing else nullcontext(), reporter.progress("train", steps) as update:
+        with ExitStack() as stack:
+            if packing:
+                stack.enter_context(packed_attention(_inner(model)))
+                if reference is not None:
+                    stack.enter_context(packed_attention(_inner(reference)))
+            update = stack.enter_context(reporter.progress("train", steps))
             update(advance=start)
             for step in range(start, steps):
                 chosen = [examples[i] for i in plan.indices(step)]
-                n_total = sum(trained_count(e) for e in chosen)  # every process knows the global count
+                # Loss normaliser, known to every process: trained tokens (SFT) or pairs (DPO).
+                n_total = len(chosen) if dpo else sum(trained_count(e) for e in _flat(chosen, False))
                 mine = chosen[dist.rank :: dist.world]
-                groups = micro_batches(mine, cfg.batch.max_tokens)
+                groups = micro_batches(mine, cfg.batch.max_tokens, _size)
                 loss_sum = 0.0
                 real_tokens = 0
+                step_module.stats = {"correct": 0.0, "margin": 0.0}
                 for j, group in enumerate(groups):
-                    batch, real = _batch(group, packing, pad_id, device)
+                    batch, real = _batch(_flat(group, dpo), packing, pad_id, device)
                     sync = j == len(groups) - 1 or not dist.enabled
                     with nullcontext() if sync else runner.no_sync(), autocast:
                         loss = runner(batch)
@@ -390,7 +463,7 @@ def train(
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-                result.trained_tokens += n_total
+                result.trained_tokens += sum(trained_count(e) for e in _flat(chosen, dpo))
                 result.train_s = base_s + time.perf_counter() - t_resume
                 row = {
                     "step": step + 1,
@@ -400,6 +473,9 @@ def train(
                     "real_tokens": result.real_tokens,
                     "elapsed_s": round(result.train_s, 3),
                 }
+                if dpo:
+                    row["reward_accuracy"] = dist.all_sum(step_module.stats["correct"]) / n_total
+                    row["reward_margin"] = dist.all_sum(step_module.stats["margin"]) / n_total
                 result.curve.append(row)
                 if curve_f:
                     curve_f.write(json.dumps(row) + "\n")

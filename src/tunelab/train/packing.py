@@ -8,13 +8,16 @@ budget and the arithmetic does not depend on how the batch was cut.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from tunelab.models.chat import IGNORE, Encoded
 
 if TYPE_CHECKING:
     import torch
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -58,13 +61,14 @@ def pack(examples: list[Encoded]) -> Packed:
     )
 
 
-def micro_batches(examples: list[Encoded], max_tokens: int) -> list[list[Encoded]]:
-    """Consecutive groups of at most `max_tokens` tokens (an example longer than that goes alone)."""
-    groups: list[list[Encoded]] = []
-    cur: list[Encoded] = []
+def micro_batches(units: list[T], max_tokens: int, size: Callable[[T], int] | None = None) -> list[list[T]]:
+    """Consecutive groups of at most `max_tokens` tokens (a unit longer than that goes alone). A unit is an
+    example, or for DPO a (chosen, rejected) pair that must stay in one pass."""
+    groups: list[list[T]] = []
+    cur: list[T] = []
     used = 0
-    for e in examples:
-        n = len(e.input_ids)
+    for e in units:
+        n = size(e) if size else len(e.input_ids)  # type: ignore[attr-defined]
         if cur and used + n > max_tokens:
             groups.append(cur)
             cur, used = [], 0
