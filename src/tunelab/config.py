@@ -74,6 +74,8 @@ class TrainSection(_Section):
     threads: int | None = None  # None: the cores available to this process
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the hardware has it
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    fused_lora: bool = True  # LoRA layers as one addmm in training (same math as peft's forward)
+    compile: bool = False  # torch.compile the decoder layers: faster steps, less memory, after a one-off compile
 
 
 class EvalSection(_Section):

@@ -49,3 +49,7 @@ class GateFailed(TunelabError):
     """A policy or regression gate said no."""
 
     exit_code = 1
+
+
+class ResourceError(TunelabError):
+    """The machine ran out of something (memory, disk) the run needs; what was saved before is intact."""

@@ -37,9 +37,11 @@ def varlen_attention(
     import torch
     import torch.nn.functional as F
 
-    cu: list[int] | None = kwargs.get("cu_seqlens_tunelab")
+    cu = kwargs.get("cu_seqlens_tunelab")
     if cu is None:
         raise RuntimeError("packed attention needs cu_seqlens_tunelab (use tunelab.train.packing.pack)")
+    if not isinstance(cu, list):  # a tensor, so that a compiled layer does not specialise on the boundaries
+        cu = cu.tolist()
     gqa = query.shape[1] != key.shape[1]
     p = dropout if module.training else 0.0
     outs = [
@@ -61,9 +63,11 @@ def varlen_attention(
 def register() -> None:
     global _registered
     if not _registered:
+        import torch
         from transformers import AttentionInterface
 
-        AttentionInterface.register(NAME, varlen_attention)
+        # A Python loop over example boundaries: kept out of torch.compile graphs (a graph break, not a recompile).
+        AttentionInterface.register(NAME, torch.compiler.disable(varlen_attention))
         _registered = True
 
 

@@ -19,7 +19,7 @@ from tunelab.config import RunConfig, build_config, load_config
 from tunelab.data.audit import run_audit
 from tunelab.data.preferences import Preference, read_preferences
 from tunelab.data.tasks import BBC_LICENCE_ID, build_bbc_topics, datacard_path
-from tunelab.errors import ConfigError, DataError, GateFailed
+from tunelab.errors import ConfigError, DataError, GateFailed, ResourceError
 from tunelab.fsutil import atomic_write_json, atomic_write_jsonl, atomic_write_text, sha256_file
 from tunelab.govern.card import training_card
 from tunelab.govern.provenance import write_manifest
@@ -205,7 +205,7 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
     if not examples:
         raise DataError("no trainable records after the audit", file=train_files[0])
     tracker = _mlflow(opts.mlflow, cfg, run_dir) if (opts.mlflow and dist.main) else None
-    res = train(model, examples, cfg, rep, pad_id=_pad_id(tok), run_dir=run_dir, resume=resume, dist=dist)
+    res = _train_or_explain(model, examples, cfg, rep, _pad_id(tok), run_dir, resume, dist)
     if tracker:
         for row in res.curve:
             tracker.log_metrics({"loss": row["loss"], "lr": row["lr"]}, step=row["step"])
@@ -276,6 +276,38 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
     atomic_write_json(run_dir / "summary.json", summary)  # last: its presence marks the run complete
     rep.event("done", summary=summary)
     return summary
+
+
+def _train_or_explain(
+    model: Any, examples: list[Any], cfg: RunConfig, rep: Reporter, pad_id: int, run_dir: Path, resume: bool, dist: Dist
+) -> Any:
+    """Train; out of memory or disk ends with one line saying what to change and which checkpoint is intact."""
+    import errno
+
+    import torch
+
+    from tunelab.train.checkpoint import latest_good
+
+    def last_good() -> str:
+        found = latest_good(run_dir / "checkpoints")
+        return (
+            f"the last good checkpoint is {found.path.name}; `tunelab train --resume {run_dir}` continues"
+            if (found)
+            else "no checkpoint was written yet"
+        )
+
+    try:
+        return train(model, examples, cfg, rep, pad_id=pad_id, run_dir=run_dir, resume=resume, dist=dist)
+    except (MemoryError, torch.OutOfMemoryError):
+        raise ResourceError(
+            f"out of memory; lower batch.max_tokens (now {cfg.batch.max_tokens}) or batch.size, or set "
+            f"train.gradient_checkpointing=true; {last_good()}",
+            field="batch.max_tokens",
+        ) from None
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceError(f"disk full ({e.filename or run_dir}); {last_good()}", file=run_dir) from None
+        raise
 
 
 def _preference_chats(
