@@ -101,6 +101,9 @@ def test_ctrl_c_exits_130_and_leaves_no_complete_looking_run(tiny_model_dir: Pat
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a test run started in the background (`make test &`) inherits SIGINT ignored, and Python then
+        # never raises KeyboardInterrupt: give the child the default disposition, as a terminal would
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     events = out / "events.jsonl"
     deadline = time.time() + 240
@@ -110,7 +113,12 @@ def test_ctrl_c_exits_130_and_leaves_no_complete_looking_run(tiny_model_dir: Pat
         time.sleep(0.5)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:  # never leave the child running into the next test
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1] == "interrupted"
     assert "Traceback" not in err

@@ -135,6 +135,102 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) ->
     print(path)
 
 
+eval_app = typer.Typer(
+    help="Evaluate a model (and adapter) on a built-in task or your file; `compare` pairs two runs.",
+    invoke_without_command=True,
+)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.callback()
+def eval_(
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Option(help="Local model dir or .gguf (default: bundled).")] = None,
+    adapter: Annotated[Path | None, typer.Option(help="A PEFT adapter directory, e.g. RUN/model.")] = None,
+    task: Annotated[str | None, typer.Option(help="Built-in task: bbc-topics | bbc-headlines.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Your eval file (JSONL, CSV or Parquet).")] = None,
+    kind: Annotated[
+        str, typer.Option(help="auto | classification | generation | multiple_choice | perplexity | code")
+    ] = "auto",
+    labels: Annotated[str | None, typer.Option(help="Classification label set, comma-separated.")] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt for chat items without one.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default runs/eval-<time>).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Default by kind (16 labels, 128 text).")] = None,
+    latency_samples: Annotated[int, typer.Option(min=0, help="Single requests timed for latency.")] = 8,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N items.")] = None,
+    seed: int = 0,
+    json_: Annotated[bool, typer.Option("--json", help="Print metrics.json to stdout.")] = False,
+) -> None:
+    """Score one model on one eval set: predictions.jsonl, latency.jsonl and metrics.json."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import json
+
+    from tunelab.evaluate.command import EvalOptions, run_eval
+    from tunelab.evaluate.run import EvalParams
+
+    params = EvalParams(
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        latency_samples=latency_samples,
+        seed=seed,
+        limit=limit,
+    )
+    r = run_eval(
+        EvalOptions(
+            model=model,
+            adapter=adapter,
+            task=task,
+            data=data,
+            kind=kind,
+            labels=[x.strip() for x in labels.split(",") if x.strip()] if labels else [],
+            system=system,
+            out=out,
+            params=params,
+        )
+    )
+    if json_:
+        print(json.dumps(r, indent=2, ensure_ascii=False))
+        return
+    shown = {k: v for k, v in r["metrics"].items() if isinstance(v, int | float)}
+    print(f"{r['task']} ({r['kind']}, {r['n']} items): " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()))
+    lat = r["latency"]
+    if lat.get("samples"):
+        print(
+            f"latency: first token p50 {lat['ttft_p50_s'] * 1000:.0f} ms, p95 {lat['ttft_p95_s'] * 1000:.0f} ms; "
+            f"{lat['tokens_per_s_p50']:.1f} tokens/s (p50)"
+        )
+    for w in r["warnings"]:
+        print(f"warning: {w}")
+    print(f"details: {Path(r['out']) / 'metrics.json'}  (predictions.jsonl, latency.jsonl)")
+
+
+@app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(help="Eval directory of the reference model (e.g. base).")],
+    b: Annotated[Path, typer.Argument(help="Eval directory of the candidate (e.g. tuned).")],
+    gate: Annotated[
+        str | None,
+        typer.Option(help='Clauses, e.g. "accuracy>=+0.02, rouge_l>=-0.01": signed = change, unsigned = value.'),
+    ] = None,
+    resamples: Annotated[int, typer.Option(min=1000, help="Bootstrap / permutation resamples.")] = 10_000,
+    seed: int = 0,
+    json_: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+) -> None:
+    """B vs A on the same items (paired by id): each metric's change with paired statistics; exit 1 if a gate fails."""
+    import json
+
+    from tunelab.evaluate.compare import check_gate, compare_runs, render_terminal
+
+    r = compare_runs(a, b, gate=gate, resamples=resamples, seed=seed)
+    if json_:
+        print(json.dumps(r, indent=2, ensure_ascii=False))
+    else:
+        render_terminal(r)
+    check_gate(r)
+
+
 data_app = typer.Typer(help="Data: audit what you will train on.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

@@ -183,3 +183,65 @@ def read_datacard(data: Path) -> dict[str, Any] | None:
                 raise DataError("a datacard must be a YAML mapping", file=p)
             return card
     return None
+
+
+HEADLINE_QUESTION = "Which headline belongs to this article?"
+
+
+def build_bbc_headlines(
+    out_dir: Path, *, seed: int = 0, per_class: int = 40, max_words: int = 120, choices: int = 5
+) -> Path:
+    """A multiple-choice set: an article's opening (`max_words` words, headline removed) and `choices`
+    headlines — its own and others drawn from articles of the same topic (seeded), so the topic alone
+    does not give the answer away. Articles whose text occurs twice are left out. Writes
+    `bbc-headlines.jsonl` and its datacard; returns the path."""
+    root = _bbc_root()
+    by_label: dict[str, list[tuple[str, str, str]]] = defaultdict(list)  # label -> [(id, headline, body)]
+    seen: dict[str, int] = defaultdict(int)
+    articles = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        label = _FOLDER_TO_LABEL.get(folder.name, folder.name)
+        for f in sorted(folder.glob("*.txt")):
+            lines = _read_article(f).split("\n")
+            if len(lines) < 2:
+                continue
+            head, body = lines[0].strip(), truncate_words("\n".join(lines[1:]), max_words)
+            seen[text_hash(body)] += 1
+            seen["h:" + text_hash(head)] += 1
+            articles.append((label, f"bbc-{label}-{f.stem}", head, body))
+    for label, rid, head, body in articles:
+        if seen[text_hash(body)] == 1 and seen["h:" + text_hash(head)] == 1:
+            by_label[label].append((rid, head, body))
+    rng = random.Random(seed)
+    rows: list[dict[str, Any]] = []
+    for label in sorted(by_label):
+        pool = by_label[label]
+        if len(pool) < per_class + choices:
+            raise DataError(f"not enough unique {label} articles for {per_class} items", field="task")
+        picked = rng.sample(range(len(pool)), per_class)
+        for k in picked:
+            rid, head, body = pool[k]
+            others = rng.sample([j for j in range(len(pool)) if j != k], choices - 1)
+            options = [head, *(pool[j][1] for j in others)]
+            rng.shuffle(options)
+            rows.append(
+                {
+                    "id": rid,
+                    "context": body,
+                    "question": HEADLINE_QUESTION,
+                    "choices": options,
+                    "answer": options.index(head),
+                    "topic": label,
+                }
+            )
+    rows.sort(key=lambda r: r["id"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "bbc-headlines.jsonl"
+    atomic_write_jsonl(path, rows)
+    card = {
+        **BBC_DATACARD,
+        "name": "bbc-headlines",
+        "split": {"seed": seed, "per_class": per_class, "max_words": max_words, "choices": choices},
+    }
+    atomic_write_text(datacard_path(path), yaml.safe_dump(card, sort_keys=False, allow_unicode=True))
+    return path

@@ -1,0 +1,141 @@
+"""`tunelab eval`: one model (plus an optional adapter) on a built-in task or the user's file.
+
+Writes into the output directory:
+  predictions.jsonl  one line per item: id, input, reference, output, per-metric scores (byte-identical
+                     for the same model, data and seed)
+  latency.jsonl      time to first token and request time of the sampled single requests
+  metrics.json       the metrics, the latency summary, model and data sha256, seed and parameters
+                     (written last: a directory without it is an unfinished eval)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.data.tasks import BBC_TOPICS, build_bbc_headlines, build_bbc_topics
+from tunelab.errors import ConfigError, DataError
+from tunelab.evaluate.classify import LABEL_ALIASES
+from tunelab.evaluate.items import EvalSet, read_eval_file
+from tunelab.evaluate.run import EvalParams, EvalResult, evaluate_items
+from tunelab.fsutil import atomic_write_json, atomic_write_jsonl, sha256_file
+from tunelab.models.loading import check_model_spec, load_model, load_tokenizer, resolve_model
+from tunelab.paths import new_run_dir
+from tunelab.progress import Reporter
+
+BUILTIN_TASKS = {
+    "bbc-topics": "classification: a BBC article's topic (5 labels), the quickstart's 200 held-out articles",
+    "bbc-headlines": "multiple choice: which of 5 headlines (same topic) belongs to a 120-word BBC article",
+}
+
+
+@dataclass
+class EvalOptions:
+    model: str | None = None
+    adapter: Path | None = None
+    task: str | None = None
+    data: Path | None = None
+    kind: str = "auto"
+    labels: list[str] = field(default_factory=list)
+    system: str | None = None
+    out: Path | None = None
+    params: EvalParams = field(default_factory=EvalParams)
+
+
+def load_eval_set(opts: EvalOptions, data_dir: Path) -> EvalSet:
+    if (opts.task is None) == (opts.data is None):
+        raise ConfigError("give exactly one of --task NAME or --data FILE", field="--task/--data")
+    if opts.task is not None:
+        if opts.task == "bbc-topics":
+            d = build_bbc_topics(data_dir, seed=opts.params.seed)
+            items = read_eval_file(d.eval, "classification")
+            return EvalSet("bbc-topics", "classification", items, [d.eval], BBC_TOPICS.labels)
+        if opts.task == "bbc-headlines":
+            p = build_bbc_headlines(data_dir, seed=opts.params.seed)
+            return EvalSet("bbc-headlines", "multiple_choice", read_eval_file(p, "multiple_choice"), [p])
+        raise ConfigError(f"unknown task {opts.task!r} (known: {', '.join(BUILTIN_TASKS)})", field="--task")
+    assert opts.data is not None
+    items = read_eval_file(opts.data, opts.kind)
+    kind = items[0].kind
+    if opts.labels and kind != "classification":
+        raise ConfigError(f"--labels is for classification; {opts.data} holds {kind} items", field="--labels")
+    return EvalSet(opts.data.stem, kind, items, [opts.data], tuple(opts.labels), opts.system)
+
+
+def weights_digest(path: Path) -> str:
+    """sha256 over the (name, sha256) of every weight and config file of a model or adapter directory."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".json"))
+    if not files:
+        raise DataError("no weight files", file=path)
+    for p in files:
+        h.update(f"{p.name}\0{sha256_file(p)}\n".encode())
+    return h.hexdigest()
+
+
+def run_eval(opts: EvalOptions, reporter_factory: type[Reporter] = Reporter) -> dict[str, Any]:
+    from tunelab.models.generate import attach_adapter
+
+    check_model_spec(opts.model)
+    out = opts.out or new_run_dir("eval")
+    if (out / "metrics.json").exists():
+        raise ConfigError("already holds a finished eval; choose another --out", file=out, field="--out")
+    out.mkdir(parents=True, exist_ok=True)
+    rep = reporter_factory(events=out / "events.jsonl")
+    try:
+        evset = load_eval_set(opts, out / "data")
+        rep.info(f"{evset.name}: {len(evset.items)} {evset.kind} items")
+        resolved = resolve_model(opts.model)
+        tok = load_tokenizer(resolved.path)
+        model: Any = load_model(resolved.path)
+        if opts.adapter is not None:
+            model = attach_adapter(model, opts.adapter)
+        model.eval()
+        params = opts.params
+        if evset.name in LABEL_ALIASES and not params.aliases:
+            params.aliases = LABEL_ALIASES[evset.name]
+        res = evaluate_items(model, tok, evset, params, rep, "tuned" if opts.adapter else "base")
+        report = write_eval(out, res, evset, opts, resolved)
+    finally:
+        rep.close()
+    return report
+
+
+def write_eval(out: Path, res: EvalResult, evset: EvalSet, opts: EvalOptions, resolved: Any) -> dict[str, Any]:
+    from tunelab import __version__
+
+    atomic_write_jsonl(out / "predictions.jsonl", res.rows)
+    atomic_write_jsonl(out / "latency.jsonl", res.timings)
+    report = {
+        "task": evset.name,
+        "kind": res.kind,
+        "n": len(res.rows),
+        "metrics": res.metrics,
+        "latency": res.latency,
+        "warnings": res.warnings,
+        "model": {
+            "spec": opts.model or "default",
+            "base_model": resolved.base_model_id,
+            "path": str(resolved.path),
+            "weights_sha256": weights_digest(resolved.path),
+            "adapter": str(opts.adapter) if opts.adapter else None,
+            "adapter_sha256": weights_digest(opts.adapter) if opts.adapter else None,
+        },
+        "data": {"files": [{"path": str(p), "sha256": sha256_file(p)} for p in evset.files]},
+        "seed": opts.params.seed,
+        "params": {
+            "batch_size": opts.params.batch_size,
+            "max_new_tokens": opts.params.new_tokens(res.kind),
+            "latency_samples": opts.params.latency_samples,
+            "limit": opts.params.limit,
+            "decoding": "greedy",
+        },
+        "predictions_sha256": sha256_file(out / "predictions.jsonl"),
+        "eval_s": res.eval_s,
+        "tunelab_version": __version__,
+        "out": str(out),
+    }
+    atomic_write_json(out / "metrics.json", report)
+    return report
