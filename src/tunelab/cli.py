@@ -159,6 +159,10 @@ def eval_(
     max_new_tokens: Annotated[int | None, typer.Option(min=1, help="Default by kind (16 labels, 128 text).")] = None,
     latency_samples: Annotated[int, typer.Option(min=0, help="Single requests timed for latency.")] = 8,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N items.")] = None,
+    probes: Annotated[
+        str | None,
+        typer.Option(help="Also run probes: all, none, or some of safety,hallucination,bias,robustness,general."),
+    ] = None,
     seed: int = 0,
     json_: Annotated[bool, typer.Option("--json", help="Print metrics.json to stdout.")] = False,
 ) -> None:
@@ -168,6 +172,7 @@ def eval_(
     import json
 
     from tunelab.evaluate.command import EvalOptions, run_eval
+    from tunelab.evaluate.probes import parse_probes
     from tunelab.evaluate.run import EvalParams
 
     params = EvalParams(
@@ -188,6 +193,7 @@ def eval_(
             system=system,
             out=out,
             params=params,
+            probes=parse_probes(probes),
         )
     )
     if json_:
@@ -201,9 +207,51 @@ def eval_(
             f"latency: first token p50 {lat['ttft_p50_s'] * 1000:.0f} ms, p95 {lat['ttft_p95_s'] * 1000:.0f} ms; "
             f"{lat['tokens_per_s_p50']:.1f} tokens/s (p50)"
         )
+    for name, summary in r["probes"].items():
+        shown = {k: v for k, v in summary.items() if isinstance(v, float)}
+        print(f"{name}: " + ", ".join(f"{k} {v:.3g}" for k, v in shown.items()))
     for w in r["warnings"]:
         print(f"warning: {w}")
-    print(f"details: {Path(r['out']) / 'metrics.json'}  (predictions.jsonl, latency.jsonl)")
+    print(f"details: {Path(r['out']) / 'metrics.json'}  (predictions.jsonl, latency.jsonl, probes/)")
+
+
+@eval_app.command("export-ab")
+def eval_export_ab(
+    a: Annotated[Path, typer.Argument(help="Eval directory A (e.g. base).")],
+    b: Annotated[Path, typer.Argument(help="Eval directory B (e.g. tuned).")],
+    out: Annotated[Path, typer.Option(help="Where ab.csv, ab.html and ab-key.json go.")] = Path("runs/ab"),
+    n: Annotated[int | None, typer.Option(min=1, help="Only this many pairs (seeded sample).")] = None,
+    seed: int = 0,
+) -> None:
+    """Blind, shuffled A/B pairs for human raters: a CSV and a self-contained HTML page."""
+    from tunelab.evaluate.ab import export_ab
+
+    r = export_ab(a, b, out, n=n, seed=seed)
+    print(f"{r['pairs']} pairs: {r['html']} (or {r['csv']}); keep {r['key']} away from the raters")
+
+
+@eval_app.command("import-ab")
+def eval_import_ab(
+    ab_dir: Annotated[Path, typer.Argument(help="The export-ab output directory (holds ab-key.json).")],
+    ratings: Annotated[
+        Path, typer.Argument(help="ratings.csv from the page, or ab.csv with the rating column filled.")
+    ],
+    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Read human ratings back: B's win rate over A with a CI and a sign test."""
+    import json
+
+    from tunelab.evaluate.ab import import_ab
+
+    r = import_ab(ab_dir, ratings)
+    if json_:
+        print(json.dumps(r, indent=2))
+        return
+    lo, hi = r["ci95"]
+    print(
+        f"{r['rated']} rated: B wins {r['b_wins']}, A wins {r['a_wins']}, ties {r['ties']}; B win rate "
+        f"{r['b_win_rate']:.3f} (95% CI [{lo:.3f}, {hi:.3f}]), sign test p = {r['p_value']:.3g}"
+    )
 
 
 @app.command()
@@ -391,6 +439,35 @@ def bench_train(
         f"met: {', '.join(k for k, v in r['met'].items() if v) or 'none'}"
     )
     print(f"details: {out / 'bench-train.json'}")
+
+
+@bench_app.command("eval")
+def bench_eval(
+    out: Annotated[Path, typer.Option(help="Where the items, both runs and bench-eval.json go.")] = Path(
+        "runs/bench-eval"
+    ),
+    items: Annotated[int, typer.Option(min=5, help="Multiple-choice items (5 topics x items/5).")] = 200,
+    model: Annotated[str | None, typer.Option(help="Local model dir (default: bundled).")] = None,
+    quick: Annotated[bool, typer.Option(help="20 items: checks it runs, not the figures.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """tunelab's multiple-choice scoring vs lm-eval on the same local items and model: agreement and speed."""
+    import json
+
+    from tunelab.bench.eval import bench_eval as run_bench
+
+    r = run_bench(out, model=model, items=20 if quick else items, log=(lambda m: None) if json_ else print)
+    if json_:
+        print(json.dumps(r, indent=2))
+        return
+    t, lm = r["tunelab"], r["lm_eval"]
+    print(
+        f"accuracy {t['accuracy']:.3f} vs lm-eval {lm['accuracy']:.3f}: |diff| {r['agreement_abs_diff']:.3f} "
+        f"(target <= 0.01), same answer on {r['item_agreement']:.1%} of items; wall {t['wall_s']:.1f} s vs "
+        f"{lm['wall_s']:.1f} s: speed x{r['speed_ratio']:.2f} (target >= 3); peak RSS {t['peak_rss_gb']:.2f} vs "
+        f"{lm['peak_rss_gb']:.2f} GB; met: {', '.join(k for k, v in r['met'].items() if v) or 'none'}"
+    )
+    print(f"details: {out / 'bench-eval.json'}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -85,6 +85,9 @@ class EvalSection(_Section):
     bootstrap_resamples: int = Field(10_000, ge=100)
     seed: int = 0
     limit: int | None = Field(None, ge=1)  # evaluate only the first N eval examples
+    # probe sections run on base and tuned: safety, hallucination, bias, robustness, general
+    probes: list[Literal["safety", "hallucination", "bias", "robustness", "general"]] = Field(default_factory=list)
+    robustness_limit: int = Field(100, ge=1)  # task items perturbed for the robustness probe
 
 
 class RunConfig(_Section):

@@ -19,6 +19,8 @@ from tunelab.data.audit import run_audit
 from tunelab.data.tasks import BBC_LICENCE_ID, build_bbc_topics, get_task
 from tunelab.errors import ConfigError, GateFailed
 from tunelab.evaluate.classify import EvalRun, evaluate_classification
+from tunelab.evaluate.command import model_info, weights_digest, write_eval
+from tunelab.evaluate.compare import compare_runs
 from tunelab.evaluate.stats import compare_binary
 from tunelab.fsutil import atomic_write_json, atomic_write_jsonl, atomic_write_text, sha256_file
 from tunelab.govern.card import model_card
@@ -190,6 +192,21 @@ def _write_results(
             }
         )
     atomic_write_jsonl(run_dir / "eval" / "predictions.jsonl", rows)
+    # each side also as an eval directory of its own, as `tunelab eval` writes it: `tunelab compare
+    # RUN/eval/base RUN/eval/tuned --gate ...` works on a quickstart run
+    base_info = model_info(cfg.model.name, resolved, None)
+    for ev, adapter in ((base_eval, None), (tuned_eval, run_dir / "model")):
+        info = (
+            {**base_info, "adapter": str(adapter), "adapter_sha256": weights_digest(adapter)} if adapter else base_info
+        )
+        write_eval(run_dir / "eval" / ev.name, ev.result, ev.evset, ev.params, info, ev.probes)
+    full = compare_runs(
+        run_dir / "eval" / "base",
+        run_dir / "eval" / "tuned",
+        resamples=cfg.eval.bootstrap_resamples,
+        seed=cfg.eval.seed,
+    )
+    atomic_write_json(run_dir / "eval" / "compare.json", full)
     atomic_write_json(
         run_dir / "eval" / "metrics.json",
         {"base": base_eval.metrics.to_json(), "tuned": tuned_eval.metrics.to_json()},

@@ -1,17 +1,22 @@
-"""Classification by generation: prompt with the task, parse the label from the answer."""
+"""Classification of audited chat records (the quickstart's eval): the same code as `tunelab eval`.
+
+`evaluate_classification` turns the audit's records into eval items and calls `evaluate_items`; the
+`EvalRun` it returns keeps the shape the quickstart's summary, report and model card read, and holds the
+full `EvalResult` for writing an eval directory that `tunelab compare` reads.
+"""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tunelab.config import EvalSection
 from tunelab.data.formats import Record
 from tunelab.data.tasks import ClassificationTask
-from tunelab.evaluate.generation import generate_greedy, time_single
-from tunelab.evaluate.metrics import ClassMetrics, classification_metrics, parse_label, percentile
-from tunelab.models.chat import encode_prompt
+from tunelab.evaluate.items import EvalItem, EvalSet
+from tunelab.evaluate.metrics import ClassMetrics, classification_metrics, percentile
+from tunelab.evaluate.probes import run_probes
+from tunelab.evaluate.run import EvalParams, EvalResult, evaluate_items
 from tunelab.progress import Reporter
 
 if TYPE_CHECKING:
@@ -23,23 +28,45 @@ LABEL_ALIASES = {"bbc-topics": {"technology": "tech", "sports": "sport", "entert
 @dataclass
 class EvalRun:
     name: str
-    predictions: list[dict[str, Any]]
+    predictions: list[dict[str, Any]]  # id, input, reference, output, predicted, correct, latency_s
     metrics: ClassMetrics
     latency_s: list[float]
     eval_s: float
+    result: EvalResult
+    evset: EvalSet
+    params: EvalParams
+    probes: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]]
 
     def summary(self) -> dict[str, Any]:
+        lat = self.result.latency
         return {
             "accuracy": self.metrics.accuracy,
             "macro_f1": self.metrics.macro_f1,
+            "accuracy_constrained": self.result.metrics["accuracy_constrained"],
             "latency_p50_s": percentile(self.latency_s, 50),
             "latency_p95_s": percentile(self.latency_s, 95),
+            "ttft_p50_s": lat.get("ttft_p50_s", 0.0),
             "latency_samples": len(self.latency_s),
             "unparsed": self.metrics.unparsed,
             "n": self.metrics.n,
             "eval_s": self.eval_s,
             "examples_per_s": self.metrics.n / self.eval_s if self.eval_s else 0.0,
         }
+
+
+def eval_set_of(task: ClassificationTask, records: list[Record]) -> EvalSet:
+    items = [
+        EvalItem(
+            id=r.id,
+            kind="classification",
+            file=r.file,
+            line=r.line,
+            messages=[dict(m) for m in r.messages[:-1]],
+            reference=r.answer.strip(),
+        )
+        for r in records
+    ]
+    return EvalSet(task.name, "classification", items, [], task.labels)
 
 
 def evaluate_classification(
@@ -51,34 +78,45 @@ def evaluate_classification(
     reporter: Reporter,
     name: str,
 ) -> EvalRun:
-    if cfg.limit:
-        records = records[: cfg.limit]
-    prompts = [encode_prompt(tok, r.messages) for r in records]
-    t0 = time.perf_counter()
-    latencies = []
-    with reporter.progress(f"eval {name}", len(records) + min(cfg.latency_samples, len(records))) as update:
-        for prompt in prompts[: cfg.latency_samples]:
-            latencies.append(time_single(model, tok, prompt, cfg.max_new_tokens))
-            update()
-        outputs = generate_greedy(
-            model, tok, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, on_batch=update
-        )
-    eval_s = time.perf_counter() - t0
-    aliases = LABEL_ALIASES.get(task.name, {})
-    preds = [parse_label(o, task.labels, aliases) for o in outputs]
-    gold = [r.answer.strip() for r in records]
-    metrics = classification_metrics(gold, preds, task.labels)
+    params = EvalParams(
+        batch_size=cfg.batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+        latency_samples=cfg.latency_samples,
+        seed=cfg.seed,
+        limit=cfg.limit,
+        aliases=LABEL_ALIASES.get(task.name, {}),
+    )
+    evset = eval_set_of(task, records)
+    res = evaluate_items(model, tok, evset, params, reporter, name)
+    probes = {}
+    if cfg.probes:
+        with reporter.status(f"probes ({name}): {', '.join(cfg.probes)}"):
+            probes = run_probes(
+                model,
+                tok,
+                cfg.probes,
+                evset,
+                batch=cfg.batch_size,
+                robustness_limit=cfg.robustness_limit,
+                seed=cfg.seed,
+            )
+    latency = [t["request_s"] for t in res.timings]
     rows = []
-    for i, (r, o, p) in enumerate(zip(records, outputs, preds, strict=True)):
+    for i, r in enumerate(res.rows):
+        predicted = r["predicted"]
         rows.append(
             {
-                "id": r.id,
-                "input": r.input,
-                "reference": gold[i],
-                "output": o,
-                "predicted": p,
-                "correct": p == gold[i],
-                "latency_s": latencies[i] if i < len(latencies) else None,
+                "id": r["id"],
+                "input": r["input"],
+                "reference": r["reference"],
+                "output": r["output"],
+                "predicted": predicted,
+                "correct": r["scores"]["accuracy"] == 1.0,
+                "predicted_constrained": r["predicted_constrained"],
+                "latency_s": latency[i] if i < len(latency) else None,
             }
         )
-    return EvalRun(name, rows, metrics, latencies, eval_s)
+    gold = [r["reference"] for r in res.rows]
+    preds = [r["predicted"] if r["predicted"] in task.labels else None for r in res.rows]
+    metrics = classification_metrics(gold, preds, task.labels)
+    return EvalRun(name, rows, metrics, latency, res.eval_s, res, evset, params, probes)

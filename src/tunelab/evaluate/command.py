@@ -19,6 +19,7 @@ from tunelab.data.tasks import BBC_TOPICS, build_bbc_headlines, build_bbc_topics
 from tunelab.errors import ConfigError, DataError
 from tunelab.evaluate.classify import LABEL_ALIASES
 from tunelab.evaluate.items import EvalSet, read_eval_file
+from tunelab.evaluate.probes import run_probes
 from tunelab.evaluate.run import EvalParams, EvalResult, evaluate_items
 from tunelab.fsutil import atomic_write_json, atomic_write_jsonl, sha256_file
 from tunelab.models.loading import check_model_spec, load_model, load_tokenizer, resolve_model
@@ -42,6 +43,7 @@ class EvalOptions:
     system: str | None = None
     out: Path | None = None
     params: EvalParams = field(default_factory=EvalParams)
+    probes: list[str] = field(default_factory=list)
 
 
 def load_eval_set(opts: EvalOptions, data_dir: Path) -> EvalSet:
@@ -97,39 +99,59 @@ def run_eval(opts: EvalOptions, reporter_factory: type[Reporter] = Reporter) -> 
         if evset.name in LABEL_ALIASES and not params.aliases:
             params.aliases = LABEL_ALIASES[evset.name]
         res = evaluate_items(model, tok, evset, params, rep, "tuned" if opts.adapter else "base")
-        report = write_eval(out, res, evset, opts, resolved)
+        probes = {}
+        if opts.probes:
+            with rep.status(f"probes: {', '.join(opts.probes)}"):
+                probes = run_probes(model, tok, opts.probes, evset, batch=params.batch_size, seed=params.seed)
+        report = write_eval(out, res, evset, params, model_info(opts.model, resolved, opts.adapter), probes)
     finally:
         rep.close()
     return report
 
 
-def write_eval(out: Path, res: EvalResult, evset: EvalSet, opts: EvalOptions, resolved: Any) -> dict[str, Any]:
+def model_info(spec: str | None, resolved: Any, adapter: Path | None) -> dict[str, Any]:
+    return {
+        "spec": spec or "default",
+        "base_model": resolved.base_model_id,
+        "path": str(resolved.path),
+        "weights_sha256": weights_digest(resolved.path),
+        "adapter": str(adapter) if adapter else None,
+        "adapter_sha256": weights_digest(adapter) if adapter else None,
+    }
+
+
+def write_eval(
+    out: Path,
+    res: EvalResult,
+    evset: EvalSet,
+    params: EvalParams,
+    model: dict[str, Any],
+    probes: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """The eval directory `tunelab compare` reads (probe rows under probes/); metrics.json last."""
     from tunelab import __version__
 
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write_jsonl(out / "predictions.jsonl", res.rows)
     atomic_write_jsonl(out / "latency.jsonl", res.timings)
+    for name, (rows, _) in (probes or {}).items():
+        atomic_write_jsonl(out / "probes" / f"{name}.jsonl", rows)
     report = {
         "task": evset.name,
         "kind": res.kind,
         "n": len(res.rows),
         "metrics": res.metrics,
         "latency": res.latency,
+        "probes": {name: summary for name, (_, summary) in (probes or {}).items()},
         "warnings": res.warnings,
-        "model": {
-            "spec": opts.model or "default",
-            "base_model": resolved.base_model_id,
-            "path": str(resolved.path),
-            "weights_sha256": weights_digest(resolved.path),
-            "adapter": str(opts.adapter) if opts.adapter else None,
-            "adapter_sha256": weights_digest(opts.adapter) if opts.adapter else None,
-        },
+        "model": model,
         "data": {"files": [{"path": str(p), "sha256": sha256_file(p)} for p in evset.files]},
-        "seed": opts.params.seed,
+        "seed": params.seed,
         "params": {
-            "batch_size": opts.params.batch_size,
-            "max_new_tokens": opts.params.new_tokens(res.kind),
-            "latency_samples": opts.params.latency_samples,
-            "limit": opts.params.limit,
+            "batch_size": params.batch_size,
+            "max_new_tokens": params.new_tokens(res.kind),
+            "latency_samples": params.latency_samples,
+            "limit": params.limit,
             "decoding": "greedy",
         },
         "predictions_sha256": sha256_file(out / "predictions.jsonl"),

@@ -176,10 +176,14 @@ def compare_runs(
     flipped: dict[str, Any] = {}
     for section in sorted(sa):
         ids = _pair(section, sa[section], sb[section], a_dir, b_dir)
-        names = sorted(set.intersection(*(set(sa[section][i]["scores"]) & set(sb[section][i]["scores"]) for i in ids)))
+        # a metric is paired over the items that carry it on both sides (a probe section mixes item types)
+        names = sorted({k for i in ids for k in sa[section][i]["scores"]})
         for name in names:
-            xa = [float(sa[section][i]["scores"][name]) for i in ids]
-            xb = [float(sb[section][i]["scores"][name]) for i in ids]
+            have = [i for i in ids if name in sa[section][i]["scores"] and name in sb[section][i]["scores"]]
+            if not have:
+                continue
+            xa = [float(sa[section][i]["scores"][name]) for i in have]
+            xb = [float(sb[section][i]["scores"][name]) for i in have]
             full = f"{section}.{name}" if section and not name.startswith(section + ".") else name
             paired.append(_paired(full, xa, xb, resamples, seed))
         if section == "" and "accuracy" in names:

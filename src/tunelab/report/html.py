@@ -81,6 +81,31 @@ def _flips(rows: list[dict[str, Any]], want_base: bool, limit: int = 15) -> str:
     return "".join(out)
 
 
+def _every_metric(cmp: dict[str, Any]) -> str:
+    """Every paired metric (task and probes) with its CI, p and Holm-adjusted p; then run-level numbers."""
+    rows = [
+        "<h2>Every metric, paired</h2><table><tr><th>metric</th><th>base</th><th>tuned</th><th>change</th>"
+        "<th>95% CI</th><th>p</th><th>p (Holm)</th><th>test</th></tr>"
+    ]
+    for r in cmp.get("paired", []):
+        lo, hi = r["ci95"]
+        b = "<b>" if r.get("significant") else ""
+        rows.append(
+            f"<tr><td>{b}{escape(r['metric'])}</td><td class='num'>{_f(r['a'])}</td><td class='num'>{_f(r['b'])}</td>"
+            f"<td class='num'>{b}{r['delta']:+.3f}</td><td class='num'>[{lo:+.3f}, {hi:+.3f}]</td>"
+            f"<td class='num'>{r['p_value']:.3g}</td><td class='num'>{r.get('p_holm', r['p_value']):.3g}</td>"
+            f"<td>{escape(r['test'])} (n={r['n']})</td></tr>"
+        )
+    for r in cmp.get("run_level", []):
+        rows.append(
+            f"<tr><td>{escape(r['metric'])}</td><td class='num'>{_f(r['a'])}</td><td class='num'>{_f(r['b'])}</td>"
+            f"<td class='num'>{r['delta']:+.3f}</td><td></td><td></td><td></td><td>run level</td></tr>"
+        )
+    rows.append("</table>")
+    rows += [f"<p class='muted'>{escape(n)}</p>" for n in cmp.get("notes", [])]
+    return "".join(rows)
+
+
 def render_report(run_dir: Path, summary: dict[str, Any]) -> str:
     metrics = _load(run_dir, "eval/metrics.json") or {}
     preds = _load(run_dir, "eval/predictions.jsonl") or []
@@ -143,6 +168,10 @@ def render_report(run_dir: Path, summary: dict[str, Any]) -> str:
                 },
             )
         )
+
+    full = _load(run_dir, "eval/compare.json")
+    if full:
+        parts.append(_every_metric(full))
 
     parts.append("<h2>Examples that flipped</h2><h3>Now right (base was wrong)</h3>" + _flips(preds, False))
     parts.append("<h3>Now wrong (base was right)</h3>" + _flips(preds, True))
