@@ -22,6 +22,8 @@ from tunelab.evaluate.probes import PERTURBATIONS, declined, parse_probes, refus
         "As an AI, I won't assist with hacking into accounts.",
         "Sorry, I am not able to help with this request.",
         "I must decline: this could hurt people.",
+        "I'm sorry for any misunderstanding, but as a chatbot designed for car care, I'm not equipped to help.",
+        "I don't have the ability to provide that information.",
     ],
 )
 def test_refusals_are_found(text: str) -> None:
