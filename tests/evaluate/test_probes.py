@@ -11,7 +11,7 @@ from tests.conftest import write_jsonl
 from tunelab.errors import ConfigError
 from tunelab.evaluate import probe_sets as ps
 from tunelab.evaluate.compare import compare_runs
-from tunelab.evaluate.probes import PERTURBATIONS, declined, parse_probes, refused
+from tunelab.evaluate.probes import PERTURBATIONS, declined, gender_swap, parse_probes, refused
 
 
 @pytest.mark.parametrize(
@@ -67,6 +67,12 @@ def test_perturbations_change_the_text_but_keep_it_readable() -> None:
         assert len(out.split()) >= len(text.split()) - 1, name
 
 
+def test_gender_swap_keeps_case_and_leaves_other_words() -> None:
+    assert gender_swap("He said his wife met Mr Brown.") == "She said her husband met Ms Brown."
+    assert gender_swap("She thanked her MOTHER") == "He thanked his FATHER"
+    assert gender_swap("The themed shell") == "The themed shell"  # whole words only
+
+
 def test_probe_names() -> None:
     assert parse_probes("all") == ["safety", "hallucination", "bias", "robustness", "general"]
     assert parse_probes("none") == [] and parse_probes(None) == []
@@ -83,10 +89,8 @@ def test_every_probe_section_runs_and_pairs(tiny_model_dir: Path, tmp_path: Path
         def __init__(self, events: Path | None = None) -> None:
             super().__init__(events=events, quiet=True)
 
-    rows = [
-        {"id": f"c{i}", "text": t, "label": lab}
-        for i, (t, lab) in enumerate([("The striker scored", "sport"), ("The minister said", "politics")] * 2)
-    ]
+    texts = [("The striker scored, he said", "sport"), ("The minister said", "politics")] * 2
+    rows = [{"id": f"c{i}", "text": t, "label": lab} for i, (t, lab) in enumerate(texts)]
     data = write_jsonl(tmp_path / "c.jsonl", rows)
     params = EvalParams(batch_size=8, latency_samples=0, max_new_tokens=4)
     opts = EvalOptions(
@@ -99,6 +103,12 @@ def test_every_probe_section_runs_and_pairs(tiny_model_dir: Path, tmp_path: Path
     assert set(probes["bias"]["per_attribute"]) == set(ps.BIAS_GROUPS)
     assert {"accuracy_clean", "accuracy_typos", "worst_drop"} <= set(probes["robustness"])
     bias_rows = [json.loads(x) for x in (tmp_path / "a" / "probes" / "bias.jsonl").read_text().splitlines()]
+    task_rows = [b for b in bias_rows if b["id"].startswith("task-gender-")]
+    assert [b["id"] for b in task_rows] == ["task-gender-c0", "task-gender-c2"]  # the items that name a gender
+    assert probes["bias"]["task_gender_items"] == 2
+    for b in task_rows:
+        assert b["scores"]["flip"] == float(b["output"]["original"] != b["output"]["swapped"])
+    bias_rows = [b for b in bias_rows if b not in task_rows]
     assert len(bias_rows) == len(ps.BIAS_GROUPS) * len(ps.BIAS_TEMPLATES)
     for b in bias_rows:  # the flip and the gap follow from the per-group log-odds written beside them
         lo = list(b["output"].values())

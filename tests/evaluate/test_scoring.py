@@ -70,3 +70,36 @@ def test_sequence_nll_matches_the_models_own_loss(tiny_model_dir: Path) -> None:
         loss = float(model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss)
     assert n == len(ids) - 1
     assert math.isclose(nll / n, loss, rel_tol=1e-5)
+
+
+def test_lean_greedy_decoding_equals_transformers_generate(tiny_model_dir: Path) -> None:
+    import torch
+
+    from tunelab.evaluate.generation import eos_ids, generate_and_score
+    from tunelab.evaluate.scoring import prefill_score_decode
+    from tunelab.models.loading import load_model, load_tokenizer
+
+    model, tok = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    rng = random.Random(1)
+    prompts = [[rng.randrange(3, 300) for _ in range(rng.randint(2, 30))] for _ in range(6)]
+    _, gen = prefill_score_decode(model, prompts, max_new_tokens=12, eos_ids=eos_ids(model, tok), batch_size=4)
+    assert gen is not None
+    for p, g in zip(prompts, gen, strict=True):
+        with torch.inference_mode():
+            ref = model.generate(
+                torch.tensor([p]),
+                max_new_tokens=12,
+                do_sample=False,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )[0, len(p) :].tolist()
+        assert g == ref[: len(g)] and (len(g) == len(ref) or g[-1] == tok.eos_token_id)
+    # scoring from the same prefill, with the cache then reused for decoding, changes neither result
+    conts = [[[5, 6], [7], [8, 9, 10]] for _ in prompts]
+    texts, scores = generate_and_score(model, tok, prompts, conts, max_new_tokens=12, batch_size=4)
+    alone = score_continuations(model, prompts, conts, batch_size=4)
+    assert scores is not None
+    for a, b in zip(scores, alone, strict=True):
+        assert [x.logprob for x in a] == pytest.approx([x.logprob for x in b], abs=1e-5)
+    plain, _ = generate_and_score(model, tok, prompts, None, max_new_tokens=12, batch_size=4)
+    assert texts == plain

@@ -1,17 +1,63 @@
-"""Batched greedy generation: left padding, KV cache, prompts sorted by length to waste little padding."""
+"""Batched greedy generation: one left-padded prefill per batch (prompts sorted by length), then a lean
+decode loop on the KV cache; the same pass can also score answer candidates (`prefill_score_decode`)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+
+from tunelab.evaluate.scoring import ChoiceScore, base_model, prefill_score_decode
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
+def eos_ids(model: Any, tok: PreTrainedTokenizerBase) -> list[int]:
+    """Every token that ends a reply: the tokenizer's EOS and the model's generation-config EOS ids."""
+    ids = set()
+    if tok.eos_token_id is not None:
+        ids.add(int(tok.eos_token_id))
+    gc = getattr(base_model(model), "generation_config", None)
+    e = getattr(gc, "eos_token_id", None) if gc is not None else None
+    for x in e if isinstance(e, list | tuple) else [e]:
+        if x is not None:
+            ids.add(int(x))
+    return sorted(ids)
+
+
+def decode_reply(tok: PreTrainedTokenizerBase, ids: list[int], eos: Sequence[int]) -> str:
+    cut = next((k for k, t in enumerate(ids) if t in eos), len(ids))
+    return str(tok.decode(ids[:cut], skip_special_tokens=True)).strip()
+
+
+def generate_and_score(
+    model: Any,
+    tok: PreTrainedTokenizerBase,
+    prompts: Sequence[list[int]],
+    continuations: Sequence[Sequence[list[int]]] | None,
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[list[str], list[list[ChoiceScore]] | None]:
+    """Greedy replies (special tokens dropped) and, when given, the scores of candidate continuations."""
+    eos = eos_ids(model, tok)
+    scores, gen = prefill_score_decode(
+        model,
+        prompts,
+        continuations,
+        max_new_tokens=max_new_tokens,
+        eos_ids=eos,
+        pad_id=int(tok.pad_token_id) if tok.pad_token_id is not None else 0,
+        batch_size=batch_size,
+        on_batch=on_batch,
+    )
+    assert gen is not None
+    return [decode_reply(tok, g, eos) for g in gen], scores
+
+
 def generate_greedy(
-    model: Any,  # a PreTrainedModel or a PeftModel around one
+    model: Any,
     tok: PreTrainedTokenizerBase,
     prompts: Sequence[list[int]],
     *,
@@ -20,39 +66,7 @@ def generate_greedy(
     on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Decoded continuations (special tokens dropped), in the order of `prompts`."""
-    import torch
-
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out: list[str] = [""] * len(prompts)
-    pad = int(tok.pad_token_id)
-    eos = tok.eos_token_id
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        width = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            p = prompts[i]
-            ids[r, width - len(p) :] = torch.tensor(p)
-            mask[r, width - len(p) :] = 1
-        with torch.inference_mode():
-            gen = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad,
-                eos_token_id=eos,
-            )
-        for r, i in enumerate(idx):
-            out[i] = str(tok.decode(gen[r, width:], skip_special_tokens=True)).strip()
-        if on_batch:
-            on_batch(len(idx))
-    return out
-
-
-def time_single(model: Any, tok: PreTrainedTokenizerBase, prompt: list[int], max_new_tokens: int) -> float:
-    """Wall time of one request served alone (what a user of a one-at-a-time server waits)."""
-    t0 = time.perf_counter()
-    generate_greedy(model, tok, [prompt], max_new_tokens=max_new_tokens, batch_size=1)
-    return time.perf_counter() - t0
+    texts, _ = generate_and_score(
+        model, tok, prompts, None, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=on_batch
+    )
+    return texts

@@ -9,12 +9,12 @@ apart (`timings`) so that two runs give byte-identical predictions.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tunelab.errors import DataError, ModelError
-from tunelab.evaluate.generation import generate_greedy
+from tunelab.evaluate.generation import generate_and_score, generate_greedy
 from tunelab.evaluate.items import EvalItem, EvalSet
 from tunelab.evaluate.latency import Timing, latency_summary, time_request
 from tunelab.evaluate.metrics import UNPARSED, classification_metrics, parse_label
@@ -80,15 +80,39 @@ def mc_context(item: EvalItem) -> str:
     return f"{item.context}\n\n{q}\nAnswer:" if item.context else f"{q}\nAnswer:"
 
 
-def split_context(tok: PreTrainedTokenizerBase, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def split_context(
+    tok: PreTrainedTokenizerBase, context: str, continuation: str, *, move_space: bool = True
+) -> tuple[list[int], list[int]]:
     """Token ids of context and continuation, the continuation's taken from encoding the whole text (as
-    lm-eval does), so a token that spans the seam is scored as the model would see it."""
-    n_space = len(context) - len(context.rstrip())
-    if n_space:  # a trailing space belongs to the continuation (" Paris", not "Answer: " + "Paris")
+    lm-eval does), so a token that spans the seam is scored as the model would see it. `move_space`: a
+    trailing space of the context belongs to the continuation (" Paris", not "Answer: " + "Paris"); off for
+    chat prompts, whose generation prompt ends exactly where the reply starts."""
+    n_space = len(context) - len(context.rstrip()) if move_space else 0
+    if n_space:
         context, continuation = context[:-n_space], context[-n_space:] + continuation
     whole = list(tok(context + continuation, add_special_tokens=False)["input_ids"])
     ctx = list(tok(context, add_special_tokens=False)["input_ids"])
+    if whole[: len(ctx)] != ctx:  # the seam merged two tokens: score the continuation on its own
+        return ctx, list(tok(continuation, add_special_tokens=False)["input_ids"])
     return ctx, whole[len(ctx) :]
+
+
+def chat_choices(
+    tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], answers: Sequence[str]
+) -> tuple[list[int], list[list[int]]]:
+    """The generation prompt's ids and, per answer, the ids of that answer as the whole assistant turn
+    (through its end-of-turn), as the chat template renders it."""
+    head = render(tok, messages, generation_prompt=True)
+    pairs = [
+        split_context(
+            tok,
+            head,
+            render(tok, [*messages, {"role": "assistant", "content": a}], generation_prompt=False)[len(head) :],
+            move_space=False,
+        )
+        for a in answers
+    ]
+    return pairs[0][0], [c for _, c in pairs]
 
 
 def evaluate_items(
@@ -189,31 +213,32 @@ def _classification(
             f"label {it.reference!r} is not in the label set {labels}", file=it.file, line=it.line, field="label"
         )
     msgs = [chat_messages(it, evset.system_prompt) for it in items]
-    prompts = [encode_prompt(tok, m) for m in msgs]
-    # constrained: the log-likelihood of each label as the whole assistant turn (through its end-of-turn)
-    contexts, conts = [], []
+    # one prompt pass per item serves both answers: the label with the highest log-likelihood as the whole
+    # assistant turn (constrained) and the free greedy reply (what a user would get)
+    prompts, conts = [], []
     for m in msgs:
-        head = render(tok, m, generation_prompt=True)
-        pairs = [
-            split_context(
-                tok,
-                head,
-                render(tok, [*m, {"role": "assistant", "content": lab}], generation_prompt=False)[len(head) :],
-            )
-            for lab in labels
-        ]
-        contexts.append(pairs[0][0])
-        conts.append([c for _, c in pairs])
-    scored = score_continuations(model, contexts, conts, batch_size=params.batch_size)
+        ctx, label_ids = chat_choices(tok, m, labels)
+        prompts.append(ctx)
+        conts.append(label_ids)
+    outputs, maybe_scored = generate_and_score(
+        model,
+        tok,
+        prompts,
+        conts,
+        max_new_tokens=params.new_tokens("classification"),
+        batch_size=params.batch_size,
+        on_batch=update,
+    )
+    assert maybe_scored is not None
+    scored = maybe_scored
     constrained = [labels[max(range(len(labels)), key=lambda j: s[j].logprob)] for s in scored]
-    outputs = _generate(model, tok, prompts, params, "classification", update)
     warnings = _check_outputs(outputs, len(items))
     parsed = [parse_label(o, labels, params.aliases) for o in outputs]
     gold = [it.reference or "" for it in items]
     gen_m = classification_metrics(gold, parsed, labels)
     con_m = classification_metrics(gold, list(constrained), labels)
     rows: list[dict[str, Any]] = []
-    for it, o, p, c, s in zip(items, outputs, parsed, constrained, scored, strict=True):
+    for it, o, p, c, sc in zip(items, outputs, parsed, constrained, scored, strict=True):
         rows.append(
             {
                 "id": it.id,
@@ -222,7 +247,7 @@ def _classification(
                 "output": o,
                 "predicted": p if p is not None else UNPARSED,
                 "predicted_constrained": c,
-                "label_logprobs": {lab: round(x.logprob, 4) for lab, x in zip(labels, s, strict=True)},
+                "label_logprobs": {lab: round(x.logprob, 4) for lab, x in zip(labels, sc, strict=True)},
                 "scores": {"accuracy": float(p == it.reference), "accuracy_constrained": float(c == it.reference)},
             }
         )

@@ -48,22 +48,48 @@ def score_continuations(
     on_batch: Callable[[int], None] | None = None,
 ) -> list[list[ChoiceScore]]:
     """For item i, the score of each continuation `continuations[i][j]` given `contexts[i]`."""
+    scores, _ = prefill_score_decode(
+        model, contexts, continuations, batch_size=batch_size, max_rows=max_rows, on_batch=on_batch
+    )
+    assert scores is not None
+    return scores
+
+
+def prefill_score_decode(
+    model: Any,
+    contexts: Sequence[list[int]],
+    continuations: Sequence[Sequence[list[int]]] | None = None,
+    *,
+    max_new_tokens: int = 0,
+    eos_ids: Sequence[int] = (),
+    pad_id: int = 0,
+    batch_size: int = 8,
+    max_rows: int = 64,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[list[list[ChoiceScore]] | None, list[list[int]] | None]:
+    """One prefill per batch of contexts, then (optionally) the continuations scored on its cache and
+    (optionally) up to `max_new_tokens` greedy tokens decoded from it: a classifier's constrained answer and
+    its free answer for the price of one prompt pass. Returns (scores, generated token ids, EOS included)."""
     import torch
 
-    if len(contexts) != len(continuations):
-        raise ValueError("one list of continuations per context")
-    for i, (ctx, conts) in enumerate(zip(contexts, continuations, strict=True)):
-        if not ctx or not conts or any(not c for c in conts):
-            raise ValueError(f"item {i}: empty context or continuation")
+    if continuations is not None:
+        if len(contexts) != len(continuations):
+            raise ValueError("one list of continuations per context")
+        for i, conts in enumerate(continuations):
+            if not conts or any(not c for c in conts):
+                raise ValueError(f"item {i}: empty continuation")
+    if any(not c for c in contexts):
+        raise ValueError("empty context")
     base = base_model(model)
     kw = _cache_kw(base)
-    out: list[list[ChoiceScore]] = [[] for _ in contexts]
+    scores: list[list[ChoiceScore]] = [[] for _ in contexts]
+    generated: list[list[int]] = [[] for _ in contexts]
     order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))  # little padding, memory peak first
     with torch.inference_mode():
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             width = max(len(contexts[i]) for i in idx)
-            ids = torch.zeros((len(idx), width), dtype=torch.long)
+            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
             for r, i in enumerate(idx):
                 c = contexts[i]
@@ -71,27 +97,77 @@ def score_continuations(
                 mask[r, width - len(c) :] = 1
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             res = base(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-            first = torch.log_softmax(res.logits[:, -1, :].float(), dim=-1)  # [B, V]: predicts every choice's 1st token
+            last = res.logits[:, -1, :].float()
             cache = _out_cache(res)
-            rows = [(r, i, j) for r, i in enumerate(idx) for j in range(len(continuations[i]))]
-            multi = [row for row in rows if len(continuations[row[1]][row[2]]) > 1]
-            tails: dict[tuple[int, int], tuple[float, bool]] = {}
-            for m in range(0, len(multi), max_rows):
-                chunk = multi[m : m + max_rows]
-                tails.update(_score_tails(base, kw, cache, mask, chunk, continuations, reuse=len(multi) <= max_rows))
-            for r, i, j in rows:
-                cont = continuations[i][j]
-                lp = float(first[r, cont[0]])
-                greedy = int(first[r].argmax()) == cont[0]
-                if len(cont) > 1:
-                    t_lp, t_greedy = tails[(i, j)]
-                    lp += t_lp
-                    greedy = greedy and t_greedy
-                out[i].append(ChoiceScore(lp, len(cont), greedy))
+            if continuations is not None:
+                _score_batch(base, kw, last, cache, mask, idx, continuations, scores, max_rows, keep=max_new_tokens > 0)
+            if max_new_tokens > 0:
+                for r, toks in enumerate(_decode(base, kw, last, cache, mask, max_new_tokens, set(eos_ids), pad_id)):
+                    generated[idx[r]] = toks
             if on_batch:
                 on_batch(len(idx))
-    for i, conts in enumerate(continuations):
-        assert len(out[i]) == len(conts)
+    return (scores if continuations is not None else None), (generated if max_new_tokens > 0 else None)
+
+
+def _score_batch(
+    base: Any,
+    kw: str,
+    last: Any,
+    cache: Any,
+    mask: Any,
+    idx: list[int],
+    continuations: Sequence[Sequence[list[int]]],
+    out: list[list[ChoiceScore]],
+    max_rows: int,
+    *,
+    keep: bool,
+) -> None:
+    import torch
+
+    first = torch.log_softmax(last, dim=-1)  # [B, V]: predicts every choice's first token
+    rows = [(r, i, j) for r, i in enumerate(idx) for j in range(len(continuations[i]))]
+    multi = [row for row in rows if len(continuations[row[1]][row[2]]) > 1]
+    tails: dict[tuple[int, int], tuple[float, bool]] = {}
+    for m in range(0, len(multi), max_rows):
+        chunk = multi[m : m + max_rows]
+        reuse = len(multi) <= max_rows and not keep  # the cache is needed again: index a copy
+        tails.update(_score_tails(base, kw, cache, mask, chunk, continuations, reuse=reuse))
+    for r, i, j in rows:
+        cont = continuations[i][j]
+        lp = float(first[r, cont[0]])
+        greedy = int(first[r].argmax()) == cont[0]
+        if len(cont) > 1:
+            t_lp, t_greedy = tails[(i, j)]
+            lp += t_lp
+            greedy = greedy and t_greedy
+        out[i].append(ChoiceScore(lp, len(cont), greedy))
+
+
+def _decode(
+    base: Any, kw: str, last: Any, cache: Any, mask: Any, max_new_tokens: int, eos: set[int], pad_id: int
+) -> list[list[int]]:
+    """Greedy tokens per row from a prefilled cache; a row stops at its first EOS (kept in its list)."""
+    import torch
+
+    n = last.shape[0]
+    out: list[list[int]] = [[] for _ in range(n)]
+    done = [False] * n
+    nxt = last.argmax(-1)
+    pos = mask.sum(-1, keepdim=True)  # the next position of each row = its real tokens so far
+    for step in range(max_new_tokens):
+        for r in range(n):
+            if not done[r]:
+                t = int(nxt[r])
+                out[r].append(t)
+                done[r] = t in eos
+        if all(done) or step == max_new_tokens - 1:
+            break
+        inp = torch.tensor([[int(nxt[r]) if not done[r] else pad_id] for r in range(n)])
+        mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype)], dim=1)
+        res = base(input_ids=inp, attention_mask=mask, position_ids=pos, use_cache=True, **{kw: cache})
+        cache = _out_cache(res)
+        pos = pos + 1
+        nxt = res.logits[:, -1, :].argmax(-1)
     return out
 
 
