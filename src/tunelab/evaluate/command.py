@@ -44,6 +44,7 @@ class EvalOptions:
     out: Path | None = None
     params: EvalParams = field(default_factory=EvalParams)
     probes: list[str] = field(default_factory=list)
+    judge: str | None = None  # a local model that judges faithfulness ("default" = the bundled one)
 
 
 def load_eval_set(opts: EvalOptions, data_dir: Path) -> EvalSet:
@@ -96,6 +97,12 @@ def run_eval(opts: EvalOptions, reporter_factory: type[Reporter] = Reporter) -> 
             model = attach_adapter(model, opts.adapter)
         model.eval()
         params = opts.params
+        judge_info = None
+        if opts.judge:
+            check_model_spec(None if opts.judge == "default" else opts.judge)
+            jr = resolve_model(None if opts.judge == "default" else opts.judge)
+            params.judge = (load_model(jr.path), load_tokenizer(jr.path))
+            judge_info = {"spec": opts.judge, "path": str(jr.path), "weights_sha256": weights_digest(jr.path)}
         if evset.name in LABEL_ALIASES and not params.aliases:
             params.aliases = LABEL_ALIASES[evset.name]
         res = evaluate_items(model, tok, evset, params, rep, "tuned" if opts.adapter else "base")
@@ -103,7 +110,10 @@ def run_eval(opts: EvalOptions, reporter_factory: type[Reporter] = Reporter) -> 
         if opts.probes:
             with rep.status(f"probes: {', '.join(opts.probes)}"):
                 probes = run_probes(model, tok, opts.probes, evset, batch=params.batch_size, seed=params.seed)
-        report = write_eval(out, res, evset, params, model_info(opts.model, resolved, opts.adapter), probes)
+        info = model_info(opts.model, resolved, opts.adapter)
+        if judge_info:
+            info["judge"] = judge_info
+        report = write_eval(out, res, evset, params, info, probes)
     finally:
         rep.close()
     return report

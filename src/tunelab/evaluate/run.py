@@ -44,6 +44,7 @@ class EvalParams:
     limit: int | None = None
     code_timeout_s: float = 10.0
     aliases: dict[str, str] = field(default_factory=dict)  # classification: other words for a label
+    judge: tuple[Any, Any] | None = None  # (model, tokenizer) of a local judge for faithfulness
 
     def new_tokens(self, kind: str) -> int:
         return self.max_new_tokens or DEFAULT_NEW_TOKENS[kind]
@@ -276,6 +277,19 @@ def _generation(
         if it.context:
             scores["faithfulness.support"] = support(o, it.context)
         rows.append({"id": it.id, "input": it.input, "reference": it.reference, "output": o, "scores": scores})
+    if params.judge is not None:
+        from tunelab.evaluate.judge import judge_support
+
+        with_ctx = [(k, it) for k, it in enumerate(items) if it.context]
+        verdicts = judge_support(
+            params.judge[0],
+            params.judge[1],
+            [(outputs[k], it.context or "") for k, it in with_ctx],
+            batch_size=params.batch_size,
+        )
+        for (k, _), v in zip(with_ctx, verdicts, strict=True):
+            rows[k]["scores"]["faithfulness.judge"] = v["support"]
+            rows[k]["judge"] = v["claims"]
     names = sorted({k for r in rows for k in r["scores"]})
     metrics: dict[str, Any] = {}
     for k in names:
