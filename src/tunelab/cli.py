@@ -163,6 +163,9 @@ def eval_(
         str | None,
         typer.Option(help="Also run probes: all, none, or some of safety,hallucination,bias,robustness,general."),
     ] = None,
+    judge: Annotated[
+        str | None, typer.Option(help="Local judge model for faithfulness of answers with a context (or: default).")
+    ] = None,
     seed: int = 0,
     json_: Annotated[bool, typer.Option("--json", help="Print metrics.json to stdout.")] = False,
 ) -> None:
@@ -194,6 +197,7 @@ def eval_(
             out=out,
             params=params,
             probes=parse_probes(probes),
+            judge=judge,
         )
     )
     if json_:
