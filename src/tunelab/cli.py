@@ -283,6 +283,125 @@ def compare(
     check_gate(r)
 
 
+@app.command()
+def serve(
+    model: Annotated[str | None, typer.Option(help="Local model dir or .gguf (default: bundled).")] = None,
+    adapter: Annotated[
+        list[str] | None, typer.Option(help="NAME=DIR: a PEFT adapter served as model NAME (repeatable).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    config: Annotated[Path | None, typer.Option(help="serve.yaml (see configs/serve.yaml).")] = None,
+    store: Annotated[str | None, typer.Option(help="SQLite file for keys and usage.")] = None,
+) -> None:
+    """An OpenAI-compatible API with continuous batching, API keys, limits and a usage ledger."""
+    import uvicorn
+
+    from tunelab.errors import ConfigError
+    from tunelab.serve.server import create_app, load_serve_config
+
+    adapters = {}
+    for a in adapter or []:
+        name, sep, path = a.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"{a!r}: write NAME=DIR", field="--adapter")
+        adapters[name] = path
+    cfg = load_serve_config(config, model=model, adapters=adapters, host=host, port=port, store=store)
+    app = create_app(cfg)
+    print(f"serving {', '.join(app.state.host.models())} on http://{cfg.host}:{cfg.port}/v1", flush=True)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+
+
+keys_app = typer.Typer(help="API keys for `tunelab serve` (stored as salted hashes).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+_STORE_HELP = "SQLite file (default $TUNELAB_HOME/tunelab.db)."
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what the key is for.")],
+    rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute.")] = None,
+    tokens_per_day: Annotated[int | None, typer.Option(min=1, help="Prompt + completion tokens per day.")] = None,
+    models: Annotated[str | None, typer.Option(help="Comma-separated models this key may use (default all).")] = None,
+    store: Annotated[str | None, typer.Option(help=_STORE_HELP)] = None,
+    json_: Annotated[bool, typer.Option("--json", help='Print {"id", "key"}.')] = False,
+) -> None:
+    """Create a key; it is printed once and only its salted hash is stored."""
+    import json
+
+    from tunelab.serve.store import Store
+
+    ms = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    kid, key = Store(store).create_key(name, rpm=rpm, tokens_per_day=tokens_per_day, models=ms)
+    if json_:
+        print(json.dumps({"id": kid, "key": key}))
+    else:
+        print(f"id  {kid}\nkey {key}\n(shown once: store it now)")
+
+
+@keys_app.command("list")
+def keys_list(
+    store: Annotated[str | None, typer.Option(help=_STORE_HELP)] = None,
+    json_: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The keys (never their secrets)."""
+    import json
+
+    from tunelab.serve.store import Store
+
+    keys = [k.to_json() for k in Store(store).list_keys()]
+    if json_:
+        print(json.dumps(keys, indent=2))
+        return
+    for k in keys:
+        state = "revoked" if k["revoked"] else "active"
+        print(
+            f"{k['id']}  {k['name']:<20} {state:<8} rpm={k['rpm']} tokens/day={k['tokens_per_day']} "
+            f"models={k['models']}"
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id.")],
+    store: Annotated[str | None, typer.Option(help=_STORE_HELP)] = None,
+) -> None:
+    """Revoke a key (it stops working at once; its usage stays in the ledger)."""
+    from tunelab.errors import ConfigError
+    from tunelab.serve.store import Store
+
+    if not Store(store).revoke(key_id):
+        raise ConfigError(f"no active key with id {key_id!r}", field="KEY_ID")
+    print(f"revoked {key_id}")
+
+
+@app.command()
+def usage(
+    config: Annotated[Path | None, typer.Option(help="serve.yaml with prices per model.")] = None,
+    store: Annotated[str | None, typer.Option(help=_STORE_HELP)] = None,
+    days: Annotated[float | None, typer.Option(min=0.0, help="Only the last N days.")] = None,
+    json_: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Requests, tokens and cost per key and model, from the usage ledger."""
+    import json
+    import time
+
+    from tunelab.serve.server import load_serve_config
+    from tunelab.serve.store import Store
+
+    cfg = load_serve_config(config) if config else None
+    since = time.time() - days * 86400 if days is not None else None
+    rows = Store(store or (cfg.store if cfg else None)).usage_summary(cfg.prices if cfg else None, since)
+    if json_:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        print(
+            f"{r['key_id'] or '-':<10} {r['key_name'] or '-':<16} {r['model'] or '-':<28} {r['requests']:>6} req "
+            f"{r['prompt_tokens']:>9} in {r['completion_tokens']:>9} out  cost {r['cost']:.4f}"
+        )
+
+
 data_app = typer.Typer(help="Data: audit what you will train on.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
