@@ -312,6 +312,30 @@ def serve(
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
 
 
+guard_app = typer.Typer(help="The serving guards, offline.", no_args_is_help=True)
+app.add_typer(guard_app, name="guard")
+
+
+@guard_app.command("scan")
+def guard_scan(
+    file: Annotated[Path, typer.Argument(help="A text file (a prompt per line) or JSONL (text/prompt/messages).")],
+    json_: Annotated[bool, typer.Option("--json", help="One JSON object per line (the default output too).")] = True,
+) -> None:
+    """Run the injection, PII and moderation guards on each line; print one JSON object per line."""
+    import json
+
+    from tunelab.errors import DataError
+    from tunelab.serve.guards import scan, text_of
+
+    if not file.is_file():
+        raise DataError("no such file", file=file)
+    with open(file, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            print(json.dumps({"line": n, **scan(text_of(line))}, ensure_ascii=False))
+
+
 keys_app = typer.Typer(help="API keys for `tunelab serve` (stored as salted hashes).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 _STORE_HELP = "SQLite file (default $TUNELAB_HOME/tunelab.db)."
@@ -591,6 +615,27 @@ def bench_eval(
         f"{lm['peak_rss_gb']:.2f} GB; met: {', '.join(k for k, v in r['met'].items() if v) or 'none'}"
     )
     print(f"details: {out / 'bench-eval.json'}")
+
+
+@bench_app.command("guard")
+def bench_guard(
+    out: Annotated[Path, typer.Option(help="Where bench-guard.json goes.")] = Path("runs/bench-guard"),
+    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """The injection guard's TPR at FPR <= 5% on its labelled set, and the input guards' time per request."""
+    import json
+
+    from tunelab.bench.guard import bench_guard as run_bench
+
+    r = run_bench(out)
+    if json_:
+        print(json.dumps(r, indent=2))
+        return
+    for name, sp in r["splits"].items():
+        a = sp["at_fpr_5pct"]
+        print(f"{name:>6}: TPR {a['tpr']:.2f} at FPR {a['fpr']:.2f} (n={sp['n']})")
+    g = r["input_guard_ms"]
+    print(f"input guards: {g['mean']:.2f} ms mean, {g['p99']:.2f} ms p99 per request (target < 5 ms)")
 
 
 def main(argv: list[str] | None = None) -> None:

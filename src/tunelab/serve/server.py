@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tunelab.errors import ConfigError, ModelError
 from tunelab.serve.api import ApiError, ChatRequest, CompletionRequest, new_id, now, usage
 from tunelab.serve.engine import Engine, GenRequest, QueueFull
+from tunelab.serve.guards import Decision, GuardConfig, check_input, check_output
 from tunelab.serve.store import ApiKey, Store
 
 
@@ -47,6 +48,8 @@ class ServeConfig(BaseModel):
     require_manifest: bool = False  # refuse adapters without a manifest to check their files against
     prices: dict[str, dict[str, float]] = Field(default_factory=dict)  # model -> input_per_1k / output_per_1k
     retry_after_s: int = Field(2, ge=1)
+    guards: GuardConfig = Field(default_factory=GuardConfig)
+    model_guards: dict[str, GuardConfig] = Field(default_factory=dict)  # per served model, replacing `guards`
 
 
 @dataclass
@@ -286,6 +289,8 @@ def create_app(cfg: ServeConfig, host: Host | None = None, store: Store | None =
         key = authorise(request, body.model)
         rid = new_id("chatcmpl" if chat else "cmpl")
         status, pt, ct = 200, 0, 0
+        decisions: list[Decision] = []
+        gcfg = cfg.guards
         try:
             if body.model not in host.models():
                 raise ApiError(
@@ -296,6 +301,16 @@ def create_app(cfg: ServeConfig, host: Host | None = None, store: Store | None =
                     type="invalid_request_error",
                 )
             limiter.check(key, cfg.retry_after_s)
+            gcfg = cfg.model_guards.get(body.model, cfg.guards)
+            blocked = guard_input(body, gcfg, decisions)
+            if blocked:
+                raise ApiError(
+                    400,
+                    "the request was blocked by a guard: "
+                    + ", ".join(f"{d.guard}" for d in decisions if d.action == "block"),
+                    code="content_filter",
+                    param="messages" if chat else "prompt",
+                )
             prompt = prompt_ids(host, body, chat)
             pt = len(prompt)
             max_new = body.limit() or min(cfg.max_tokens, max(1, host.context - pt))
@@ -314,7 +329,8 @@ def create_app(cfg: ServeConfig, host: Host | None = None, store: Store | None =
             adapter = body.model if body.model != host.name else None
             if adapter:
                 await asyncio.to_thread(host.ensure_adapter, adapter)
-            streams = [Stream(host, body, prompt, max_new, adapter, i) for i in range(body.n)]
+            out_filter = (lambda text: guard_output(text, gcfg, decisions)) if output_guarded(gcfg) else None
+            streams = [Stream(host, body, prompt, max_new, adapter, i, out_filter) for i in range(body.n)]
             for s in streams:
                 s.submit()
         except ApiError as e:
@@ -340,6 +356,7 @@ def create_app(cfg: ServeConfig, host: Host | None = None, store: Store | None =
                     completion_tokens=0,
                     latency_s=time.perf_counter() - t0,
                     status=status,
+                    guards=[d.to_json() for d in decisions],
                 )
 
         def finish(completion: int, st: int = 200) -> None:
@@ -356,6 +373,7 @@ def create_app(cfg: ServeConfig, host: Host | None = None, store: Store | None =
                 completion_tokens=completion,
                 latency_s=time.perf_counter() - t0,
                 status=st,
+                guards=[d.to_json() for d in decisions],
             )
 
         if body.stream:
@@ -408,6 +426,37 @@ def create_app(cfg: ServeConfig, host: Host | None = None, store: Store | None =
     return app
 
 
+def guard_input(body: ChatRequest | CompletionRequest, cfg: GuardConfig, decisions: list[Decision]) -> bool:
+    """Run the input guards on the user-supplied text (user turns, or the prompt), redacting in place."""
+    blocked = False
+    if isinstance(body, ChatRequest):
+        for m in body.messages:
+            if m.role != "user":
+                continue
+            text, ds, b = check_input(m.text(), cfg)
+            if text != m.text():
+                m.content = text
+            decisions.extend(ds)
+            blocked = blocked or b
+    else:
+        text, ds, blocked = check_input(body.prompt_text(), cfg)
+        body.prompt = text
+        decisions.extend(ds)
+    return blocked
+
+
+def output_guarded(cfg: GuardConfig) -> bool:
+    return cfg.pii_output.action != "off" or cfg.moderation_output.action != "off"
+
+
+def guard_output(text: str, cfg: GuardConfig, decisions: list[Decision]) -> tuple[str, bool]:
+    out, ds, blocked = check_output(text, cfg)
+    for d in ds:  # one decision per guard and request, however often the text was checked while streaming
+        if not any(x.guard == d.guard and x.detail == d.detail for x in decisions):
+            decisions.append(d)
+    return out, blocked
+
+
 def prompt_ids(host: Host, body: ChatRequest | CompletionRequest, chat: bool) -> list[int]:
     from tunelab.models.chat import encode_prompt
 
@@ -434,8 +483,18 @@ def prompt_ids(host: Host, body: ChatRequest | CompletionRequest, chat: bool) ->
 class Stream:
     """One choice of a request: its engine request, its tokens as they come, stop strings, text deltas."""
 
-    def __init__(self, host: Host, body: Any, prompt: list[int], max_new: int, adapter: str | None, index: int):
+    def __init__(
+        self,
+        host: Host,
+        body: Any,
+        prompt: list[int],
+        max_new: int,
+        adapter: str | None,
+        index: int,
+        out_filter: Any = None,
+    ):
         self.host, self.index = host, index
+        self.out_filter = out_filter  # text -> (guarded text, blocked?)
         self.loop = asyncio.get_running_loop()
         self.q: asyncio.Queue[tuple[int | None, str | None]] = asyncio.Queue()
         self.ids: list[int] = []
@@ -463,36 +522,48 @@ class Stream:
     def cancel(self) -> None:
         self.req.cancelled.set()
 
+    def _view(self, text: str) -> tuple[str, bool]:
+        return self.out_filter(text) if self.out_filter else (text, False)
+
     async def deltas(self) -> AsyncIterator[tuple[str, str | None]]:
-        """(new text, finish reason or None); the last item carries the reason."""
+        """(new text, finish reason or None); the last item carries the reason. With output guards the text
+        is checked as a whole each time and the last HOLD characters are held back, so a finding that is
+        still being written is redacted before any of it is sent."""
+        hold = HOLD if self.out_filter else 0
         while True:
             tok, reason = await self.q.get()
             if tok is not None:
                 self.count += 1
                 self.ids.append(tok)
-                text = str(self.host.tok.decode(self.ids, skip_special_tokens=True))
-                cut = _first_stop(text, self.stops)
+                raw = str(self.host.tok.decode(self.ids, skip_special_tokens=True))
+                cut = _first_stop(raw, self.stops)
                 if cut is not None:
                     self.cancel()
-                    delta, self.text = text[self.sent : cut], text[:cut]
-                    self.sent = cut
-                    yield delta, "stop"
+                    view, blocked = self._view(raw[:cut])
+                    yield ("", "content_filter") if blocked else (view[self.sent :], "stop")
+                    self.text, self.sent = view, len(view)
                     return
-                # hold back what may be the start of a stop string or an incomplete character
-                safe = len(text) - _held(text, self.stops)
-                if safe > self.sent:
-                    delta = text[self.sent : safe]
+                view, blocked = self._view(raw)
+                if blocked:
+                    self.cancel()
+                    yield "", "content_filter"
+                    return
+                safe = len(view) - max(hold, _held(view, self.stops))
+                if safe > self.sent and view.startswith(self.text[: self.sent]):
+                    delta = view[self.sent : safe]
                     self.sent = safe
-                    self.text = text
+                    self.text = view
                     yield delta, None
                 continue
-            final = "length" if reason == "length" else "stop"
             if reason and reason.startswith("error"):
                 raise RuntimeError(reason)
-            text = str(self.host.tok.decode(self.ids, skip_special_tokens=True))
-            self.text = text
-            yield text[self.sent :], final
-            self.sent = len(text)
+            view, blocked = self._view(str(self.host.tok.decode(self.ids, skip_special_tokens=True)))
+            if blocked:
+                yield "", "content_filter"
+                return
+            self.text = view
+            yield view[self.sent :], "length" if reason == "length" else "stop"
+            self.sent = len(view)
             return
 
     async def collect(self) -> tuple[str, str]:
@@ -502,6 +573,9 @@ class Stream:
             if r:
                 reason = r
         return "".join(parts), reason
+
+
+HOLD = 40  # characters held back while streaming through output guards
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:
