@@ -638,6 +638,43 @@ def bench_guard(
     print(f"input guards: {g['mean']:.2f} ms mean, {g['p99']:.2f} ms p99 per request (target < 5 ms)")
 
 
+@bench_app.command("serve")
+def bench_serve(
+    out: Annotated[Path, typer.Option(help="Where the logs and bench-serve.json go.")] = Path("runs/bench-serve"),
+    model: Annotated[str | None, typer.Option(help="Local model dir (default: bundled).")] = None,
+    clients: Annotated[int, typer.Option(min=1)] = 8,
+    requests: Annotated[int, typer.Option(min=1, help="Requests per client.")] = 16,
+    quick: Annotated[bool, typer.Option(help="4 clients x 2 requests: checks it runs, not the figures.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """tunelab serve vs a one-request-at-a-time transformers.generate server: aggregate and single-stream tokens/s."""
+    import json
+
+    from tunelab.bench.serve import bench_serve as run_bench
+
+    r = run_bench(
+        out,
+        model=model,
+        clients=4 if quick else clients,
+        per_client=2 if quick else requests,
+        single=2 if quick else 4,
+        log=(lambda m: None) if json_ else print,
+    )
+    if json_:
+        print(json.dumps(r, indent=2))
+        return
+    t, p = r["tunelab"], r["plain"]
+    print(
+        f"under load: {t['concurrent']['output_tokens_per_s']:.1f} vs {p['concurrent']['output_tokens_per_s']:.1f} "
+        f"tokens/s: x{r['throughput_ratio']:.2f} (target >= 8); alone: {t['single']['output_tokens_per_s']:.1f} vs "
+        f"{p['single']['output_tokens_per_s']:.1f}: x{r['single_stream_ratio']:.2f} (target >= 2); "
+        f"p50/p95 latency {t['concurrent']['latency_p50_s']:.1f}/{t['concurrent']['latency_p95_s']:.1f} s vs "
+        f"{p['concurrent']['latency_p50_s']:.1f}/{p['concurrent']['latency_p95_s']:.1f} s; TTFT p50 "
+        f"{t['concurrent']['ttft_p50_s']:.2f} vs {p['concurrent']['ttft_p50_s']:.2f} s"
+    )
+    print(f"details: {out / 'bench-serve.json'}")
+
+
 def main(argv: list[str] | None = None) -> None:
     import click
 

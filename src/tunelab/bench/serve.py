@@ -1,0 +1,235 @@
+"""`tunelab bench serve`: `tunelab serve` vs a plain one-request-at-a-time `transformers.generate` server.
+
+Both are real HTTP servers on loopback with the same model, driven by the official `openai` client: C
+concurrent clients x R requests each (chat, max_tokens 64, greedy), then one client alone for the
+single-stream figure. The plain server is what a new user writes first: FastAPI, a lock around
+`model.generate`, no streaming (its time to first token is its whole request time). Reported: aggregate
+output tokens/s, p50/p95 request latency and time to first token, and the ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+
+from tunelab.fsutil import atomic_write_json
+
+TARGETS = {"throughput_ratio_min": 8.0, "single_stream_ratio_min": 2.0}
+TOPICS = ["the sea", "a lost key", "a robot chef", "winter in a city", "a football final", "an old library",
+          "a mountain village", "a rainy market", "a space station", "a talking cat", "a night train",
+          "a jazz club", "a desert road", "a school trip", "a lighthouse", "a garden in spring"]  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def plain_app(model_path: str) -> Any:
+    """The baseline: one request at a time through `model.generate`, no batching, no streaming."""
+    import threading
+
+    import torch
+    from fastapi import FastAPI
+
+    from tunelab.models.loading import load_model, load_tokenizer
+
+    tok: Any = load_tokenizer(Path(model_path))
+    model: Any = load_model(Path(model_path))
+    lock = threading.Lock()
+    app = FastAPI()
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        ids: Any = tok.apply_chat_template(
+            body["messages"], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"]
+
+        def run() -> Any:
+            with lock, torch.inference_mode():
+                return model.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=body["max_tokens"],
+                    do_sample=False,
+                    pad_token_id=tok.pad_token_id,
+                )
+
+        import asyncio
+
+        out = await asyncio.to_thread(run)
+        new = out[0, ids.shape[1] :]
+        text = tok.decode(new, skip_special_tokens=True)
+        n = int(new.shape[0])
+        return {
+            "id": "plain",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {
+                "prompt_tokens": int(ids.shape[1]),
+                "completion_tokens": n,
+                "total_tokens": int(ids.shape[1]) + n,
+            },
+        }
+
+    return app
+
+
+def _start(cmd: list[str], env: dict[str, str], url: str, log: Path) -> subprocess.Popen[bytes]:
+    import httpx
+
+    f = open(log, "wb")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+
+
+def _load(url: str, key: str, model: str, clients: int, per_client: int, stream: bool) -> dict[str, Any]:
+    import openai
+
+    client: Any = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=3600)
+    lat: list[float] = []
+    ttft: list[float] = []
+    tokens = 0
+
+    def one(i: int) -> tuple[float, float, int]:
+        msgs = [{"role": "user", "content": f"Write a short story about {TOPICS[i % len(TOPICS)]}."}]
+        t0 = time.perf_counter()
+        if not stream:
+            r = client.chat.completions.create(model=model, messages=msgs, max_tokens=64, temperature=0)
+            dt = time.perf_counter() - t0
+            return dt, dt, r.usage.completion_tokens
+        first, n = None, 0
+        for ch in client.chat.completions.create(
+            model=model,
+            messages=msgs,
+            max_tokens=64,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        ):
+            if first is None and ch.choices and ch.choices[0].delta.content:
+                first = time.perf_counter() - t0
+            if ch.usage is not None:
+                n = ch.usage.completion_tokens
+        dt = time.perf_counter() - t0
+        return dt, first if first is not None else dt, n
+
+    def worker(c: int) -> list[tuple[float, float, int]]:
+        return [one(c * per_client + j) for j in range(per_client)]
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = [r for rs in pool.map(worker, range(clients)) for r in rs]
+    wall = time.perf_counter() - t0
+    client.close()
+    for dt, ft, n in results:
+        lat.append(dt)
+        ttft.append(ft)
+        tokens += n
+    q = statistics.quantiles
+    return {
+        "requests": len(results),
+        "completion_tokens": tokens,
+        "wall_s": wall,
+        "output_tokens_per_s": tokens / wall,
+        "latency_p50_s": statistics.median(lat),
+        "latency_p95_s": q(lat, n=20)[-1] if len(lat) > 1 else lat[0],
+        "ttft_p50_s": statistics.median(ttft),
+        "ttft_p95_s": q(ttft, n=20)[-1] if len(ttft) > 1 else ttft[0],
+    }
+
+
+def bench_serve(
+    out: Path, *, model: str | None = None, clients: int = 8, per_client: int = 16, single: int = 4, log: Any = print
+) -> dict[str, Any]:
+    from tunelab.models.loading import resolve_model
+
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = resolve_model(model)
+    env = {**os.environ, "TUNELAB_HOME": str(out / "home"), "TOKENIZERS_PARALLELISM": "false"}
+    key = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "tunelab", "keys", "create", "--name", "bench", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )["key"]
+    result: dict[str, Any] = {
+        "bench": "serve",
+        "setup": {
+            "model": resolved.base_model_id,
+            "clients": clients,
+            "requests_per_client": per_client,
+            "max_tokens": 64,
+            "single_stream_requests": single,
+            "decoding": "greedy",
+        },
+    }
+    sides = {
+        "tunelab": [sys.executable, "-m", "tunelab", "serve", "--model", str(resolved.path), "--port", "{port}"],
+        "plain": [
+            sys.executable,
+            "-c",
+            "import sys, uvicorn; from tunelab.bench.serve import plain_app; "
+            "uvicorn.run(plain_app(sys.argv[1]), host='127.0.0.1', port=int(sys.argv[2]), log_level='warning')",
+            str(resolved.path),
+            "{port}",
+        ],
+    }
+    for name, cmd in sides.items():
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = _start([c.replace("{port}", str(port)) for c in cmd], env, url, out / f"{name}.log")
+        try:
+            log(f"{name}: one client alone, {single} requests")
+            alone = _load(url, key, resolved.name, 1, single, stream=name == "tunelab")
+            log(f"{name}: {clients} clients x {per_client} requests")
+            loaded = _load(url, key, resolved.name, clients, per_client, stream=name == "tunelab")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        result[name] = {"single": alone, "concurrent": loaded}
+        log(
+            f"{name}: {loaded['output_tokens_per_s']:.1f} tokens/s under load, {alone['output_tokens_per_s']:.1f} alone"
+        )
+    t, p = result["tunelab"], result["plain"]
+    result["throughput_ratio"] = t["concurrent"]["output_tokens_per_s"] / p["concurrent"]["output_tokens_per_s"]
+    result["single_stream_ratio"] = t["single"]["output_tokens_per_s"] / p["single"]["output_tokens_per_s"]
+    result["targets"] = TARGETS
+    result["met"] = {
+        "throughput": result["throughput_ratio"] >= TARGETS["throughput_ratio_min"],
+        "single_stream": result["single_stream_ratio"] >= TARGETS["single_stream_ratio_min"],
+    }
+    atomic_write_json(out / "bench-serve.json", result)
+    return result
