@@ -84,3 +84,22 @@ def test_seeded_sampling_is_reproducible(tiny_model_dir: Path) -> None:
         assert runs[0] == runs[1] and runs[0] != runs[2]
     finally:
         eng.stop()
+
+
+def test_decode_layout_keeps_the_models_outputs(tiny_model_dir: Path) -> None:
+    import torch
+
+    from tunelab.models.loading import load_model
+    from tunelab.serve.engine import decode_layout
+
+    a, b = load_model(tiny_model_dir), load_model(tiny_model_dir)
+    n = decode_layout(b)
+    assert n == sum(1 for m in a.modules() if isinstance(m, torch.nn.Linear))
+    assert all(
+        not m.weight.is_contiguous() and m.weight.t().is_contiguous()
+        for m in b.modules()
+        if isinstance(m, torch.nn.Linear)
+    )
+    ids = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]])
+    with torch.inference_mode():
+        assert torch.allclose(a(input_ids=ids).logits, b(input_ids=ids).logits, atol=1e-5)

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.errors import ConfigError, ModelError
 from tunelab.serve.api import ApiError, ChatRequest, CompletionRequest, new_id, now, usage
-from tunelab.serve.engine import Engine, GenRequest, QueueFull
+from tunelab.serve.engine import Engine, GenRequest, QueueFull, decode_layout
 from tunelab.serve.guards import Decision, GuardConfig, check_input, check_output
 from tunelab.serve.store import ApiKey, Store
 
@@ -98,6 +98,7 @@ class Host:
         self.name = self.resolved.name
         self.tok = load_tokenizer(self.resolved.path)
         model = load_model(self.resolved.path)
+        decode_layout(model)
         conf = model.config
         self.context = cfg.max_context or int(getattr(conf, "max_position_embeddings", 2048) or 2048)
         self.engine = Engine(
