@@ -293,8 +293,17 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
     config: Annotated[Path | None, typer.Option(help="serve.yaml (see configs/serve.yaml).")] = None,
     store: Annotated[str | None, typer.Option(help="SQLite file for keys and usage.")] = None,
+    engine: Annotated[
+        str | None, typer.Option(help="auto (default): the lean decoder where it knows the model; lean; hf.")
+    ] = None,
+    quantize: Annotated[
+        str | None, typer.Option(help="none (default) or int8: int8 weights, faster, close to but not equal to fp32.")
+    ] = None,
 ) -> None:
     """An OpenAI-compatible API with continuous batching, API keys, limits and a usage ledger."""
+    import signal
+    import threading
+
     import uvicorn
 
     from tunelab.errors import ConfigError
@@ -306,10 +315,34 @@ def serve(
         if not sep or not name or not path:
             raise ConfigError(f"{a!r}: write NAME=DIR", field="--adapter")
         adapters[name] = path
-    cfg = load_serve_config(config, model=model, adapters=adapters, host=host, port=port, store=store)
-    app = create_app(cfg)
+    cfg = load_serve_config(
+        config, model=model, adapters=adapters, host=host, port=port, store=store, engine=engine, quantize=quantize
+    )
+    app = create_app(cfg, engine_thread=False)
     print(f"serving {', '.join(app.state.host.models())} on http://{cfg.host}:{cfg.port}/v1", flush=True)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    # The HTTP server runs on a second thread and the engine decodes on the main one (faster: see Engine.run).
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning"))
+    eng = app.state.host.engine
+
+    def web_main() -> None:
+        try:
+            server.run()
+        finally:  # the HTTP server stopped (or never started): so does the engine
+            eng.stop()
+
+    web = threading.Thread(target=web_main, name="tunelab-http", daemon=True)
+    previous = signal.signal(signal.SIGTERM, lambda *_: eng.stop())
+    web.start()
+    try:
+        eng.run()
+    except KeyboardInterrupt:
+        eng.stop()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.should_exit = True
+        web.join(timeout=30)
+    if not server.started:
+        raise ConfigError(f"could not listen on {cfg.host}:{cfg.port} (in use?)", field="--port")
 
 
 guard_app = typer.Typer(help="The serving guards, offline.", no_args_is_help=True)
@@ -663,14 +696,23 @@ def bench_serve(
     if json_:
         print(json.dumps(r, indent=2))
         return
-    t, p = r["tunelab"], r["plain"]
+    p = r["plain"]
+    for name, suffix in (("tunelab", ""), ("tunelab_int8", "_int8")):
+        t = r[name]
+        print(
+            f"{name}: under load {t['concurrent']['output_tokens_per_s']:.1f} vs plain "
+            f"{p['concurrent']['output_tokens_per_s']:.1f} tokens/s: x{r['throughput_ratio' + suffix]:.2f} "
+            "(target >= 8); "
+            f"alone {t['single']['output_tokens_per_s']:.1f} vs {p['single']['output_tokens_per_s']:.1f}: "
+            f"x{r['single_stream_ratio' + suffix]:.2f} (target >= 2); p50/p95 latency "
+            f"{t['concurrent']['latency_p50_s']:.1f}/{t['concurrent']['latency_p95_s']:.1f} s vs "
+            f"{p['concurrent']['latency_p50_s']:.1f}/{p['concurrent']['latency_p95_s']:.1f} s; TTFT p50 "
+            f"{t['concurrent']['ttft_p50_s']:.2f} vs {p['concurrent']['ttft_p50_s']:.2f} s"
+        )
+    q = r["int8_quality"]
     print(
-        f"under load: {t['concurrent']['output_tokens_per_s']:.1f} vs {p['concurrent']['output_tokens_per_s']:.1f} "
-        f"tokens/s: x{r['throughput_ratio']:.2f} (target >= 8); alone: {t['single']['output_tokens_per_s']:.1f} vs "
-        f"{p['single']['output_tokens_per_s']:.1f}: x{r['single_stream_ratio']:.2f} (target >= 2); "
-        f"p50/p95 latency {t['concurrent']['latency_p50_s']:.1f}/{t['concurrent']['latency_p95_s']:.1f} s vs "
-        f"{p['concurrent']['latency_p50_s']:.1f}/{p['concurrent']['latency_p95_s']:.1f} s; TTFT p50 "
-        f"{t['concurrent']['ttft_p50_s']:.2f} vs {p['concurrent']['ttft_p50_s']:.2f} s"
+        f"int8 vs fp32 on {q['prompts']} prompts: {q['identical_completions']:.0%} identical greedy completions, "
+        f"teacher-forced top-1 agreement {q['teacher_forced_top1_agreement']:.3f}"
     )
     print(f"details: {out / 'bench-serve.json'}")
 

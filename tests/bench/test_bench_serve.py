@@ -30,7 +30,7 @@ def test_bench_serve_quick_on_a_tiny_model(tiny_model_dir: Path, tmp_path: Path)
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(res.stdout)
     assert r == json.loads((tmp_path / "bench-serve.json").read_text())
-    for side in ("tunelab", "plain"):
+    for side in ("tunelab", "tunelab_int8", "plain"):
         load = r[side]["concurrent"]
         assert load["requests"] == 8 and load["completion_tokens"] > 0
         assert load["output_tokens_per_s"] == load["completion_tokens"] / load["wall_s"]
@@ -38,3 +38,9 @@ def test_bench_serve_quick_on_a_tiny_model(tiny_model_dir: Path, tmp_path: Path)
     assert r["throughput_ratio"] == (
         r["tunelab"]["concurrent"]["output_tokens_per_s"] / r["plain"]["concurrent"]["output_tokens_per_s"]
     )
+    assert r["throughput_ratio_int8"] == (
+        r["tunelab_int8"]["concurrent"]["output_tokens_per_s"] / r["plain"]["concurrent"]["output_tokens_per_s"]
+    )
+    q = r["int8_quality"]
+    assert q["prompts"] == 8 and 0 < q["teacher_forced_top1_agreement"] <= 1
+    assert 0 <= q["identical_completions"] <= 1

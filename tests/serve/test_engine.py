@@ -6,7 +6,9 @@ import threading
 import time
 from pathlib import Path
 
-from tunelab.serve.engine import Engine, GenRequest
+import pytest
+
+from tunelab.serve.engine import Engine, GenRequest, make_runner
 
 
 def _alone(model, prompt: list[int], n: int) -> list[int]:  # type: ignore[no-untyped-def]
@@ -17,11 +19,12 @@ def _alone(model, prompt: list[int], n: int) -> list[int]:  # type: ignore[no-un
     return gen[0]
 
 
-def test_joining_mid_batch_and_cancelling_change_no_ones_tokens(tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("kind", ["lean", "hf"])
+def test_joining_mid_batch_and_cancelling_change_no_ones_tokens(tiny_model_dir: Path, kind: str) -> None:
     from tunelab.models.loading import load_model
 
     model = load_model(tiny_model_dir)
-    eng = Engine(model, max_batch=4)
+    eng = Engine(model, max_batch=4, runner=make_runner(load_model(tiny_model_dir), kind=kind, max_rows=4))
     eng.start()
     try:
         prompts = [[5, 6, 7, 8, 9, 10, 11, 12], [20, 21], [30, 31, 32, 33, 34], [40, 41, 42]]
@@ -103,3 +106,124 @@ def test_decode_layout_keeps_the_models_outputs(tiny_model_dir: Path) -> None:
     ids = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]])
     with torch.inference_mode():
         assert torch.allclose(a(input_ids=ids).logits, b(input_ids=ids).logits, atol=1e-5)
+
+
+def _lora_adapter(model_dir: Path, out: Path, seed: int, targets: list[str]) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from tunelab.models.loading import load_model
+
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(
+        load_model(model_dir),
+        LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False),
+    )
+    peft_model.save_pretrained(out)
+    return out
+
+
+def test_lean_decoder_equals_transformers_and_peft_with_mixed_adapters(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Rows with different adapters (and none) in one batch, rows joining a running batch with longer and
+    shorter prompts, rows leaving, a cache that grows past its first capacity: the lean decoder's logits
+    equal the transformers + peft forward of each sequence alone."""
+    import torch
+    from peft import PeftModel
+
+    from tunelab.models.loading import load_model
+    from tunelab.serve.lean import LeanModel
+
+    a = _lora_adapter(tiny_model_dir, tmp_path / "a", 1, ["q_proj", "k_proj", "v_proj", "o_proj"])
+    b = _lora_adapter(tiny_model_dir, tmp_path / "b", 2, ["gate_proj", "up_proj", "down_proj", "v_proj"])
+    ref = PeftModel.from_pretrained(load_model(tiny_model_dir), a, adapter_name="a")
+    ref.load_adapter(b, adapter_name="b")
+    ref.eval()
+    lean = LeanModel(load_model(tiny_model_dir), max_rows=4)
+    lean.load_adapter(a, "a")
+    lean.load_adapter(b, "b")
+
+    def alone(ids: list[int], adapter: str | None) -> torch.Tensor:
+        x = torch.tensor([ids])
+        with torch.inference_mode():
+            if adapter is None:
+                with ref.disable_adapter():
+                    return ref(input_ids=x).logits[0, -1]
+            ref.set_adapter(adapter)
+            return ref(input_ids=x).logits[0, -1]
+
+    seqs = {0: ([5, 6, 7, 8], "a"), 1: ([9, 10], None), 2: (list(range(20, 60)) * 8, "b"), 3: ([11, 12, 13], "b")}
+    with torch.inference_mode():
+        got = lean.add([seqs[0][0], seqs[1][0]], [seqs[0][1], seqs[1][1]])
+        rows = [0, 1]
+        for r, g in zip(rows, got, strict=True):
+            torch.testing.assert_close(g, alone(*seqs[r]), atol=1e-4, rtol=1e-4)
+        for t in range(3):
+            toks = [100 + t + r for r in rows]
+            for r, tok in zip(rows, toks, strict=True):
+                seqs[r][0].append(tok)
+            got = lean.step(toks, [seqs[r][1] for r in rows])
+            for r, g in zip(rows, got, strict=True):
+                torch.testing.assert_close(g, alone(*seqs[r]), atol=1e-4, rtol=1e-4)
+        g = lean.add([seqs[2][0]], [seqs[2][1]])  # 320 tokens: the rows shift right, the cache grows
+        rows.append(2)
+        torch.testing.assert_close(g[0], alone(*seqs[2]), atol=1e-4, rtol=1e-4)
+        lean.keep([1, 2])  # row 0 leaves
+        rows = [1, 2]
+        g = lean.add([seqs[3][0]], [seqs[3][1]])  # a short prompt joins a long batch
+        rows.append(3)
+        torch.testing.assert_close(g[0], alone(*seqs[3]), atol=1e-4, rtol=1e-4)
+        for t in range(3):
+            toks = [200 + t + r for r in rows]
+            for r, tok in zip(rows, toks, strict=True):
+                seqs[r][0].append(tok)
+            got = lean.step(toks, [seqs[r][1] for r in rows])
+            for r, g in zip(rows, got, strict=True):
+                torch.testing.assert_close(g, alone(*seqs[r]), atol=1e-4, rtol=1e-4)
+        lean.keep([0, 2])  # the long one leaves: the columns that are padding in every row left are cut
+        rows = [1, 3]
+        assert lean.t < len(seqs[2][0]) - 100
+        toks = [7, 8]
+        for r, tok in zip(rows, toks, strict=True):
+            seqs[r][0].append(tok)
+        got = lean.step(toks, [None, "b"])
+        for r, g in zip(rows, got, strict=True):
+            torch.testing.assert_close(g, alone(*seqs[r]), atol=1e-4, rtol=1e-4)
+
+
+def test_int8_weights_stay_close_to_fp32(tiny_model_dir: Path) -> None:
+    import torch
+
+    from tunelab.models.loading import load_model
+    from tunelab.serve.lean import LeanModel
+
+    fp = LeanModel(load_model(tiny_model_dir), max_rows=2)
+    q8 = LeanModel(load_model(tiny_model_dir), max_rows=2, quantize="int8")
+    assert q8.layers[0]["qkv"].int8 and not fp.layers[0]["qkv"].int8
+    prompts = [list(range(5, 30)), list(range(40, 52))]
+    with torch.inference_mode():
+        x, y = fp.add(prompts, [None, None]), q8.add(prompts, [None, None])
+        for _ in range(4):
+            rel = float((x - y).norm() / x.norm())
+            assert 0 < rel < 0.1, rel  # different (int8 is not exact) but close
+            toks = [int(t) for t in x.argmax(-1)]
+            x, y = fp.step(toks, [None, None]), q8.step(toks, [None, None])
+
+
+def test_runner_choice(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tunelab.models.loading import load_model
+    from tunelab.serve.engine import HFRunner
+    from tunelab.serve.lean import LeanModel, adapter_supported
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
+    assert isinstance(make_runner(gpt2), HFRunner)  # auto falls back for models the lean decoder does not know
+    with pytest.raises(ValueError, match="lean decoder cannot run"):
+        make_runner(gpt2, kind="lean")
+    with pytest.raises(ValueError, match="quantize"):
+        make_runner(gpt2, quantize="int8")
+    assert isinstance(make_runner(load_model(tiny_model_dir)), LeanModel)
+    dora = tmp_path / "dora"
+    dora.mkdir()
+    (dora / "adapter_config.json").write_text('{"peft_type": "LORA", "use_dora": true}')
+    assert adapter_supported(dora) == "use_dora is set"

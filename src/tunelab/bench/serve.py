@@ -2,9 +2,16 @@
 
 Both are real HTTP servers on loopback with the same model, driven by the official `openai` client: C
 concurrent clients x R requests each (chat, max_tokens 64, greedy), then one client alone for the
-single-stream figure. The plain server is what a new user writes first: FastAPI, a lock around
-`model.generate`, no streaming (its time to first token is its whole request time). Reported: aggregate
-output tokens/s, p50/p95 request latency and time to first token, and the ratios.
+single-stream figure. The plain server is what a new user writes first: FastAPI, `model.generate` one request
+at a time on one worker thread, no streaming (its time to first token is its whole request time). (Calling
+`generate` from a pool of threads instead, as `asyncio.to_thread` does, made it a third slower here: each new
+thread brings its own OpenMP team. The baseline does not get that handicap.)
+
+tunelab runs twice: as served by default (fp32 weights, the lean decoder) and with `--quantize int8`. The
+int8 side's quality is measured beside its speed: greedy continuations of the same prompts from the fp32
+and int8 decoders, the share of identical completions, and the teacher-forced top-1 agreement (fp32's
+tokens fed to the int8 model: how often its own first choice is the same). Reported: aggregate output
+tokens/s, p50/p95 request latency and time to first token, and the ratios of each tunelab side to plain.
 """
 
 from __future__ import annotations
@@ -38,8 +45,6 @@ def _free_port() -> int:
 
 def plain_app(model_path: str) -> Any:
     """The baseline: one request at a time through `model.generate`, no batching, no streaming."""
-    import threading
-
     import torch
     from fastapi import FastAPI
 
@@ -47,7 +52,7 @@ def plain_app(model_path: str) -> Any:
 
     tok: Any = load_tokenizer(Path(model_path))
     model: Any = load_model(Path(model_path))
-    lock = threading.Lock()
+    worker = ThreadPoolExecutor(1)  # one request at a time, always on the same thread
     app = FastAPI()
 
     @app.get("/health")
@@ -62,7 +67,7 @@ def plain_app(model_path: str) -> Any:
         )["input_ids"]
 
         def run() -> Any:
-            with lock, torch.inference_mode():
+            with torch.inference_mode():
                 return model.generate(
                     ids,
                     attention_mask=torch.ones_like(ids),
@@ -73,7 +78,7 @@ def plain_app(model_path: str) -> Any:
 
         import asyncio
 
-        out = await asyncio.to_thread(run)
+        out = await asyncio.get_running_loop().run_in_executor(worker, run)
         new = out[0, ids.shape[1] :]
         text = tok.decode(new, skip_special_tokens=True)
         n = int(new.shape[0])
@@ -196,8 +201,10 @@ def bench_serve(
             "decoding": "greedy",
         },
     }
+    serve = [sys.executable, "-m", "tunelab", "serve", "--model", str(resolved.path), "--port", "{port}"]
     sides = {
-        "tunelab": [sys.executable, "-m", "tunelab", "serve", "--model", str(resolved.path), "--port", "{port}"],
+        "tunelab": serve,
+        "tunelab_int8": [*serve, "--quantize", "int8"],
         "plain": [
             sys.executable,
             "-c",
@@ -213,9 +220,9 @@ def bench_serve(
         proc = _start([c.replace("{port}", str(port)) for c in cmd], env, url, out / f"{name}.log")
         try:
             log(f"{name}: one client alone, {single} requests")
-            alone = _load(url, key, resolved.name, 1, single, stream=name == "tunelab")
+            alone = _load(url, key, resolved.name, 1, single, stream=name != "plain")
             log(f"{name}: {clients} clients x {per_client} requests")
-            loaded = _load(url, key, resolved.name, clients, per_client, stream=name == "tunelab")
+            loaded = _load(url, key, resolved.name, clients, per_client, stream=name != "plain")
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -223,13 +230,85 @@ def bench_serve(
         log(
             f"{name}: {loaded['output_tokens_per_s']:.1f} tokens/s under load, {alone['output_tokens_per_s']:.1f} alone"
         )
-    t, p = result["tunelab"], result["plain"]
-    result["throughput_ratio"] = t["concurrent"]["output_tokens_per_s"] / p["concurrent"]["output_tokens_per_s"]
-    result["single_stream_ratio"] = t["single"]["output_tokens_per_s"] / p["single"]["output_tokens_per_s"]
+    p = result["plain"]
+    for name, suffix in (("tunelab", ""), ("tunelab_int8", "_int8")):
+        t = result[name]
+        result["throughput_ratio" + suffix] = (
+            t["concurrent"]["output_tokens_per_s"] / p["concurrent"]["output_tokens_per_s"]
+        )
+        result["single_stream_ratio" + suffix] = t["single"]["output_tokens_per_s"] / p["single"]["output_tokens_per_s"]
+    log("int8 vs fp32: greedy agreement on the bench prompts")
+    result["int8_quality"] = int8_agreement(resolved.path, n_prompts=min(len(TOPICS), clients * per_client))
     result["targets"] = TARGETS
     result["met"] = {
         "throughput": result["throughput_ratio"] >= TARGETS["throughput_ratio_min"],
         "single_stream": result["single_stream_ratio"] >= TARGETS["single_stream_ratio_min"],
+        "throughput_int8": result["throughput_ratio_int8"] >= TARGETS["throughput_ratio_min"],
+        "single_stream_int8": result["single_stream_ratio_int8"] >= TARGETS["single_stream_ratio_min"],
     }
     atomic_write_json(out / "bench-serve.json", result)
     return result
+
+
+def int8_agreement(model_path: Path, *, n_prompts: int = 16, max_tokens: int = 64) -> dict[str, Any]:
+    """Greedy continuations of the bench prompts from the lean decoder in fp32 and in int8: the share of
+    identical completions and the teacher-forced top-1 agreement (fp32's tokens fed to both)."""
+    import torch
+
+    from tunelab.evaluate.generation import eos_ids
+    from tunelab.models.loading import load_model, load_tokenizer
+    from tunelab.serve.lean import LeanModel
+
+    tok: Any = load_tokenizer(Path(model_path))
+    model = load_model(Path(model_path))
+    prompts = [
+        list(tok.apply_chat_template(
+            [{"role": "user", "content": f"Write a short story about {TOPICS[i % len(TOPICS)]}."}],
+            add_generation_prompt=True, tokenize=True, return_dict=True,
+        )["input_ids"])
+        for i in range(n_prompts)
+    ]  # fmt: skip
+    eos = set(eos_ids(model, tok))
+
+    def cut(seq: list[int]) -> list[int]:  # up to and with the first end-of-turn token
+        return next((seq[: i + 1] for i, t in enumerate(seq) if t in eos), seq)
+
+    fp, q8 = LeanModel(model, max_rows=8), LeanModel(model, max_rows=8, quantize="int8")
+    same_completions, agree, total = 0, 0, 0
+    with torch.inference_mode():
+        for at in range(0, len(prompts), 8):
+            batch = prompts[at : at + 8]
+            none: list[str | None] = [None] * len(batch)
+            # teacher-forced: fp32's greedy tokens go to both; int8's first choice at each position is noted
+            lf, lq = fp.add(batch, none), q8.add(batch, none)
+            forced: list[list[int]] = [[] for _ in batch]
+            q_choice: list[list[int]] = [[] for _ in batch]
+            for step in range(max_tokens):
+                for f, qc, a, b in zip(forced, q_choice, lf.argmax(-1), lq.argmax(-1), strict=True):
+                    f.append(int(a))
+                    qc.append(int(b))
+                if step < max_tokens - 1:
+                    toks = [f[-1] for f in forced]
+                    lf, lq = fp.step(toks, none), q8.step(toks, none)
+            fp.reset()
+            q8.reset()
+            # free-running: int8's own greedy continuation
+            lq = q8.add(batch, none)
+            free: list[list[int]] = [[] for _ in batch]
+            for step in range(max_tokens):
+                for f, b in zip(free, lq.argmax(-1), strict=True):
+                    f.append(int(b))
+                if step < max_tokens - 1:
+                    lq = q8.step([f[-1] for f in free], none)
+            q8.reset()
+            for f, qc, fr in zip(forced, q_choice, free, strict=True):
+                n = len(cut(f))
+                agree += sum(int(a == b) for a, b in zip(f[:n], qc[:n], strict=True))
+                total += n
+                same_completions += int(cut(f) == cut(fr))
+    return {
+        "prompts": len(prompts),
+        "max_tokens": max_tokens,
+        "identical_completions": same_completions / len(prompts),
+        "teacher_forced_top1_agreement": agree / max(total, 1),
+    }

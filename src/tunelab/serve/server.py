@@ -16,7 +16,7 @@ from collections import OrderedDict, defaultdict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.errors import ConfigError, ModelError
 from tunelab.serve.api import ApiError, ChatRequest, CompletionRequest, new_id, now, usage
-from tunelab.serve.engine import Engine, GenRequest, QueueFull, decode_layout
+from tunelab.serve.engine import Engine, GenRequest, QueueFull
 from tunelab.serve.guards import Decision, GuardConfig, check_input, check_output
 from tunelab.serve.store import ApiKey, Store
 
@@ -40,6 +40,8 @@ class ServeConfig(BaseModel):
     port: int = Field(8000, ge=0, le=65535)
     store: str | None = None  # path of the SQLite file (default $TUNELAB_HOME/tunelab.db)
     max_batch: int = Field(8, ge=1)
+    engine: Literal["auto", "lean", "hf"] = "auto"  # lean decoder where it knows the model, else transformers
+    quantize: Literal["none", "int8"] = "none"  # int8 weights (lean decoder only): ~2x faster, close not equal
     max_queue: int = Field(64, ge=1)
     max_body_bytes: int = Field(1_000_000, ge=1024)
     max_tokens: int = Field(2048, ge=1)  # the most a request may ask for
@@ -98,14 +100,38 @@ class Host:
         self.name = self.resolved.name
         self.tok = load_tokenizer(self.resolved.path)
         model = load_model(self.resolved.path)
-        decode_layout(model)
         conf = model.config
         self.context = cfg.max_context or int(getattr(conf, "max_position_embeddings", 2048) or 2048)
+        self.runner = self._runner(model, cfg)
         self.engine = Engine(
-            model, max_batch=cfg.max_batch, max_queue=cfg.max_queue, eos_ids=frozenset(eos_ids(model, self.tok))
+            model,
+            max_batch=cfg.max_batch,
+            max_queue=cfg.max_queue,
+            eos_ids=frozenset(eos_ids(model, self.tok)),
+            runner=self.runner,
         )
         self.loaded: OrderedDict[str, Path] = OrderedDict()
         self.adapter_lock = threading.Lock()
+
+    @staticmethod
+    def _runner(model: Any, cfg: ServeConfig) -> Any:
+        """The lean decoder when it can run the model and every configured adapter, else transformers."""
+        from tunelab.serve.engine import make_runner
+        from tunelab.serve.lean import LeanModel, adapter_supported
+
+        quantize = None if cfg.quantize == "none" else cfg.quantize
+        kind = cfg.engine
+        if kind == "auto":
+            why = LeanModel.supports(model) or next(
+                (f"adapter {n}: {w}" for n, p in cfg.adapters.items() if (w := adapter_supported(Path(p)))), None
+            )
+            if why:
+                print(f"lean decoder not used ({why}): decoding with the transformers forward", flush=True)
+                kind = "hf"
+        try:
+            return make_runner(model, kind=kind, max_rows=cfg.max_batch, quantize=quantize)
+        except ValueError as e:
+            raise ConfigError(str(e), field="engine" if "lean" in str(e) else "quantize") from None
 
     def models(self) -> list[str]:
         return [self.name, *self.cfg.adapters]
@@ -120,20 +146,17 @@ class Host:
             verify_adapter(path, require=self.cfg.require_manifest)
             eng = self.engine
             with eng.lock:  # between decoding steps
-                if not eng.peft:
-                    from peft import PeftModel
-
-                    eng.model = PeftModel.from_pretrained(eng.model, path, adapter_name=name)
-                    eng.peft = True
-                else:
-                    eng.model.load_adapter(path, adapter_name=name)
+                try:
+                    self.runner.load_adapter(path, name)
+                except (ValueError, KeyError) as e:
+                    raise ModelError(f"cannot load adapter: {e}", file=path) from None
                 self.loaded[name] = path
                 busy = {r.req.adapter for r in eng.rows}
                 while len(self.loaded) > self.cfg.adapter_cache:
                     old = next((a for a in self.loaded if a not in busy and a != name), None)
                     if old is None:
                         break
-                    eng.model.delete_adapter(old)
+                    self.runner.delete_adapter(old)
                     del self.loaded[old]
 
 
@@ -199,7 +222,12 @@ class Limiter:
             )
 
 
-def create_app(cfg: ServeConfig, host: Host | None = None, store: Store | None = None) -> Any:
+def create_app(
+    cfg: ServeConfig, host: Host | None = None, store: Store | None = None, *, engine_thread: bool = True
+) -> Any:
+    """The FastAPI app. With `engine_thread` the engine decodes in a thread of its own, started with the app;
+    without, the caller runs `host.engine.run()` (`tunelab serve` runs it on the main thread: faster, see
+    `Engine.run`)."""
     host = host or Host(cfg)
     store = store or Store(cfg.store)
     limiter = Limiter(store)
@@ -209,7 +237,8 @@ def create_app(cfg: ServeConfig, host: Host | None = None, store: Store | None =
 
     @app.on_event("startup")
     async def _start() -> None:
-        host.engine.start()
+        if engine_thread:
+            host.engine.start()
 
     @app.on_event("shutdown")
     async def _stop() -> None:
@@ -337,6 +366,11 @@ def create_app(cfg: ServeConfig, host: Host | None = None, store: Store | None =
         except ApiError as e:
             status = e.status
             raise
+        except ModelError as e:  # an adapter that fails its manifest check or cannot be loaded
+            status = 503
+            raise ApiError(
+                503, f"model {body.model} is unavailable: {e}", type="server_error", code="model_unavailable"
+            ) from None
         except QueueFull:
             status = 503
             raise ApiError(

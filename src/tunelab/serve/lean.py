@@ -1,0 +1,431 @@
+"""A lean decoder for serving Llama-family models (Llama, Mistral without a sliding window, Qwen2).
+
+The transformers forward is general; for decoding one token at a time on a CPU it costs more than it
+needs to: a `DynamicCache` that concatenates the whole cache at every step (a third of a batch-8 step
+here), attention masks rebuilt every step, three Q/K/V and two gate/up matrix products where one will do.
+This module runs the same mathematics with the model's own weights and nothing else:
+
+- fused QKV and gate-up weights, stored for the small-batch GEMM (see `decode_layout`);
+- a preallocated KV cache (rows x heads x capacity x dim per layer) written in place, one column per step;
+  all rows are left-aligned to a common column, so a decoding step writes one column for every row;
+- rotary tables from the model's own rotary module (every rope type transformers knows);
+- per-row LoRA adapters: each adapter's low-rank product is added to the rows that asked for it;
+- optional int8 weights (`quantize="int8"`): per-channel int8 weights with dynamically quantised
+  activations through PyTorch's fbgemm kernels. Decoding reads every weight once per step, so a quarter of
+  the bytes is most of the speed; the answers are close to, not equal to, fp32 (measured in
+  `tunelab bench serve`, documented in docs/serving.md).
+
+`LeanModel.supports(model)` says whether a model (and `adapter_supported` whether an adapter) can run here;
+the engine falls back to the transformers forward otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
+
+
+def _vnni() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def _rms(x: Any, w: Any, eps: float) -> Any:
+    """RMSNorm in fp32 as transformers computes it (here cheaper than the fused `F.rms_norm` on a CPU)."""
+    import torch
+
+    return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+class Linear:
+    """y = x W^T + b, either fp32 in the decode layout or int8 per-channel weights (fbgemm, dynamic activations)."""
+
+    def __init__(self, weight: Any, bias: Any, quantize: str | None) -> None:
+        import torch
+
+        self.out_features = int(weight.shape[0])
+        self.int8 = quantize == "int8"
+        w = weight.detach().float()
+        b = None if bias is None else bias.detach().float().contiguous()
+        if self.int8:
+            scale = (w.abs().amax(1) / 127).clamp(min=1e-12).double()
+            zero = torch.zeros(w.shape[0], dtype=torch.long)
+            with warnings.catch_warnings():  # deprecated in favour of torchao; fbgemm's kernels are the fast ones
+                warnings.simplefilter("ignore", UserWarning)  # on this CPU (torchao's int8 CPU path is not)
+                qw = torch.quantize_per_channel(w.contiguous(), scale, zero, 0, torch.qint8)
+            self.packed = torch.ops.quantized.linear_prepack(qw, b)
+            # without VNNI the 8-bit x 8-bit products can saturate a 16-bit sum: use 7-bit activations there
+            self.reduce_range = not _vnni()
+        else:
+            self.w = w.t().contiguous().t()
+            self.b = b
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        if self.int8:
+            shape = x.shape
+            y = torch.ops.quantized.linear_dynamic(
+                x.reshape(-1, shape[-1]).contiguous(), self.packed, self.reduce_range
+            )
+            return y.view(*shape[:-1], self.out_features)
+        return F.linear(x, self.w, self.b)
+
+
+class LoRA:
+    """One adapter's weights, per (layer, module): (A^T [in, r], scale * B^T [r, out])."""
+
+    def __init__(self, name: str, weights: dict[tuple[int, str], tuple[Any, Any]]) -> None:
+        self.name = name
+        self.weights = weights
+
+
+def adapter_supported(path: Path) -> str | None:
+    """None when the lean decoder can run this PEFT adapter; otherwise why not."""
+    try:
+        cfg = json.loads((Path(path) / "adapter_config.json").read_text())
+    except (OSError, ValueError) as e:
+        return f"adapter_config.json: {e}"
+    if cfg.get("peft_type", "LORA") != "LORA":
+        return f"peft_type {cfg.get('peft_type')}"
+    for key in ("use_dora", "modules_to_save", "rank_pattern", "alpha_pattern", "layers_to_transform"):
+        if cfg.get(key):
+            return f"{key} is set"
+    if cfg.get("bias", "none") != "none":
+        return "trained biases"
+    return None
+
+
+_LORA_KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+                       r"\.lora_([AB])(?:\.[^.]+)?\.weight$")  # fmt: skip
+
+
+def load_lora(path: Path, name: str, n_layers: int) -> LoRA:
+    """Read a PEFT LoRA adapter (safetensors) into the lean decoder's form; ValueError when it targets modules
+    the lean decoder does not have a slot for."""
+    import math
+
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    why = adapter_supported(path)
+    if why:
+        raise ValueError(f"adapter {name!r}: {why}")
+    cfg = json.loads((path / "adapter_config.json").read_text())
+    tensors = load_file(str(path / "adapter_model.safetensors"))
+    parts: dict[tuple[int, str], dict[str, Any]] = {}
+    for key, t in tensors.items():
+        m = _LORA_KEY.search(key)
+        if not m:
+            raise ValueError(f"adapter {name!r}: tensor {key} is not on a module the lean decoder knows")
+        layer, mod, ab = int(m.group(1)), m.group(2), m.group(3)
+        if layer >= n_layers:
+            raise ValueError(f"adapter {name!r}: tensor {key} names layer {layer} of a {n_layers}-layer model")
+        parts.setdefault((layer, mod), {})[ab] = t.float()
+    r = int(cfg.get("r", 8))
+    alpha = float(cfg.get("lora_alpha", r))
+    scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+    weights = {}
+    for k, ab in parts.items():
+        if set(ab) != {"A", "B"}:
+            raise ValueError(f"adapter {name!r}: layer {k[0]} {k[1]} lacks lora_A or lora_B")
+        weights[k] = (ab["A"].t().contiguous(), (ab["B"] * scale).t().contiguous())
+    return LoRA(name, weights)
+
+
+class LeanModel:
+    """The decode-time forward of a Llama-family model, with its own KV cache for up to `max_rows` rows."""
+
+    def __init__(self, model: Any, *, max_rows: int = 8, quantize: str | None = None) -> None:
+        import torch
+
+        why = self.supports(model)
+        if why:
+            raise ValueError(why)
+        conf = model.config
+        inner = model.model
+        self.n_layers = len(inner.layers)
+        self.n_heads = int(conf.num_attention_heads)
+        self.n_kv = int(getattr(conf, "num_key_value_heads", None) or self.n_heads)
+        self.head_dim = int(getattr(conf, "head_dim", None) or conf.hidden_size // self.n_heads)
+        self.hidden = int(conf.hidden_size)
+        self.vocab = int(conf.vocab_size)
+        self.quantize = quantize
+        self.embed = inner.embed_tokens.weight.detach()
+        self.rotary = inner.rotary_emb
+        self.norm_w = inner.norm.weight.detach()
+        self.norm_eps = float(inner.norm.variance_epsilon)
+        self.layers: list[dict[str, Any]] = []
+        for layer in inner.layers:
+            a, m = layer.self_attn, layer.mlp
+
+            def cat_bias(*mods: Any) -> Any:
+                bs = [x.bias for x in mods]
+                if all(b is None for b in bs):
+                    return None
+                return torch.cat(
+                    [b if b is not None else torch.zeros(x.out_features) for b, x in zip(bs, mods, strict=True)]
+                )
+
+            qkv = (a.q_proj, a.k_proj, a.v_proj)
+            self.layers.append(
+                {
+                    "ln1": layer.input_layernorm.weight.detach(),
+                    "eps1": float(layer.input_layernorm.variance_epsilon),
+                    "ln2": layer.post_attention_layernorm.weight.detach(),
+                    "eps2": float(layer.post_attention_layernorm.variance_epsilon),
+                    "qkv": Linear(torch.cat([p.weight for p in qkv]), cat_bias(*qkv), quantize),
+                    "o": Linear(a.o_proj.weight, a.o_proj.bias, quantize),
+                    "gu": Linear(
+                        torch.cat([m.gate_proj.weight, m.up_proj.weight]), cat_bias(m.gate_proj, m.up_proj), quantize
+                    ),
+                    "down": Linear(m.down_proj.weight, m.down_proj.bias, quantize),
+                    "inter": int(m.gate_proj.out_features),
+                }
+            )
+        self.head = Linear(model.lm_head.weight, getattr(model.lm_head, "bias", None), quantize)
+        self.scale = self.head_dim**-0.5
+        self.adapters: dict[str, LoRA] = {}
+        self.max_rows = max_rows
+        self.rows = 0  # rows in use: 0 .. rows-1
+        self.t = 0  # columns in use (all rows are aligned to end at column t)
+        self.cap = 0
+        self.k: list[Any] = []
+        self.v: list[Any] = []
+        self.valid = torch.zeros((max_rows, 0), dtype=torch.bool)
+        self.pos = torch.zeros(max_rows, dtype=torch.long)
+
+    @staticmethod
+    def supports(model: Any) -> str | None:
+        """None when `model` can run here, otherwise why not (the engine then uses the transformers forward)."""
+        conf = getattr(model, "config", None)
+        mt = getattr(conf, "model_type", None)
+        if mt not in SUPPORTED_TYPES:
+            return f"model type {mt!r} (lean decoding knows {', '.join(SUPPORTED_TYPES)})"
+        act = getattr(conf, "hidden_act", "silu")
+        if act != "silu":
+            return f"activation {act!r}"
+        if getattr(conf, "use_sliding_window", False) or (mt == "mistral" and getattr(conf, "sliding_window", None)):
+            return "sliding-window attention"
+        if getattr(conf, "pretraining_tp", 1) not in (1, None):
+            return "pretraining_tp > 1"
+        if hasattr(model, "get_base_model"):
+            return "a PeftModel: give the base model and load adapters with load_adapter"
+        inner = getattr(model, "model", None)
+        if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
+            return "no decoder layer list or rotary module where a Llama-family model has them"
+        if next(model.parameters()).device.type != "cpu":
+            return "lean decoding runs on the CPU; on a GPU use the transformers forward or --backend vllm"
+        return None
+
+    # --- adapters -----------------------------------------------------------------------------------------
+
+    def load_adapter(self, path: Path, name: str) -> None:
+        self.adapters[name] = load_lora(path, name, self.n_layers)
+
+    def delete_adapter(self, name: str) -> None:
+        self.adapters.pop(name, None)
+
+    # --- cache --------------------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        self.rows, self.t = 0, 0
+        self.valid[:] = False
+
+    def _ensure(self, cols: int) -> None:
+        """Make room for `cols` columns (grown in steps of 256, contents kept)."""
+        import torch
+
+        if cols <= self.cap:
+            return
+        cap = max(cols + 255, self.cap * 2) // 256 * 256
+        shape = (self.max_rows, self.n_kv, cap, self.head_dim)
+        k = [torch.zeros(shape) for _ in range(self.n_layers)]
+        v = [torch.zeros(shape) for _ in range(self.n_layers)]
+        for i in range(len(self.k)):
+            k[i][:, :, : self.cap] = self.k[i]
+            v[i][:, :, : self.cap] = self.v[i]
+        valid = torch.zeros((self.max_rows, cap), dtype=torch.bool)
+        valid[:, : self.cap] = self.valid
+        self.k, self.v, self.valid, self.cap = k, v, valid, cap
+
+    def _shift_right(self, d: int) -> None:
+        """Move the rows in use d columns to the right (to make room on the left for a longer prompt)."""
+        if d <= 0 or self.rows == 0:
+            self.t += max(d, 0)
+            return
+        self._ensure(self.t + d)
+        r, t = self.rows, self.t
+        for buf in (*self.k, *self.v):
+            buf[:r, :, d : d + t] = buf[:r, :, :t].clone()
+            buf[:r, :, :d] = 0
+        self.valid[:r, d : d + t] = self.valid[:r, :t].clone()
+        self.valid[:r, :d] = False
+        self.t += d
+
+    def keep(self, idx: list[int]) -> None:
+        """Keep only these rows (in this order) and drop the columns that are padding in all of them."""
+        import torch
+
+        if not idx:
+            self.reset()
+            return
+        n, t = len(idx), self.t
+        if idx != list(range(n)):
+            ix = torch.tensor(idx)
+            for buf in (*self.k, *self.v):
+                buf[:n, :, :t] = buf[ix, :, :t]
+            self.valid[:n, :t] = self.valid[ix, :t]
+            self.pos[:n] = self.pos[ix]
+        self.valid[n:] = False
+        self.rows = n
+        used = self.valid[:n, :t].any(0)
+        cut = int(used.float().argmax()) if bool(used.any()) else t
+        if cut >= 32:  # worth one copy
+            for buf in (*self.k, *self.v):
+                buf[:n, :, : t - cut] = buf[:n, :, cut:t].clone()
+            self.valid[:n, : t - cut] = self.valid[:n, cut:t].clone()
+            self.valid[:n, t - cut :] = False
+            self.t = t - cut
+
+    # --- forward ------------------------------------------------------------------------------------------
+
+    def add(self, prompts: list[list[int]], adapters: list[str | None]) -> Any:
+        """Prefill new rows (appended after the rows in use); returns their next-token logits [n, vocab]."""
+        import torch
+
+        n = len(prompts)
+        if self.rows + n > self.max_rows:
+            raise ValueError(f"{self.rows + n} rows > {self.max_rows}")
+        w = max(len(p) for p in prompts)
+        if w > self.t:
+            self._shift_right(w - self.t)
+        self._ensure(self.t + 1)
+        r0, r1, start = self.rows, self.rows + n, self.t - w
+        ids = torch.zeros((n, w), dtype=torch.long)
+        real = torch.zeros((n, w), dtype=torch.bool)
+        for i, p in enumerate(prompts):
+            ids[i, w - len(p) :] = torch.tensor(p, dtype=torch.long)
+            real[i, w - len(p) :] = True
+        self.valid[r0:r1, :] = False
+        self.valid[r0:r1, start : self.t] = real
+        pos = (real.long().cumsum(-1) - 1).clamp(min=0)
+        keys = self.valid[r0:r1, : self.t]  # [n, t]
+        causal = torch.ones((w, self.t), dtype=torch.bool).tril(start)  # query i sees keys <= start + i
+        mask = keys[:, None, :] & causal[None]
+        mask |= (torch.arange(self.t)[None] == torch.arange(w)[:, None] + start)[None]  # padding queries see
+        # themselves, so no row of the attention is empty (an empty row gives NaN)
+        logits = self._forward(ids, pos, mask[:, None], r0, r1, start, adapters)
+        self.pos[r0:r1] = real.sum(-1)
+        self.rows = r1
+        return logits
+
+    def step(self, tokens: list[int], adapters: list[str | None]) -> Any:
+        """One decoding step for every row in use (tokens in row order); returns logits [rows, vocab]."""
+        import torch
+
+        r, t = self.rows, self.t
+        self._ensure(t + 1)
+        self.valid[:r, t] = True
+        ids = torch.tensor(tokens, dtype=torch.long).view(r, 1)
+        pos = self.pos[:r].view(r, 1).clone()
+        mask = self.valid[:r, None, None, : t + 1]
+        logits = self._forward(ids, pos, mask, 0, r, t, adapters)
+        self.t = t + 1
+        self.pos[:r] += 1
+        return logits
+
+    def _forward(self, ids: Any, pos: Any, mask: Any, r0: int, r1: int, start: int, adapters: list[str | None]) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        b, s = ids.shape
+        hq, hk, d, hid = self.n_heads, self.n_kv, self.head_dim, (self.hidden,)
+        x = F.embedding(ids, self.embed)
+        cos, sin = self.rotary(x, pos)
+        half = d // 2
+        # rotate_half(t) * sin == roll(t, half) * sin with the first half of sin negated: one op fewer
+        cos, sin = cos[:, :, None], torch.cat((-sin[..., :half], sin[..., half:]), -1)[:, :, None]
+        groups = self._groups(adapters)
+        end = start + s
+        # an additive float mask: SDPA would otherwise convert the boolean one in every layer
+        mask = torch.zeros(mask.shape).masked_fill_(~mask, float("-inf"))
+        for i, L in enumerate(self.layers):
+            h = _rms(x, L["ln1"], L["eps1"])
+            qkv = L["qkv"](h)
+            if groups:
+                qkv = qkv + self._lora(i, ("q_proj", "k_proj", "v_proj"), h, groups, (hq * d, hk * d, hk * d))
+            qkv = qkv.view(b, s, hq + 2 * hk, d)
+            qk = qkv[:, :, : hq + hk]
+            qk = torch.addcmul(qk * cos, qk.roll(half, -1), sin)  # rotary on queries and keys together
+            kc, vc = self.k[i].narrow(0, r0, b), self.v[i].narrow(0, r0, b)
+            kc.narrow(2, start, s).copy_(qk[:, :, hq:].transpose(1, 2))
+            vc.narrow(2, start, s).copy_(qkv[:, :, hq + hk :].transpose(1, 2))
+            a = F.scaled_dot_product_attention(
+                qk[:, :, :hq].transpose(1, 2),
+                kc.narrow(2, 0, end),
+                vc.narrow(2, 0, end),
+                attn_mask=mask,
+                scale=self.scale,
+                enable_gqa=hq != hk,
+            )
+            a = a.transpose(1, 2).reshape(b, s, hq * d)
+            o = L["o"](a)
+            if groups:
+                o = o + self._lora(i, ("o_proj",), a, groups, hid)
+            x = x + o
+            h = _rms(x, L["ln2"], L["eps2"])
+            gu = L["gu"](h)
+            if groups:
+                gu = gu + self._lora(i, ("gate_proj", "up_proj"), h, groups, (L["inter"], L["inter"]))
+            g, u = gu.split((L["inter"], L["inter"]), dim=-1)
+            m = F.silu(g) * u
+            dn = L["down"](m)
+            if groups:
+                dn = dn + self._lora(i, ("down_proj",), m, groups, hid)
+            x = x + dn
+        x = _rms(x[:, -1], self.norm_w, self.norm_eps)
+        return self.head(x)
+
+    def _groups(self, adapters: list[str | None]) -> list[tuple[LoRA, Any]]:
+        """(adapter, row index or None for all rows) for every adapter used in this call."""
+        import torch
+
+        names = {a for a in adapters if a is not None}
+        out = []
+        for name in sorted(names):
+            lora = self.adapters.get(name)
+            if lora is None:
+                raise KeyError(f"adapter {name!r} is not loaded")
+            rows = [i for i, a in enumerate(adapters) if a == name]
+            out.append((lora, None if len(rows) == len(adapters) else torch.tensor(rows)))
+        return out
+
+    def _lora(
+        self, layer: int, mods: tuple[str, ...], x: Any, groups: list[tuple[LoRA, Any]], widths: tuple[int, ...]
+    ) -> Any:
+        """The sum of every adapter's low-rank update for these (fused) modules, zero where a row has none."""
+        import torch
+
+        out = torch.zeros((*x.shape[:-1], sum(widths)))
+        for lora, rows in groups:
+            xs = x if rows is None else x[rows]
+            parts = []
+            for mod, width in zip(mods, widths, strict=True):
+                ab = lora.weights.get((layer, mod))
+                parts.append(xs.new_zeros((*xs.shape[:-1], width)) if ab is None else (xs @ ab[0]) @ ab[1])
+            delta = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+            if rows is None:
+                out += delta
+            else:
+                out[rows] += delta
+        return out
