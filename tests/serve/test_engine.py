@@ -152,42 +152,28 @@ def test_lean_decoder_equals_transformers_and_peft_with_mixed_adapters(tiny_mode
             return ref(input_ids=x).logits[0, -1]
 
     seqs = {0: ([5, 6, 7, 8], "a"), 1: ([9, 10], None), 2: (list(range(20, 60)) * 8, "b"), 3: ([11, 12, 13], "b")}
+
+    def check(rows: list[int], got: torch.Tensor) -> None:
+        for r, g in zip(rows, got, strict=True):
+            torch.testing.assert_close(g, alone(*seqs[r]), atol=1e-4, rtol=1e-4)
+
+    def steps(rows: list[int], first: int, n: int) -> None:
+        for t in range(n):
+            toks = [first + t + r for r in rows]
+            for r, tok in zip(rows, toks, strict=True):
+                seqs[r][0].append(tok)
+            check(rows, lean.step(toks, [seqs[r][1] for r in rows]))
+
     with torch.inference_mode():
-        got = lean.add([seqs[0][0], seqs[1][0]], [seqs[0][1], seqs[1][1]])
-        rows = [0, 1]
-        for r, g in zip(rows, got, strict=True):
-            torch.testing.assert_close(g, alone(*seqs[r]), atol=1e-4, rtol=1e-4)
-        for t in range(3):
-            toks = [100 + t + r for r in rows]
-            for r, tok in zip(rows, toks, strict=True):
-                seqs[r][0].append(tok)
-            got = lean.step(toks, [seqs[r][1] for r in rows])
-            for r, g in zip(rows, got, strict=True):
-                torch.testing.assert_close(g, alone(*seqs[r]), atol=1e-4, rtol=1e-4)
-        g = lean.add([seqs[2][0]], [seqs[2][1]])  # 320 tokens: the rows shift right, the cache grows
-        rows.append(2)
-        torch.testing.assert_close(g[0], alone(*seqs[2]), atol=1e-4, rtol=1e-4)
+        check([0, 1], lean.add([seqs[0][0], seqs[1][0]], [seqs[0][1], seqs[1][1]]))
+        steps([0, 1], 100, 3)
+        check([2], lean.add([seqs[2][0]], [seqs[2][1]]))  # 320 tokens: the rows shift right, the cache grows
         lean.keep([1, 2])  # row 0 leaves
-        rows = [1, 2]
-        g = lean.add([seqs[3][0]], [seqs[3][1]])  # a short prompt joins a long batch
-        rows.append(3)
-        torch.testing.assert_close(g[0], alone(*seqs[3]), atol=1e-4, rtol=1e-4)
-        for t in range(3):
-            toks = [200 + t + r for r in rows]
-            for r, tok in zip(rows, toks, strict=True):
-                seqs[r][0].append(tok)
-            got = lean.step(toks, [seqs[r][1] for r in rows])
-            for r, g in zip(rows, got, strict=True):
-                torch.testing.assert_close(g, alone(*seqs[r]), atol=1e-4, rtol=1e-4)
+        check([3], lean.add([seqs[3][0]], [seqs[3][1]]))  # a short prompt joins a long batch
+        steps([1, 2, 3], 200, 3)
         lean.keep([0, 2])  # the long one leaves: the columns that are padding in every row left are cut
-        rows = [1, 3]
         assert lean.t < len(seqs[2][0]) - 100
-        toks = [7, 8]
-        for r, tok in zip(rows, toks, strict=True):
-            seqs[r][0].append(tok)
-        got = lean.step(toks, [None, "b"])
-        for r, g in zip(rows, got, strict=True):
-            torch.testing.assert_close(g, alone(*seqs[r]), atol=1e-4, rtol=1e-4)
+        steps([1, 3], 300, 1)
 
 
 def test_int8_weights_stay_close_to_fp32(tiny_model_dir: Path) -> None:
