@@ -2,36 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.bench import run_bench
 
 
 def test_bench_eval_against_lm_eval_on_a_tiny_model(tiny_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "b"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tunelab",
-            "bench",
-            "eval",
-            "--model",
-            str(tiny_model_dir),
-            "--items",
-            "10",
-            "--out",
-            str(out),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    r = json.loads(res.stdout)
-    assert r == json.loads((out / "bench-eval.json").read_text())
+    r = run_bench("eval", out, "--model", str(tiny_model_dir), "--items", "10")
     assert r["setup"]["items"] == 10
     # the same log-likelihoods: the same answer on (nearly) every item, not just the same total
     assert r["item_agreement"] >= 0.9 and r["agreement_abs_diff"] <= 0.1

@@ -2,34 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.bench import run_bench
 
 
 def test_bench_serve_quick_on_a_tiny_model(tiny_model_dir: Path, tmp_path: Path) -> None:
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tunelab",
-            "bench",
-            "serve",
-            "--model",
-            str(tiny_model_dir),
-            "--quick",
-            "--json",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    r = json.loads(res.stdout)
-    assert r == json.loads((tmp_path / "bench-serve.json").read_text())
+    r = run_bench("serve", tmp_path, "--model", str(tiny_model_dir), "--quick")
     for side in ("tunelab", "tunelab_int8", "plain"):
         load = r[side]["concurrent"]
         assert load["requests"] == 8 and load["completion_tokens"] > 0

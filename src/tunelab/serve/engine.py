@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -315,12 +314,3 @@ class Engine:
         for i, row in enumerate(self.rows):
             row.last_logits = logits[i]
         self.steps += 1
-
-
-def wait_idle(engine: Engine, timeout: float = 30.0) -> bool:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if not engine.rows and engine.waiting.empty():
-            return True
-        time.sleep(0.01)
-    return False

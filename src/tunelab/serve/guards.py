@@ -147,42 +147,44 @@ def scan(text: str) -> dict[str, Any]:
 
 def check_input(text: str, cfg: GuardConfig) -> tuple[str, list[Decision], bool]:
     """(text to send on, decisions, blocked?) for one request's user-supplied text."""
-    out, decisions, blocked = text, [], False
+    decisions: list[Decision] = []
+    blocked = False
     if cfg.injection.action != "off":
         score, rules = injection_score(text)
         if score >= cfg.injection.threshold:
             decisions.append(Decision("injection", cfg.injection.action, {"score": round(score, 4), "rules": rules}))
-            blocked = blocked or cfg.injection.action == "block"
-    if cfg.pii_input.action != "off":
-        red, found = redact(out)
-        if found:
-            decisions.append(Decision("pii_input", cfg.pii_input.action, {"types": sorted({f.type for f in found})}))
-            if cfg.pii_input.action == "redact":
-                out = red
-            blocked = blocked or cfg.pii_input.action == "block"
-    if cfg.moderation_input.action != "off":
-        cats = moderation(text, cfg.moderation_input.categories)
-        if cats:
-            decisions.append(Decision("moderation_input", cfg.moderation_input.action, {"categories": cats}))
-            blocked = blocked or cfg.moderation_input.action == "block"
-    return out, decisions, blocked
+            blocked = cfg.injection.action == "block"
+    out, b = _pii(text, "pii_input", cfg.pii_input, decisions)
+    return out, decisions, _moderation(text, "moderation_input", cfg.moderation_input, decisions) or b or blocked
 
 
 def check_output(text: str, cfg: GuardConfig) -> tuple[str, list[Decision], bool]:
-    out, decisions, blocked = text, [], False
-    if cfg.pii_output.action != "off":
-        red, found = redact(out)
-        if found:
-            decisions.append(Decision("pii_output", cfg.pii_output.action, {"types": sorted({f.type for f in found})}))
-            if cfg.pii_output.action == "redact":
-                out = red
-            blocked = blocked or cfg.pii_output.action == "block"
-    if cfg.moderation_output.action != "off":
-        cats = moderation(text, cfg.moderation_output.categories)
-        if cats:
-            decisions.append(Decision("moderation_output", cfg.moderation_output.action, {"categories": cats}))
-            blocked = blocked or cfg.moderation_output.action == "block"
-    return out, decisions, blocked
+    """(text to send back, decisions, blocked?) for the model's answer so far."""
+    decisions: list[Decision] = []
+    out, blocked = _pii(text, "pii_output", cfg.pii_output, decisions)
+    return out, decisions, _moderation(text, "moderation_output", cfg.moderation_output, decisions) or blocked
+
+
+def _pii(text: str, guard: str, rule: GuardRule, decisions: list[Decision]) -> tuple[str, bool]:
+    """PII and secrets under `rule`: (the text, redacted when the action is redact; blocked?)."""
+    if rule.action == "off":
+        return text, False
+    red, found = redact(text)
+    if not found:
+        return text, False
+    decisions.append(Decision(guard, rule.action, {"types": sorted({f.type for f in found})}))
+    return (red if rule.action == "redact" else text), rule.action == "block"
+
+
+def _moderation(text: str, guard: str, rule: GuardRule, decisions: list[Decision]) -> bool:
+    """Moderation categories under `rule`; blocked?"""
+    if rule.action == "off":
+        return False
+    cats = moderation(text, rule.categories)
+    if not cats:
+        return False
+    decisions.append(Decision(guard, rule.action, {"categories": cats}))
+    return rule.action == "block"
 
 
 def text_of(line: str) -> str:

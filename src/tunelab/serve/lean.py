@@ -159,7 +159,6 @@ class LeanModel:
         self.head_dim = int(getattr(conf, "head_dim", None) or conf.hidden_size // self.n_heads)
         self.hidden = int(conf.hidden_size)
         self.vocab = int(conf.vocab_size)
-        self.quantize = quantize
         self.embed = inner.embed_tokens.weight.detach()
         self.rotary = inner.rotary_emb
         self.norm_w = inner.norm.weight.detach()
