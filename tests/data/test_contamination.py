@@ -35,3 +35,18 @@ def test_a_shared_instruction_template_is_not_contamination() -> None:
     ev = [(f"e{i}", f"{_doc(rng)}\n\n{TEMPLATE}") for i in range(50)]
     train = [(f"t{i}", f"{_doc(rng)}\n\n{TEMPLATE}") for i in range(100)]
     assert find_contamination(ev, train).to_json()["contaminated"] == 0
+
+
+def test_keyset_membership_equals_isin() -> None:
+    import numpy as np
+
+    from tunelab.data.contamination import KeySet
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 50, 5000):
+        keys = rng.integers(0, 2**63, size=n, dtype=np.uint64) * np.uint64(2)
+        probe = np.concatenate([keys[: n // 2], rng.integers(0, 2**63, size=3000, dtype=np.uint64)])
+        probe = np.concatenate([probe, probe ^ np.uint64(1 << 40)])  # same low bits, different key
+        ks = KeySet(keys)
+        assert len(ks) == len(np.unique(keys))
+        assert np.array_equal(ks.contains(probe), np.isin(probe, keys))

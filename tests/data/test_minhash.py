@@ -52,3 +52,24 @@ def test_planted_near_duplicates_are_found_and_unrelated_texts_are_not() -> None
 def test_short_texts_and_empty_text() -> None:
     out = near_duplicate_clusters(["a b", "a b", "", "c d e"], threshold=0.8)
     assert (1, 0) in {(i, k) for i, k, _ in out}
+
+
+def test_word_hashes_do_not_depend_on_position_batch_or_grouping(monkeypatch) -> None:
+    import tunelab.data.minhash as mh
+
+    rng = random.Random(2)
+    texts = [_doc(rng, rng.randrange(0, 40)) for _ in range(200)]
+    texts += ["", "  \t ", "Hello, World!", "Straße\u00a0NAÏVE\u2003café — “quoted”", "a\x00b c", "\x1cfoo\x1fbar"]
+    h = MinHasher()
+    batch = h.word_hashes_many(texts)
+    seen: dict[str, int] = {}
+    for text, hashes in zip(texts, batch, strict=True):
+        words = mh.split_words(text)
+        assert len(words) == len(hashes)
+        assert np.array_equal(h.word_hashes(text), hashes)  # alone == in a batch
+        for w, x in zip(words, hashes.tolist(), strict=True):
+            assert seen.setdefault(w, x) == x  # a word hashes the same wherever it is
+    assert len(set(seen.values())) == len(seen)  # and distinct words differently
+    assert mh.split_words("Straße\u00a0NAÏVE\u2003café — “quoted”") == ["strasse", "naïve", "café", "quoted"]
+    monkeypatch.setattr(mh, "_GROUP_BYTES", 64)  # many small groups give the same hashes
+    assert all(np.array_equal(a, b) for a, b in zip(batch, MinHasher().word_hashes_many(texts), strict=True))

@@ -81,3 +81,11 @@ def test_checksums() -> None:
     assert luhn_ok("4111111111111111") and not luhn_ok("4111111111111112")
     assert iban_ok("GB82WEST12345698765432") and not iban_ok("GB82WEST12345698765433")
     assert not iban_ok("XX82WEST12345698765432")
+
+
+def test_the_cheap_prefilter_never_hides_a_finding() -> None:
+    # texts with few digits that a detector still matches: an IPv6 address, an e-mail, a secret, a key
+    for text, kind in [("host fe80:abcd:ef01:abcd::1 up", "IP_ADDRESS"), ("mail a.b@example.org", "EMAIL"),
+                       ("password = Xk9vQ2mLp7Rt", "SECRET"), ("key AKIAABCDEFGHIJKLMNOP", "AWS_KEY")]:  # fmt: skip
+        assert kind in [f.type for f in find_pii(text)], text
+    assert find_pii("plain words, no digits or markers at all") == []

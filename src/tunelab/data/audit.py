@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from array import array
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,8 @@ from tunelab.data.tasks import read_datacard
 from tunelab.fsutil import atomic_write_json, sha256_file
 
 if TYPE_CHECKING:
+    from multiprocessing.pool import AsyncResult
+
     from transformers import PreTrainedTokenizerBase
 
 CHUNK = 2000
@@ -121,7 +123,15 @@ def _scan_file(path: Path, ctx: ScanContext, notes: FileNotes, workers: int) -> 
 
     _CTX = ctx  # inherited by the forked workers: the eval index is built once
     with mp.get_context("fork").Pool(workers) as pool:
-        yield from pool.imap(_scan_in_worker, _chunks(path, notes), chunksize=1)
+        # at most a few chunks in flight, results in order: when the workers outpace this process's
+        # aggregation, they wait instead of piling results up in memory (Pool.imap does not bound them)
+        pending: deque[AsyncResult[ChunkResult]] = deque()
+        for units in _chunks(path, notes):
+            pending.append(pool.apply_async(_scan_in_worker, (units,)))
+            if len(pending) >= 2 * workers + 1:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
     _CTX = None
 
 

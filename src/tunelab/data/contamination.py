@@ -26,6 +26,29 @@ def ngrams_many(words: Sequence[np.ndarray]) -> list[np.ndarray]:
     return [g if len(w) >= N else g[:0] for g, w in zip(window_hashes(words, N, _MIX), words, strict=True)]
 
 
+class KeySet:
+    """Membership of 64-bit keys, vectorised: a table on the low bits (about 64 slots per key, at most 2**22)
+    filters out most absent keys with one gather, and a binary search over the sorted keys confirms the rest."""
+
+    def __init__(self, keys: np.ndarray) -> None:
+        self.keys = np.unique(keys.astype(np.uint64))
+        bits = min(22, max(10, len(self.keys).bit_length() + 6))
+        self.mask = np.uint64((1 << bits) - 1)
+        self.table = np.zeros(1 << bits, dtype=bool)
+        self.table[(self.keys & self.mask).astype(np.intp)] = True
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def contains(self, x: np.ndarray) -> np.ndarray:
+        out = self.table[(x & self.mask).astype(np.intp)]
+        maybe = np.flatnonzero(out)
+        if len(maybe):
+            at = np.minimum(np.searchsorted(self.keys, x[maybe]), len(self.keys) - 1)
+            out[maybe] = self.keys[at] == x[maybe]
+        return out
+
+
 class EvalIndex:
     """Everything a training record is checked against: eval inputs by hash, 13-grams, MinHash LSH."""
 
@@ -57,14 +80,14 @@ class EvalIndex:
             near_boiler = window[N - 1 : N - 1 + len(gl)] > 0
             for g in gl[~near_boiler].tolist():
                 self.grams.setdefault(g, []).append(eid)
-        self._gram_keys = np.array(sorted(self.grams), dtype=np.uint64)
+        self._gram_keys = KeySet(np.array(list(self.grams), dtype=np.uint64))
         words = input_words
         if answers is not None:
             extra = self.hasher.word_hashes_many(list(answers))
             words = [np.concatenate([w, x]) for w, x in zip(words, extra, strict=True)]
         self._sigs = self.hasher.signatures_of(self.hasher.shingles_many(words))
         self._bands = band_keys(self._sigs) if len(self._sigs) else np.zeros((0, 32), dtype=np.uint64)
-        self._band_sorted = [np.sort(self._bands[:, b]) for b in range(self._bands.shape[1])]
+        self._band_sets = [KeySet(self._bands[:, b]) for b in range(self._bands.shape[1])]
 
     def lookup_many(
         self, texts: Sequence[str], sigs: np.ndarray, words: Sequence[np.ndarray]
@@ -76,8 +99,8 @@ class EvalIndex:
         if len(self._sigs):
             keys = band_keys(sigs)
             cand = np.zeros(len(texts), dtype=bool)
-            for b, col in enumerate(self._band_sorted):
-                cand |= np.isin(keys[:, b], col)
+            for b, col in enumerate(self._band_sets):
+                cand |= col.contains(keys[:, b])
             for i in np.flatnonzero(cand).tolist():
                 shared = (keys[i][None, :] == self._bands).any(axis=1)
                 js = (self._sigs[shared] == sigs[i]).mean(axis=1)
@@ -87,7 +110,7 @@ class EvalIndex:
             grams = ngrams_many(words)
             flat = np.concatenate(grams) if grams else np.zeros(0, dtype=np.uint64)
             owner = np.repeat(np.arange(len(grams)), [len(g) for g in grams])
-            hit = np.isin(flat, self._gram_keys)
+            hit = self._gram_keys.contains(flat)
             seen: set[tuple[int, str]] = set()
             for pos, g in zip(owner[hit].tolist(), flat[hit].tolist(), strict=True):
                 for eid in self.grams[g]:

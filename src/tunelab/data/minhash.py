@@ -7,13 +7,14 @@ multiply-shift over that array (uint64 arithmetic wraps), and each record's mini
 
 from __future__ import annotations
 
-import hashlib
 import string
 from collections.abc import Sequence
 
 import numpy as np
 
-# Word splitting by one C-level translate + split (several times faster than a regex): punctuation becomes space.
+# Word splitting, casefolded, with punctuation as a separator. ASCII text (most text) takes a byte path: one
+# 256-entry `bytes.translate` turns punctuation and every ASCII whitespace into a space and folds the case.
+# Other text is casefolded and split as `str` first. Both give UTF-8 bytes whose only separator is b" ".
 _PUNCT = str.maketrans(
     dict.fromkeys(
         string.punctuation.replace("_", "")
@@ -21,10 +22,20 @@ _PUNCT = str.maketrans(
         " ",
     )
 )
+_SPACE = string.punctuation.replace("_", "") + "\t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"  # all ASCII whitespace
+_FOLD = bytes.maketrans(
+    (_SPACE + string.ascii_uppercase).encode(), (" " * len(_SPACE) + string.ascii_lowercase).encode()
+)
+
+
+def _fold(text: str) -> bytes:
+    if text.isascii():
+        return text.encode().translate(_FOLD)
+    return " ".join(text.casefold().translate(_PUNCT).split()).encode("utf-8", "surrogatepass").translate(_FOLD)
 
 
 def split_words(text: str) -> list[str]:
-    return text.casefold().translate(_PUNCT).split()
+    return [w.decode("utf-8", "surrogatepass") for w in _fold(text).split()]
 
 
 def window_hashes(words: Sequence[np.ndarray], n: int, mix: np.ndarray) -> list[np.ndarray]:
@@ -56,14 +67,45 @@ _SEED_MIX = np.array(
 )
 
 
-class _WordCache(dict[str, int]):
-    """word -> stable 64-bit hash; `map(cache.__getitem__, words)` runs the lookups in C."""
+# Word hashes, vectorised over a whole batch of texts: the folded texts are joined into one byte array and a
+# word's hash is a polynomial over its bytes, sum(T[byte_j] * P**(j - start)) mod 2**64, where T is a random
+# table (T[space] = 0) and P is odd, so P has an inverse mod 2**64. Summing T[byte_j] * P**j over every byte
+# from one word start to the next (one `np.add.reduceat`; spaces add 0), then multiplying by P**-start, gives
+# each word's hash independently of where it sits. A final 64-bit mixer spreads the bits.
+_RNG = np.random.default_rng(0x5EED)
+_T = _RNG.integers(1, 2**63, size=256, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+_T[32] = 0
+_P = 0x9E3779B97F4A7C15 | 1
+_GROUP_BYTES = 4 << 20  # texts are hashed in groups of about this many bytes (bounded temporaries)
 
-    def __missing__(self, w: str) -> int:
-        h = int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little")
-        if len(self) < 2_000_000:  # bounded
-            self[w] = h
-        return h
+
+class _Powers:
+    """P**j and P**-j mod 2**64 for j < n, grown on demand."""
+
+    def __init__(self) -> None:
+        self.pw = np.ones(1, dtype=np.uint64)
+        self.ipw = np.ones(1, dtype=np.uint64)
+
+    def upto(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.pw) < n:
+            m = max(n, 2 * len(self.pw))
+            self.pw = np.full(m, _P, dtype=np.uint64)
+            self.pw[0] = 1
+            np.multiply.accumulate(self.pw, out=self.pw)
+            self.ipw = np.full(m, pow(_P, -1, 2**64), dtype=np.uint64)
+            self.ipw[0] = 1
+            np.multiply.accumulate(self.ipw, out=self.ipw)
+        return self.pw, self.ipw
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, in place."""
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
 
 
 class MinHasher:
@@ -71,18 +113,42 @@ class MinHasher:
         rng = np.random.default_rng(seed)
         self.num_perm, self.ngram = num_perm, ngram
         self.a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)  # odd
-        self.b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
-        self._cache = _WordCache()
+        self._powers = _Powers()
 
     def word_hashes(self, text: str) -> np.ndarray:
-        return np.array(list(map(self._cache.__getitem__, split_words(text))), dtype=np.uint64)
+        return self.word_hashes_many([text])[0]
 
     def word_hashes_many(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """`word_hashes` of each text, with one array conversion for the whole batch."""
-        words = [split_words(t) for t in texts]
-        flat = np.array(list(map(self._cache.__getitem__, (w for ws in words for w in ws))), dtype=np.uint64)
-        ends = np.cumsum([len(ws) for ws in words])
-        return np.split(flat, ends[:-1]) if len(texts) else []
+        """Per text, the 64-bit hash of each of its words (`split_words`), in order."""
+        parts = [_fold(t) for t in texts]
+        out: list[np.ndarray] = []
+        i = 0
+        while i < len(parts):  # groups of whole texts, about _GROUP_BYTES each
+            j, size = i, 0
+            while j < len(parts) and (j == i or size + len(parts[j]) < _GROUP_BYTES):
+                size += len(parts[j]) + 1
+                j += 1
+            out += self._hash_group(parts[i:j])
+            i = j
+        return out
+
+    def _hash_group(self, parts: list[bytes]) -> list[np.ndarray]:
+        # a space between texts: no word spans two; `_fold` left spaces as the only separator
+        buf = np.frombuffer(b" ".join(parts), dtype=np.uint8)
+        n = len(buf)
+        word = buf != 32
+        starts = np.flatnonzero(word[1:] > word[:-1]) + 1
+        if n and word[0]:
+            starts = np.concatenate([[0], starts])
+        pw, ipw = self._powers.upto(n)
+        vals = _T[buf]
+        np.multiply(vals, pw[:n], out=vals)
+        h = np.add.reduceat(vals, starts) if len(starts) else np.zeros(0, dtype=np.uint64)
+        h *= ipw[starts]
+        _mix64(h)
+        begins = np.cumsum([0] + [len(p) + 1 for p in parts[:-1]])
+        bounds = [*np.searchsorted(starts, begins).tolist(), len(starts)]
+        return [h[bounds[k] : bounds[k + 1]] for k in range(len(parts))]
 
     def shingles_many(self, words: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Shingle hashes of many records in one pass (duplicates kept: they do not change a minimum)."""
@@ -94,16 +160,19 @@ class MinHasher:
     def signatures(self, texts: Sequence[str], chunk: int = 4096) -> np.ndarray:
         return self.signatures_of(self.shingles_many(self.word_hashes_many(texts)), chunk)
 
-    def signatures_of(self, parts: Sequence[np.ndarray], chunk: int = 4096) -> np.ndarray:
+    def signatures_of(self, parts: Sequence[np.ndarray], chunk: int = 8192) -> np.ndarray:
         """[len(parts), num_perm] uint32 signatures from per-record shingle arrays.
 
-        Shingles are hashed in chunks of about `chunk` (whole records only) into one reused buffer laid out
-        permutation-major, so each per-record minimum is a reduction over contiguous memory.
+        Permutation k hashes a shingle x to the high 32 bits of a_k * x mod 2**64 (multiply-shift; the shingle
+        hashes are already mixed, and an added constant measured no better). Shingles are hashed in chunks of
+        about `chunk` (whole records only) into one reused buffer laid out permutation-major; the high words
+        are read in place (a strided view, no shift pass) and each record's minimum is one `reduceat`.
         """
         out = np.empty((len(parts), self.num_perm), dtype=np.uint32)
         width = max(chunk, max((len(p) for p in parts), default=1))
         buf = np.empty((self.num_perm, width), dtype=np.uint64)
-        a, b = self.a[:, None], self.b[:, None]
+        a = self.a[:, None]
+        high = 1 if np.little_endian else 0
         i = 0
         while i < len(parts):
             j, cols = i, 0
@@ -112,10 +181,8 @@ class MinHasher:
                 j += 1
             h = buf[:, :cols]
             np.multiply(a, np.concatenate(parts[i:j])[None, :], out=h)
-            np.add(h, b, out=h)
-            np.right_shift(h, np.uint64(32), out=h)
             offsets = np.cumsum([0] + [len(p) for p in parts[i : j - 1]])
-            out[i:j] = np.minimum.reduceat(h, offsets, axis=1).T
+            out[i:j] = np.minimum.reduceat(h.view(np.uint32)[:, high::2], offsets, axis=1).T
             i = j
         return out
 

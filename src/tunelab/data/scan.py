@@ -19,6 +19,7 @@ from tunelab.data.formats import Record, Rejected
 from tunelab.data.minhash import MinHasher
 from tunelab.data.pii import find_pii
 from tunelab.data.readers import parse_unit
+from tunelab.data.text import collapse_ws
 
 
 @dataclass
@@ -56,7 +57,7 @@ def non_input(r: Record) -> str:
 
 
 def conversation_key(r: Record) -> bytes:
-    text = "\x1f".join(f"{m['role']}\x1e{' '.join(m['content'].casefold().split())}" for m in r.messages)
+    text = "\x1f".join(f"{m['role']}\x1e{collapse_ws(m['content'].casefold())}" for m in r.messages)
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 

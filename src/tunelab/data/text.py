@@ -10,9 +10,18 @@ _WS = re.compile(r"\s+")
 _PUNCT = re.compile(r"[^\w\s]")
 
 
+def collapse_ws(text: str) -> str:
+    """`" ".join(text.split())`, without splitting text that is already so (most text: one C-level scan)."""
+    if text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " ":
+        return text  # every whitespace character but " " is non-printable: nothing to collapse or strip
+    return " ".join(text.split())
+
+
 def normalise(text: str) -> str:
     """NFKC, case-folded, whitespace collapsed: two texts that differ only so hash the same."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    if not text.isascii():  # ASCII is already NFKC
+        text = unicodedata.normalize("NFKC", text)
+    return collapse_ws(text.casefold())
 
 
 def normalise_words(text: str) -> str:
@@ -21,4 +30,4 @@ def normalise_words(text: str) -> str:
 
 
 def text_hash(text: str) -> str:
-    return hashlib.sha256(normalise(text).encode("utf-8")).hexdigest()[:32]
+    return hashlib.blake2b(normalise(text).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
