@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tunelab.data.contamination import KINDS, ContaminationResult, EvalIndex
-from tunelab.data.diversity import diversity_report
+from tunelab.data.diversity import diversity_report, warm_language_identifier
 from tunelab.data.formats import Record, Rejected
 from tunelab.data.licence import DataPolicy, LicenceCheck, check_licence
 from tunelab.data.minhash import lsh_pairs
@@ -123,6 +123,7 @@ def _scan_file(path: Path, ctx: ScanContext, notes: FileNotes, workers: int) -> 
 
     _CTX = ctx  # inherited by the forked workers: the eval index is built once
     with mp.get_context("fork").Pool(workers) as pool:
+        warm_language_identifier()  # after the fork: this process mostly waits on the workers meanwhile
         # at most a few chunks in flight, results in order: when the workers outpace this process's
         # aggregation, they wait instead of piling results up in memory (Pool.imap does not bound them)
         pending: deque[AsyncResult[ChunkResult]] = deque()

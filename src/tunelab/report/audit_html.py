@@ -63,7 +63,7 @@ def render_audit_html(r: dict[str, Any]) -> str:
                                               f"{d['input_words']['max']}"),
             ("distinct-1 / distinct-2", f"{d['distinct_1']:.3f} / {d['distinct_2']:.3f}"),
             ("near-duplicate ratio", f"{d['near_duplicate_ratio']:.3f}"),
-            ("scripts", ", ".join(f"{k} {v}" for k, v in d["scripts"].items())),
+            ("languages (sample)", ", ".join(f"{k} {v}" for k, v in d.get("languages", {}).items())),
         ]))  # fmt: skip
     if r.get("labels") and len(r["labels"]) <= 50:
         labels = r["labels"]
