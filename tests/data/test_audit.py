@@ -86,6 +86,11 @@ def test_too_long_and_untrainable_records_are_quarantined(tmp_path: Path, tiny_t
     assert [x.id for x in res.train] == ["train-1"]
     assert "> max length 64" in res.rejected[0].reason
     assert res.report["lengths"]["tokens_max"] <= 64
+    # half the records would be truncated: the gate says no, unless the policy allows that share
+    assert res.report["verdict"] == "fail" and "would truncate their answers" in res.report["reasons"][0]
+    lenient = DataPolicy(max_quarantined_ratio=1.0, max_too_long_ratio=0.5)
+    again = run_audit([train], [], tmp_path / "b", policy=lenient, tokenizer=tiny_tok, max_length=64)
+    assert again.report["verdict"] == "pass", again.report["reasons"]
 
 
 def test_two_processes_give_the_same_audit_as_one(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

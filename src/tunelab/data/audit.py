@@ -370,6 +370,14 @@ def _audit(
             f"{schema_rejected} of {records_total} records failed validation "
             f"({ratio:.1%} > policy {policy.max_quarantined_ratio:.1%})"
         )
+    too_long = quarantine.reasons.get("tokens > max length", 0)
+    well_formed = records_valid + too_long  # records_valid leaves the too-long ones out
+    if too_long and too_long / well_formed > policy.max_too_long_ratio:
+        reasons.append(
+            f"{too_long} of {well_formed} records ({too_long / well_formed:.1%}) are longer than the max length "
+            f"of {max_length} tokens: training would truncate their answers (they are quarantined). Raise the "
+            f"max length, shorten them, or raise the policy's max_too_long_ratio ({policy.max_too_long_ratio:.0%})"
+        )
     if n_train == 0:
         reasons.append("no valid training records")
     reasons += pf.get("problems", [])

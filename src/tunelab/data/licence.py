@@ -19,6 +19,9 @@ class DataPolicy(BaseModel):
     unknown_licence: Literal["warn", "fail"] = "warn"
     fail_on_contamination: bool = True
     max_quarantined_ratio: float = Field(0.05, ge=0, le=1)
+    # records longer than the max length are quarantined (never trained truncated); when more than this
+    # share of them is, the answers the user meant to teach would be lost: the gate says no
+    max_too_long_ratio: float = Field(0.05, ge=0, le=1)
 
 
 @dataclass
