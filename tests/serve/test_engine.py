@@ -19,6 +19,13 @@ def _alone(model, prompt: list[int], n: int) -> list[int]:  # type: ignore[no-un
     return gen[0]
 
 
+def _until(cond, seconds: float = 60) -> None:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.001)
+
+
 @pytest.mark.parametrize("kind", ["lean", "hf"])
 def test_joining_mid_batch_and_cancelling_change_no_ones_tokens(tiny_model_dir: Path, kind: str) -> None:
     from tunelab.models.loading import load_model
@@ -45,12 +52,10 @@ def test_joining_mid_batch_and_cancelling_change_no_ones_tokens(tiny_model_dir: 
 
         reqs = [GenRequest(prompt=p, max_tokens=12, on_token=cb(i)) for i, p in enumerate(prompts)]
         eng.submit(reqs[0])
-        while len(out[0]) < 3:  # the others join a batch that is already decoding
-            time.sleep(0.001)
+        _until(lambda: len(out[0]) >= 3 or bool(ends))  # the others join a batch that is already decoding
         eng.submit(reqs[1])
         eng.submit(reqs[2])
-        while len(out[2]) < 2:
-            time.sleep(0.001)
+        _until(lambda: len(out[2]) >= 2 or 2 in ends)
         reqs[2].cancelled.set()  # a client that goes away frees its slot
         eng.submit(reqs[3])
         assert done.wait(60)
@@ -174,6 +179,37 @@ def test_lean_decoder_equals_transformers_and_peft_with_mixed_adapters(tiny_mode
         lean.keep([0, 2])  # the long one leaves: the columns that are padding in every row left are cut
         assert lean.t < len(seqs[2][0]) - 100
         steps([1, 3], 300, 1)
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_scripted_layer_loop_equals_the_python_one(tiny_model_dir: Path, quantize: str | None) -> None:
+    """Calls without adapters run the layer loop as TorchScript: the same logits and cache as the Python loop
+    (prefill with padding, steps, a row leaving), and in fp32 the same logits as transformers."""
+    import torch
+
+    from tunelab.models.loading import load_model
+    from tunelab.serve.lean import LeanModel
+
+    model = load_model(tiny_model_dir).eval()
+    runs = {}
+    for scripted in (True, False):
+        lean = LeanModel(model, max_rows=3, quantize=quantize)
+        lean.scripted = scripted
+        out = []
+        with torch.inference_mode():
+            out.append(lean.add([list(range(5, 30)), [7, 8, 9]], [None, None]))
+            for t in range(3):
+                out.append(lean.step([40 + t, 50 + t], [None, None]))
+            lean.keep([1])
+            out.append(lean.step([60], [None]))
+        runs[scripted] = (out, [k.clone() for k in lean.k])
+    for a, b in zip(runs[True][0], runs[False][0], strict=True):
+        assert torch.equal(a, b)
+    assert all(torch.equal(a, b) for a, b in zip(runs[True][1], runs[False][1], strict=True))
+    if quantize is None:
+        with torch.inference_mode():
+            ref = model(input_ids=torch.tensor([[7, 8, 9, 50, 51, 52, 60]])).logits[0, -1]
+        torch.testing.assert_close(runs[True][0][-1][0], ref, atol=1e-4, rtol=1e-4)
 
 
 def test_int8_weights_stay_close_to_fp32(tiny_model_dir: Path) -> None:

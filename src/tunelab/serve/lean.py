@@ -82,11 +82,36 @@ class Linear:
 
 
 class LoRA:
-    """One adapter's weights, per (layer, module): (A^T [in, r], scale * B^T [r, out])."""
+    """One adapter's weights, per (layer, module): (A^T [in, r], scale * B^T [r, out]); and per fused module of
+    the lean decoder (`fuse`), its modules' A^T side by side and their B^T block-diagonal (None: untouched)."""
 
     def __init__(self, name: str, weights: dict[tuple[int, str], tuple[Any, Any]]) -> None:
         self.name = name
         self.weights = weights
+        self.la: list[Any] = []
+        self.lb: list[Any] = []
+
+    def fuse(self, n_layers: int, groups: list[tuple[tuple[str, ...], tuple[int, ...]]]) -> None:
+        """groups: per fused module, its modules and their output widths, in the decoder's order."""
+        import torch
+
+        self.la, self.lb = [], []
+        for layer in range(n_layers):
+            for mods, widths in groups:
+                present = [(self.weights[(layer, m)], sum(widths[:k])) for k, m in enumerate(mods)
+                           if (layer, m) in self.weights]  # fmt: skip
+                if not present:
+                    self.la.append(None)
+                    self.lb.append(None)
+                    continue
+                a = torch.cat([ab[0] for ab, _ in present], dim=1)
+                b = torch.zeros((a.shape[1], sum(widths)))
+                r0 = 0
+                for (ai, bi), off in present:
+                    b[r0 : r0 + ai.shape[1], off : off + bi.shape[1]] = bi
+                    r0 += ai.shape[1]
+                self.la.append(a)
+                self.lb.append(b)
 
 
 def adapter_supported(path: Path) -> str | None:
@@ -193,6 +218,25 @@ class LeanModel:
             )
         self.head = Linear(model.lm_head.weight, getattr(model.lm_head, "bias", None), quantize)
         self.scale = self.head_dim**-0.5
+        self.scripted = True  # the layer loop runs as TorchScript (`lean_script`); False: as Python
+        mods = [L[m] for L in self.layers for m in ("qkv", "o", "gu", "down")]  # the order `layers` indexes
+        int8 = quantize == "int8"
+        self._script_args: dict[str, Any] = {
+            "ln1": [L["ln1"] for L in self.layers],
+            "ln2": [L["ln2"] for L in self.layers],
+            "eps1": [L["eps1"] for L in self.layers],
+            "eps2": [L["eps2"] for L in self.layers],
+            "inter": [L["inter"] for L in self.layers],
+            "w": [] if int8 else [m.w for m in mods],
+            "b": [] if int8 else [m.b for m in mods],
+            "p": [m.packed for m in mods] if int8 else [],
+            "int8": int8,
+            "reduce_range": bool(mods[0].reduce_range) if int8 else False,
+            "hq": self.n_heads,
+            "hk": self.n_kv,
+            "d": self.head_dim,
+            "scale": float(self.scale),
+        }
         self.adapters: dict[str, LoRA] = {}
         self.max_rows = max_rows
         self.rows = 0  # rows in use: 0 .. rows-1
@@ -229,7 +273,12 @@ class LeanModel:
     # --- adapters -----------------------------------------------------------------------------------------
 
     def load_adapter(self, path: Path, name: str) -> None:
-        self.adapters[name] = load_lora(path, name, self.n_layers)
+        lora = load_lora(path, name, self.n_layers)
+        q, kv, inter = self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.layers[0]["inter"]
+        fused = [(("q_proj", "k_proj", "v_proj"), (q, kv, kv)), (("o_proj",), (self.hidden,)),
+                 (("gate_proj", "up_proj"), (inter, inter)), (("down_proj",), (self.hidden,))]  # fmt: skip
+        lora.fuse(self.n_layers, fused)
+        self.adapters[name] = lora
 
     def delete_adapter(self, name: str) -> None:
         self.adapters.pop(name, None)
@@ -347,51 +396,22 @@ class LeanModel:
         import torch
         import torch.nn.functional as F
 
-        b, s = ids.shape
-        hq, hk, d, hid = self.n_heads, self.n_kv, self.head_dim, (self.hidden,)
+        from tunelab.serve.lean_script import layers, scripted_layers
+
         x = F.embedding(ids, self.embed)
         cos, sin = self.rotary(x, pos)
-        half = d // 2
+        half = self.head_dim // 2
         # rotate_half(t) * sin == roll(t, half) * sin with the first half of sin negated: one op fewer
         cos, sin = cos[:, :, None], torch.cat((-sin[..., :half], sin[..., half:]), -1)[:, :, None]
-        groups = self._groups(adapters)
-        end = start + s
         # an additive float mask: SDPA would otherwise convert the boolean one in every layer
         mask = torch.zeros(mask.shape).masked_fill_(~mask, float("-inf"))
-        for i, L in enumerate(self.layers):
-            h = _rms(x, L["ln1"], L["eps1"])
-            qkv = L["qkv"](h)
-            if groups:
-                qkv = qkv + self._lora(i, ("q_proj", "k_proj", "v_proj"), h, groups, (hq * d, hk * d, hk * d))
-            qkv = qkv.view(b, s, hq + 2 * hk, d)
-            qk = qkv[:, :, : hq + hk]
-            qk = torch.addcmul(qk * cos, qk.roll(half, -1), sin)  # rotary on queries and keys together
-            kc, vc = self.k[i].narrow(0, r0, b), self.v[i].narrow(0, r0, b)
-            kc.narrow(2, start, s).copy_(qk[:, :, hq:].transpose(1, 2))
-            vc.narrow(2, start, s).copy_(qkv[:, :, hq + hk :].transpose(1, 2))
-            a = F.scaled_dot_product_attention(
-                qk[:, :, :hq].transpose(1, 2),
-                kc.narrow(2, 0, end),
-                vc.narrow(2, 0, end),
-                attn_mask=mask,
-                scale=self.scale,
-                enable_gqa=hq != hk,
-            )
-            a = a.transpose(1, 2).reshape(b, s, hq * d)
-            o = L["o"](a)
-            if groups:
-                o = o + self._lora(i, ("o_proj",), a, groups, hid)
-            x = x + o
-            h = _rms(x, L["ln2"], L["eps2"])
-            gu = L["gu"](h)
-            if groups:
-                gu = gu + self._lora(i, ("gate_proj", "up_proj"), h, groups, (L["inter"], L["inter"]))
-            g, u = gu.split((L["inter"], L["inter"]), dim=-1)
-            m = F.silu(g) * u
-            dn = L["down"](m)
-            if groups:
-                dn = dn + self._lora(i, ("down_proj",), m, groups, hid)
-            x = x + dn
+        groups = self._groups(adapters)
+        rows = [r if r is not None else torch.zeros(0, dtype=torch.long) for _, r in groups]
+        fn = scripted_layers() if self.scripted else layers
+        la = [a for g, _ in groups for a in g.la]
+        lb = [b for g, _ in groups for b in g.lb]
+        every = [r is None for _, r in groups]
+        x = fn(x, cos, sin, mask, self.k, self.v, r0, start, rows, every, la, lb, **self._script_args)
         x = _rms(x[:, -1], self.norm_w, self.norm_eps)
         return self.head(x)
 
@@ -407,24 +427,4 @@ class LeanModel:
                 raise KeyError(f"adapter {name!r} is not loaded")
             rows = [i for i, a in enumerate(adapters) if a == name]
             out.append((lora, None if len(rows) == len(adapters) else torch.tensor(rows)))
-        return out
-
-    def _lora(
-        self, layer: int, mods: tuple[str, ...], x: Any, groups: list[tuple[LoRA, Any]], widths: tuple[int, ...]
-    ) -> Any:
-        """The sum of every adapter's low-rank update for these (fused) modules, zero where a row has none."""
-        import torch
-
-        out = torch.zeros((*x.shape[:-1], sum(widths)))
-        for lora, rows in groups:
-            xs = x if rows is None else x[rows]
-            parts = []
-            for mod, width in zip(mods, widths, strict=True):
-                ab = lora.weights.get((layer, mod))
-                parts.append(xs.new_zeros((*xs.shape[:-1], width)) if ab is None else (xs @ ab[0]) @ ab[1])
-            delta = parts[0] if len(parts) == 1 else torch.cat(parts, -1)
-            if rows is None:
-                out += delta
-            else:
-                out[rows] += delta
         return out
