@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.bench.guard_set import labelled
+from tunelab.evaluate.metrics import percentile
 from tunelab.fsutil import atomic_write_json
 from tunelab.serve.guards import GuardConfig, check_input, injection_score
 
@@ -30,8 +31,7 @@ def tpr_at_fpr(scores: list[tuple[float, bool]], max_fpr: float = 0.05) -> dict[
 
 
 def _stats(ms: list[float]) -> dict[str, float]:
-    ms = sorted(ms)
-    return {"mean": statistics.fmean(ms), "p50": ms[len(ms) // 2], "p99": ms[int(len(ms) * 0.99) - 1], "max": ms[-1]}
+    return {"mean": statistics.fmean(ms), "p50": percentile(ms, 50), "p99": percentile(ms, 99), "max": max(ms)}
 
 
 def wild_jailbreaks() -> list[str]:

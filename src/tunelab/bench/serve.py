@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from typing import Any
 
 from fastapi import Request
 
+from tunelab.evaluate.metrics import percentile
 from tunelab.fsutil import atomic_write_json
 
 TARGETS = {"throughput_ratio_min": 8.0, "single_stream_ratio_min": 2.0}
@@ -159,16 +159,15 @@ def _load(url: str, key: str, model: str, clients: int, per_client: int, stream:
         lat.append(dt)
         ttft.append(ft)
         tokens += n
-    q = statistics.quantiles
     return {
         "requests": len(results),
         "completion_tokens": tokens,
         "wall_s": wall,
         "output_tokens_per_s": tokens / wall,
-        "latency_p50_s": statistics.median(lat),
-        "latency_p95_s": q(lat, n=20)[-1] if len(lat) > 1 else lat[0],
-        "ttft_p50_s": statistics.median(ttft),
-        "ttft_p95_s": q(ttft, n=20)[-1] if len(ttft) > 1 else ttft[0],
+        "latency_p50_s": percentile(lat, 50),
+        "latency_p95_s": percentile(lat, 95),
+        "ttft_p50_s": percentile(ttft, 50),
+        "ttft_p95_s": percentile(ttft, 95),
     }
 
 

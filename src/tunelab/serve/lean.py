@@ -38,13 +38,6 @@ def _vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
-def _rms(x: Any, w: Any, eps: float) -> Any:
-    """RMSNorm in fp32 as transformers computes it (here cheaper than the fused `F.rms_norm` on a CPU)."""
-    import torch
-
-    return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
-
-
 class Linear:
     """y = x W^T + b, either fp32 in the decode layout or int8 per-channel weights (fbgemm, dynamic activations)."""
 
@@ -396,7 +389,7 @@ class LeanModel:
         import torch
         import torch.nn.functional as F
 
-        from tunelab.serve.lean_script import layers, scripted_layers
+        from tunelab.serve.lean_script import layers, rms, scripted_layers
 
         x = F.embedding(ids, self.embed)
         cos, sin = self.rotary(x, pos)
@@ -412,7 +405,7 @@ class LeanModel:
         lb = [b for g, _ in groups for b in g.lb]
         every = [r is None for _, r in groups]
         x = fn(x, cos, sin, mask, self.k, self.v, r0, start, rows, every, la, lb, **self._script_args)
-        x = _rms(x[:, -1], self.norm_w, self.norm_eps)
+        x = rms(x[:, -1], self.norm_w, self.norm_eps)
         return self.head(x)
 
     def _groups(self, adapters: list[str | None]) -> list[tuple[LoRA, Any]]:

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _rms(x: Tensor, w: Tensor, eps: float) -> Tensor:
+def rms(x: Tensor, w: Tensor, eps: float) -> Tensor:
+    """RMSNorm in fp32 as transformers computes it (here cheaper than the fused `F.rms_norm` on a CPU)."""
     return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
 
 
@@ -99,7 +100,7 @@ def layers(
     end = start + s
     stride = 4 * len(ln1)
     for i in range(len(ln1)):
-        h = _rms(x, ln1[i], eps1[i])
+        h = rms(x, ln1[i], eps1[i])
         qkv = _lora(_linear(h, 4 * i, w, b, p, int8, reduce_range), h, 4 * i, stride, rows, every_row, la, lb)
         qkv = qkv.view(n, s, hq + 2 * hk, d)
         qk = qkv[:, :, : hq + hk]
@@ -117,7 +118,7 @@ def layers(
         )
         a = a.transpose(1, 2).reshape(n, s, hq * d)
         x = x + _lora(_linear(a, 4 * i + 1, w, b, p, int8, reduce_range), a, 4 * i + 1, stride, rows, every_row, la, lb)
-        h = _rms(x, ln2[i], eps2[i])
+        h = rms(x, ln2[i], eps2[i])
         gu = _lora(_linear(h, 4 * i + 2, w, b, p, int8, reduce_range), h, 4 * i + 2, stride, rows, every_row, la, lb)
         g, u = gu.split((inter[i], inter[i]), dim=-1)
         m = F.silu(g) * u
