@@ -365,7 +365,7 @@ class LeanModel:
         mask = keys[:, None, :] & causal[None]
         mask |= (torch.arange(self.t)[None] == torch.arange(w)[:, None] + start)[None]  # padding queries see
         # themselves, so no row of the attention is empty (an empty row gives NaN)
-        logits = self._forward(ids, pos, mask[:, None], r0, r1, start, adapters)
+        logits = self._forward(ids, pos, mask[:, None], r0, start, adapters)
         self.pos[r0:r1] = real.sum(-1)
         self.rows = r1
         return logits
@@ -380,12 +380,12 @@ class LeanModel:
         ids = torch.tensor(tokens, dtype=torch.long).view(r, 1)
         pos = self.pos[:r].view(r, 1).clone()
         mask = self.valid[:r, None, None, : t + 1]
-        logits = self._forward(ids, pos, mask, 0, r, t, adapters)
+        logits = self._forward(ids, pos, mask, 0, t, adapters)
         self.t = t + 1
         self.pos[:r] += 1
         return logits
 
-    def _forward(self, ids: Any, pos: Any, mask: Any, r0: int, r1: int, start: int, adapters: list[str | None]) -> Any:
+    def _forward(self, ids: Any, pos: Any, mask: Any, r0: int, start: int, adapters: list[str | None]) -> Any:
         import torch
         import torch.nn.functional as F
 
