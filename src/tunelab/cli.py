@@ -599,14 +599,31 @@ def bench_train(
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps on each side.")] = 24,
     eval_items: Annotated[int, typer.Option(min=10, help="Held-out articles both adapters are scored on.")] = 100,
     quick: Annotated[bool, typer.Option(help="4 steps, 20 eval items: checks it runs, not the figures.")] = False,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where the hardware has it) | fp32 | bf16, the same on both sides.")
+    ] = "auto",
+    default_peer: Annotated[
+        bool, typer.Option(help="With bf16, also time Trainer with its defaults (fp32), as a new user runs it.")
+    ] = True,
     json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """tunelab's engine vs HF Trainer + peft, same data/steps/batch: tokens/s, step time, peak RSS, MFU, accuracy."""
+    """tunelab's engine vs HF Trainer + peft, same data/steps/batch/precision: tokens/s, RSS, MFU, accuracy."""
     import json
 
     from tunelab.bench.train import bench_train as run_bench
+    from tunelab.errors import ConfigError
 
-    r = run_bench(out, steps=steps, eval_items=eval_items, quick=quick, log=(lambda m: None) if json_ else print)
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError("must be auto, fp32 or bf16", field="--precision")
+    r = run_bench(
+        out,
+        steps=steps,
+        eval_items=eval_items,
+        quick=quick,
+        precision=precision,
+        default_peer=default_peer,
+        log=(lambda m: None) if json_ else print,
+    )
     if json_:
         print(json.dumps(r, indent=2))
         return
@@ -616,8 +633,16 @@ def bench_train(
         f"speed x{r['speed_ratio']:.2f} (target >= 2.0); peak RSS {t['peak_rss_gb']:.2f} vs {h['peak_rss_gb']:.2f} GB: "
         f"memory x{r['memory_ratio']:.2f} (target <= 0.35); MFU {r['mfu']:.2f} vs {r['hf_mfu']:.2f} (target >= 0.60); "
         f"accuracy {q['tunelab_accuracy']:.3f} vs {q['hf_accuracy']:.3f} (paired p = {q['p_value']:.2g}); "
-        f"met: {', '.join(k for k, v in r['met'].items() if v) or 'none'}"
+        f"met: {', '.join(k for k, v in r['met'].items() if v) or 'none'} [{r['setup']['precision']} on both sides]"
     )
+    if "hf_trainer_default" in r:
+        d = r["hf_trainer_default"]
+        print(
+            f"Trainer with its defaults (fp32): {d['tokens_per_s']:.0f} real tokens/s, "
+            f"peak RSS {d['peak_rss_gb']:.2f} GB -> speed x{r['speed_ratio_vs_default']:.2f}, "
+            f"memory x{r['memory_ratio_vs_default']:.2f}; "
+            f"MFU against the fp32 peak {r['mfu_vs_fp32_peak']:.2f}"
+        )
     print(f"details: {out / 'bench-train.json'}")
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -36,8 +37,10 @@ def train_lora(model, tok, records, cfg, rep, **kw):  # type: ignore[no-untyped-
     return train(model, _examples(tok, records), cfg, rep, pad_id=int(tok.pad_token_id), **kw)
 
 
-def _cfg(steps: int) -> RunConfig:
+def _cfg(steps: int, precision: str = "fp32") -> RunConfig:
+    """fp32 unless asked: these tests compare arithmetic that is the same in exact fp32, whatever the machine."""
     cfg = RunConfig()
+    cfg.train.precision = precision  # type: ignore[assignment]
     cfg.train.max_steps = steps
     cfg.batch.size = 4
     cfg.optimizer.lr = 1e-2
@@ -60,6 +63,25 @@ def test_lora_learns_a_tiny_dataset_and_only_adapters_change(tiny_model_dir: Pat
     for k, v in frozen.items():
         key = k.replace(".weight", ".base_layer.weight") if k.replace(".weight", ".base_layer.weight") in base_sd else k
         assert torch.equal(base_sd[key], v), k  # base weights untouched
+
+
+def test_bf16_trains_like_fp32_and_leaves_the_frozen_model_as_it_was(tiny_model_dir: Path) -> None:
+    tok = load_tokenizer(tiny_model_dir)
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        model = load_model(tiny_model_dir)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        runs[precision] = res = train_lora(model, tok, _records(), _cfg(12, precision), Reporter(quiet=True))
+        after = res.model.get_base_model().state_dict()
+        for k, v in before.items():  # the frozen weights come back in fp32, bit for bit
+            got = after.get(k.replace(".weight", ".base_layer.weight"), after.get(k))
+            assert got is not None and got.dtype == torch.float32 and torch.equal(got, v), k
+        assert all(p.dtype == torch.float32 for p in res.model.parameters() if p.requires_grad)
+    assert runs["bf16"].precision == "bf16 autocast, frozen weights in bf16"
+    lf = [r["loss"] for r in runs["fp32"].curve]
+    lb = [r["loss"] for r in runs["bf16"].curve]
+    assert lb[-1] < 0.5 * lb[0]
+    assert lb == pytest.approx(lf, rel=0.05)  # bf16 rounds (3 significant digits); the curve stays the same
 
 
 def test_training_is_reproducible(tiny_model_dir: Path) -> None:
@@ -111,8 +133,8 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def _resume_cfg() -> RunConfig:
-    cfg = _cfg(7)
+def _resume_cfg(precision: str = "fp32") -> RunConfig:
+    cfg = _cfg(7, precision)
     cfg.batch.size = 3  # epochs do not align with steps: the data position matters
     cfg.schedule.kind = "cosine"
     cfg.schedule.warmup_steps = 2
@@ -121,10 +143,10 @@ def _resume_cfg() -> RunConfig:
     return cfg
 
 
-def _crash_and_resume(model_dir: Path, tmp_path: Path, damage: bool):  # type: ignore[no-untyped-def]
+def _crash_and_resume(model_dir: Path, tmp_path: Path, damage: bool, precision: str = "fp32"):  # type: ignore[no-untyped-def]
     """An uninterrupted run, and a run stopped after step 5 (checkpoints at 2 and 4) then resumed."""
     tok = load_tokenizer(model_dir)
-    cfg = _resume_cfg()
+    cfg = _resume_cfg(precision)
     full = train_lora(load_model(model_dir), tok, None, cfg, Reporter(quiet=True), run_dir=tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):
         train_lora(load_model(model_dir), tok, None, cfg, _Crash(at=5), run_dir=tmp_path / "b")
@@ -138,10 +160,11 @@ def _crash_and_resume(model_dir: Path, tmp_path: Path, damage: bool):  # type: i
     return full, resumed
 
 
-def test_resume_after_a_crash_equals_an_uninterrupted_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tiny_model_dir: Path, tmp_path: Path, precision: str) -> None:
     from tunelab.train.engine import trainable_state
 
-    full, resumed = _crash_and_resume(tiny_model_dir, tmp_path, damage=False)
+    full, resumed = _crash_and_resume(tiny_model_dir, tmp_path, damage=False, precision=precision)
     assert resumed.resumed_from == 4
     assert _max_diff(trainable_state(full.model), trainable_state(resumed.model)) <= 1e-6
     assert [r["loss"] for r in resumed.curve] == [r["loss"] for r in full.curve]
@@ -185,6 +208,32 @@ def test_packed_examples_do_not_see_each_other(tiny_model_dir: Path) -> None:
                 got = out.last_hidden_state[0, p.cu_seqlens[1] :]
                 assert torch.allclose(got, alone, atol=1e-5)
     assert model.config._attn_implementation != "tunelab_varlen"  # restored for generation
+
+
+def test_rounded_packing_changes_the_shapes_and_nothing_else(tiny_model_dir: Path) -> None:
+    from tunelab.config import MethodSection
+    from tunelab.train.attention import packed_attention
+    from tunelab.train.engine import _batch, _inner, _step_module, wrap
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = wrap(load_model(tiny_model_dir), MethodSection())
+    step = _step_module(model, packing=True)
+    got = []
+    for round_to in [(1, 1), (8, 32)]:
+        batch, real = _batch(_examples(tok), True, int(tok.pad_token_id), torch.device("cpu"), round_to)
+        model.zero_grad()
+        with packed_attention(_inner(model)):
+            loss = step(batch)
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        got.append((batch, real, float(loss.detach()), grads))
+    (b1, r1, l1, g1), (b2, r2, l2, g2) = got
+    assert b2["input_ids"].shape[1] % 32 == 0 and b2["input_ids"].shape[1] > b1["input_ids"].shape[1]
+    assert all((e - s) % 8 == 0 for s, e in itertools.pairwise(b2["cu_seqlens"].tolist()[:-1]))
+    assert r1 == r2 == sum(len(e.input_ids) for e in _examples(tok))  # real tokens, not the padding
+    assert l2 == pytest.approx(l1, rel=1e-6)
+    for k in g1:
+        assert float((g1[k] - g2[k]).abs().max()) <= 1e-5 * float(g1[k].abs().max()), k  # sums in another order
 
 
 def test_packed_padded_and_micro_batched_training_agree(tiny_model_dir: Path) -> None:

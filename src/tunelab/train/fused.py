@@ -40,7 +40,9 @@ def _forward(m: Any, name: str, peft_forward: Callable[..., Any]) -> Callable[..
     lora_a, lora_b, scaling, base = m.lora_A[name], m.lora_B[name], m.scaling[name], m.base_layer
 
     def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if args or kwargs or m.disable_adapters or m.merged or x.dtype != lora_a.weight.dtype:
+        # Under autocast the matmuls take autocast's dtype whatever x's (frozen weights may be held in bf16).
+        mixed = x.dtype != lora_a.weight.dtype and not torch.is_autocast_enabled(x.device.type)
+        if args or kwargs or m.disable_adapters or m.merged or mixed:
             out: torch.Tensor = peft_forward(x, *args, **kwargs)
             return out
         result = F.linear(x, base.weight, base.bias)

@@ -25,40 +25,57 @@ class Packed:
     input_ids: torch.Tensor  # [1, T]
     position_ids: torch.Tensor  # [1, T], restarting at 0 for each example
     targets: torch.Tensor  # [1, T]: the next token where it is trained, IGNORE elsewhere
-    cu_seqlens: list[int]  # example boundaries: [0, len0, len0+len1, ...]
-
-    @property
-    def tokens(self) -> int:
-        return self.cu_seqlens[-1]
-
-    @property
-    def n_trained(self) -> int:
-        return int((self.targets != IGNORE).sum())
+    cu_seqlens: list[int]  # segment boundaries: [0, len0, len0+len1, ...] (a filler segment last, if any)
+    seq_ids: torch.Tensor  # [1, T]: the example each position belongs to (the filler: one past the last)
+    tokens: int  # real tokens: the examples' own, without rounding
 
 
-def shifted_targets(e: Encoded) -> list[int]:
-    return [*e.labels[1:], IGNORE]
+def pack(examples: list[Encoded], round_to: int = 1, row_round_to: int = 1, pad_id: int = 0) -> Packed:
+    """One row: `examples` back to back, each in its own attention span.
 
-
-def pack(examples: list[Encoded]) -> Packed:
+    With `round_to` > 1 each example's span is padded at its end to a multiple of it, and with `row_round_to`
+    the row is completed by a filler span to a multiple of that. Padding sits after the example's last
+    token, so under causal attention no real token sees it, and it carries no loss: the results are those
+    of the unpadded row. What it buys is few distinct shapes: oneDNN (bf16 matmuls, CPU flash attention)
+    builds and caches a kernel for every new shape, and with the ragged lengths of real data that cost ~15%
+    of a bf16 step and grew memory by ~0.1 GB a step (measured on SmolLM2-135M).
+    """
     import torch
 
     ids: list[int] = []
     pos: list[int] = []
     tgt: list[int] = []
+    seq: list[int] = []
     cu = [0]
-    for e in examples:
-        n = len(e.input_ids)
-        ids.extend(e.input_ids)
-        pos.extend(range(n))
-        tgt.extend(shifted_targets(e))
-        cu.append(cu[-1] + n)
+
+    def span(token_ids: list[int], targets: list[int], sid: int, round_up: int) -> None:
+        n = len(token_ids)
+        pad = -n % round_up
+        ids.extend(token_ids)
+        ids.extend([pad_id] * pad)
+        pos.extend(range(n + pad))
+        tgt.extend(targets)
+        tgt.extend([IGNORE] * pad)
+        seq.extend([sid] * (n + pad))
+        cu.append(cu[-1] + n + pad)
+
+    for i, e in enumerate(examples):
+        span(e.input_ids, shifted_targets(e), i, round_to)
+    filler = -cu[-1] % row_round_to
+    if filler:
+        span([pad_id] * filler, [IGNORE] * filler, len(examples), 1)
     return Packed(
         input_ids=torch.tensor([ids], dtype=torch.long),
         position_ids=torch.tensor([pos], dtype=torch.long),
         targets=torch.tensor([tgt], dtype=torch.long),
         cu_seqlens=cu,
+        seq_ids=torch.tensor([seq], dtype=torch.long),
+        tokens=sum(len(e.input_ids) for e in examples),
     )
+
+
+def shifted_targets(e: Encoded) -> list[int]:
+    return [*e.labels[1:], IGNORE]
 
 
 def micro_batches(units: list[T], max_tokens: int, size: Callable[[T], int] | None = None) -> list[list[T]]:
