@@ -72,7 +72,8 @@ class TrainSection(_Section):
     max_steps: int = Field(48, ge=1)
     seed: int = 0
     threads: int | None = None  # None: the cores available to this process
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the hardware has it
+    # auto: bf16 where the hardware has it (CUDA, AVX512-BF16/AMX CPUs); LoRA then holds the frozen weights in bf16
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     fused_lora: bool = True  # LoRA layers as one addmm in training (same math as peft's forward)
     compile: bool = False  # torch.compile the decoder layers: faster steps, less memory, after a one-off compile
