@@ -299,10 +299,14 @@ def _pairs(tok):  # type: ignore[no-untyped-def]
     return out
 
 
-@pytest.mark.parametrize("kind", ["lora", "full"])
-def test_dpo_starts_at_log_2_and_learns_to_prefer_the_chosen_answers(tiny_model_dir: Path, kind: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "precision"), [("lora", "fp32"), ("full", "fp32"), ("lora", "bf16"), ("full", "bf16")]
+)
+def test_dpo_starts_at_log_2_and_learns_to_prefer_the_chosen_answers(
+    tiny_model_dir: Path, kind: str, precision: str
+) -> None:
     tok = load_tokenizer(tiny_model_dir)
-    cfg = _cfg(12)
+    cfg = _cfg(12, precision)
     cfg.method.objective = "dpo"
     cfg.method.kind = kind
     cfg.method.beta = 0.5

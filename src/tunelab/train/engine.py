@@ -482,8 +482,8 @@ def train(
         with ExitStack() as stack:
             if frozen16:
                 stack.enter_context(frozen_in_bf16(model))
-            if use_bf16 and reference is not None:  # full DPO's reference copy is frozen throughout
-                stack.enter_context(frozen_in_bf16(reference))
+            # (full DPO's frozen reference stays as the policy is, fp32 under autocast: held in bf16 its
+            # log-probabilities would differ from the starting policy's, and DPO's margins would not start at 0)
             if cfg.train.fused_lora:
                 stack.enter_context(fused_lora(model))
             if packing:
