@@ -33,7 +33,8 @@ def varlen_attention(
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """query [1, H, T, D], key/value [1, Hkv, T, D] → output [1, T, H, D] (the transformers convention)."""
+    """query [1, H, T, D], key/value [1, Hkv, T, D] → output [1, T, H, D] (the transformers convention).
+    Positions past the last boundary (filler) get a zero output."""
     import torch
     import torch.nn.functional as F
 
@@ -56,6 +57,8 @@ def varlen_attention(
         )
         for s, e in itertools.pairwise(cu)
     ]
+    if cu[-1] < query.shape[2]:  # filler after the last span (`pack`'s row rounding): no attention, zeros
+        outs.append(query.new_zeros((*query.shape[:2], query.shape[2] - cu[-1], value.shape[-1])))
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
     return out.transpose(1, 2).contiguous(), None
 

@@ -25,7 +25,7 @@ class Packed:
     input_ids: torch.Tensor  # [1, T]
     position_ids: torch.Tensor  # [1, T], restarting at 0 for each example
     targets: torch.Tensor  # [1, T]: the next token where it is trained, IGNORE elsewhere
-    cu_seqlens: list[int]  # segment boundaries: [0, len0, len0+len1, ...] (a filler segment last, if any)
+    cu_seqlens: list[int]  # span boundaries: [0, len0, len0+len1, ...]; positions past the last are filler
     seq_ids: torch.Tensor  # [1, T]: the example each position belongs to (the filler: one past the last)
     tokens: int  # real tokens: the examples' own, without rounding
 
@@ -34,11 +34,12 @@ def pack(examples: list[Encoded], round_to: int = 1, row_round_to: int = 1, pad_
     """One row: `examples` back to back, each in its own attention span.
 
     With `round_to` > 1 each example's span is padded at its end to a multiple of it, and with `row_round_to`
-    the row is completed by a filler span to a multiple of that. Padding sits after the example's last
-    token, so under causal attention no real token sees it, and it carries no loss: the results are those
-    of the unpadded row. What it buys is few distinct shapes: oneDNN (bf16 matmuls, CPU flash attention)
-    builds and caches a kernel for every new shape, and with the ragged lengths of real data that cost ~15%
-    of a bf16 step and grew memory by ~0.1 GB a step (measured on SmolLM2-135M).
+    the row is completed to a multiple of that by filler tokens after the last span, which attention skips
+    (its output there is zero). Padding sits after the example's last token, so under causal attention no
+    real token sees it, and it carries no loss: the results are those of the unpadded row. What it buys is
+    few distinct shapes: oneDNN (bf16 matmuls, CPU flash attention) builds and caches a kernel for every
+    new shape, and with the ragged lengths of real data that cost ~15% of a bf16 step and grew memory by
+    ~0.1 GB a step (measured on SmolLM2-135M).
     """
     import torch
 
@@ -48,7 +49,7 @@ def pack(examples: list[Encoded], round_to: int = 1, row_round_to: int = 1, pad_
     seq: list[int] = []
     cu = [0]
 
-    def span(token_ids: list[int], targets: list[int], sid: int, round_up: int) -> None:
+    def span(token_ids: list[int], targets: list[int], sid: int, round_up: int) -> int:
         n = len(token_ids)
         pad = -n % round_up
         ids.extend(token_ids)
@@ -57,12 +58,12 @@ def pack(examples: list[Encoded], round_to: int = 1, row_round_to: int = 1, pad_
         tgt.extend(targets)
         tgt.extend([IGNORE] * pad)
         seq.extend([sid] * (n + pad))
-        cu.append(cu[-1] + n + pad)
+        return n + pad
 
     for i, e in enumerate(examples):
-        span(e.input_ids, shifted_targets(e), i, round_to)
+        cu.append(cu[-1] + span(e.input_ids, shifted_targets(e), i, round_to))
     filler = -cu[-1] % row_round_to
-    if filler:
+    if filler:  # not a span: attention does not run on it
         span([pad_id] * filler, [IGNORE] * filler, len(examples), 1)
     return Packed(
         input_ids=torch.tensor([ids], dtype=torch.long),
