@@ -225,7 +225,7 @@ def bench_train(
     from tunelab.models.chat import encode_chat
     from tunelab.models.loading import load_model, load_tokenizer, resolve_model
     from tunelab.progress import Reporter
-    from tunelab.train.engine import StepPlan, bf16_available, default_threads
+    from tunelab.train.engine import StepPlan, default_threads, uses_bf16
 
     if quick:
         steps, eval_items = min(steps, 4), min(eval_items, 20)
@@ -248,7 +248,7 @@ def bench_train(
     ex_path = out / "examples.jsonl"
     ex_path.write_text("".join(json.dumps({"input_ids": e.input_ids, "labels": e.labels}) + "\n" for e in ordered))
     lens = [len(e.input_ids) for e in ordered]
-    bf16 = precision == "bf16" or (precision == "auto" and bf16_available(torch.device("cpu")))
+    bf16 = uses_bf16(precision, torch.device("cpu"))
     spec = {
         "model_path": str(resolved.path),
         "examples": str(ex_path),

@@ -148,6 +148,11 @@ def frozen_in_bf16(model: Any) -> Iterator[int]:
             p.data = data
 
 
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """Whether `train.precision` (auto | fp32 | bf16) means bf16 on this device."""
+    return precision == "bf16" or (precision == "auto" and bf16_available(device))
+
+
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
@@ -381,7 +386,7 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, steps, cfg.schedule.warmup_steps, cfg.schedule.kind)
     )
-    use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and bf16_available(device))
+    use_bf16 = uses_bf16(cfg.train.precision, device)
     frozen16 = use_bf16 and cfg.method.kind == "lora"  # full fine-tuning keeps fp32 master weights
     round_to = (ROUND_SPAN, ROUND_ROW) if use_bf16 and device.type == "cpu" else (1, 1)  # few shapes for oneDNN
     result = TrainResult(
