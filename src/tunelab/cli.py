@@ -297,7 +297,11 @@ def serve(
         str | None, typer.Option(help="auto (default): the lean decoder where it knows the model; lean; hf.")
     ] = None,
     quantize: Annotated[
-        str | None, typer.Option(help="none (default) or int8: int8 weights, faster, close to but not equal to fp32.")
+        str | None,
+        typer.Option(
+            help="Weights of the lean decoder: auto (default: bf16 where the CPU has bf16 matrix units, else fp32), "
+            "none (fp32), bf16 or int8 (faster, close to but not equal to fp32; see docs/serving.md)."
+        ),
     ] = None,
 ) -> None:
     """An OpenAI-compatible API with continuous batching, API keys, limits and a usage ledger."""
@@ -723,23 +727,28 @@ def bench_serve(
         print(json.dumps(r, indent=2))
         return
     p = r["plain"]
-    for name, suffix in (("tunelab", ""), ("tunelab_int8", "_int8")):
-        t = r[name]
+    print(f"default weights on this machine: {r['setup']['default_weights']}")
+    for weights, ratio in r["ratios"].items():
+        t = r[ratio["side"]]
         print(
-            f"{name}: under load {t['concurrent']['output_tokens_per_s']:.1f} vs plain "
-            f"{p['concurrent']['output_tokens_per_s']:.1f} tokens/s: x{r['throughput_ratio' + suffix]:.2f} "
-            "(target >= 8); "
+            f"{ratio['side']} ({weights}): under load {t['concurrent']['output_tokens_per_s']:.1f} vs plain "
+            f"{p['concurrent']['output_tokens_per_s']:.1f} tokens/s: x{ratio['throughput']:.2f} (target >= 8); "
             f"alone {t['single']['output_tokens_per_s']:.1f} vs {p['single']['output_tokens_per_s']:.1f}: "
-            f"x{r['single_stream_ratio' + suffix]:.2f} (target >= 2); p50/p95 latency "
+            f"x{ratio['single_stream']:.2f} (target >= 2); p50/p95 latency "
             f"{t['concurrent']['latency_p50_s']:.1f}/{t['concurrent']['latency_p95_s']:.1f} s vs "
             f"{p['concurrent']['latency_p50_s']:.1f}/{p['concurrent']['latency_p95_s']:.1f} s; TTFT p50 "
             f"{t['concurrent']['ttft_p50_s']:.2f} vs {p['concurrent']['ttft_p50_s']:.2f} s"
         )
-    q = r["int8_quality"]
-    print(
-        f"int8 vs fp32 on {q['prompts']} prompts: {q['identical_completions']:.0%} identical greedy completions, "
-        f"teacher-forced top-1 agreement {q['teacher_forced_top1_agreement']:.3f}"
-    )
+    if "plain_bf16" in r:
+        print(
+            f"plain generate in bf16, alone: {r['plain_bf16']['single']['output_tokens_per_s']:.1f} tokens/s "
+            f"(tunelab x{r['single_stream_ratio_vs_plain_bf16']:.2f})"
+        )
+    for weights, q in r["quality"].items():
+        print(
+            f"{weights} vs fp32 on {q['prompts']} prompts: {q['identical_completions']:.0%} identical greedy "
+            f"completions, teacher-forced top-1 agreement {q['teacher_forced_top1_agreement']:.3f}"
+        )
     print(f"details: {out / 'bench-serve.json'}")
 
 

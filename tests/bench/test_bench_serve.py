@@ -1,25 +1,41 @@
-"""`tunelab bench serve --quick` drives both real servers through the openai client and writes its JSON."""
+"""`tunelab bench serve --quick` drives the real servers through the openai client and writes its JSON."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from tests.bench import run_bench
+from tunelab.hardware import cpu_bf16
 
 
 def test_bench_serve_quick_on_a_tiny_model(tiny_model_dir: Path, tmp_path: Path) -> None:
     r = run_bench("serve", tmp_path, "--model", str(tiny_model_dir), "--quick")
-    for side in ("tunelab", "tunelab_int8", "plain"):
+    default = "bf16" if cpu_bf16() else "fp32"  # `quantize: auto` on this machine
+    assert r["setup"]["default_weights"] == default
+    sides = {"tunelab": default, "tunelab_int8": "int8", "plain": "fp32"}
+    if default == "bf16":
+        sides |= {"tunelab_fp32": "fp32", "plain_bf16": "bf16"}
+    assert {k for k in r if k.startswith(("tunelab", "plain"))} == set(sides)
+    for side, weights in sides.items():
+        assert r[side]["weights"] == weights
+        assert r[side]["single"]["requests"] == 2
         load = r[side]["concurrent"]
+        if side == "plain_bf16":
+            assert load is None  # one request at a time either way: timed alone only
+            continue
         assert load["requests"] == 8 and load["completion_tokens"] > 0
         assert load["output_tokens_per_s"] == load["completion_tokens"] / load["wall_s"]
-        assert r[side]["single"]["requests"] == 2
-    assert r["throughput_ratio"] == (
-        r["tunelab"]["concurrent"]["output_tokens_per_s"] / r["plain"]["concurrent"]["output_tokens_per_s"]
-    )
-    assert r["throughput_ratio_int8"] == (
-        r["tunelab_int8"]["concurrent"]["output_tokens_per_s"] / r["plain"]["concurrent"]["output_tokens_per_s"]
-    )
-    q = r["int8_quality"]
-    assert q["prompts"] == 8 and 0 < q["teacher_forced_top1_agreement"] <= 1
-    assert 0 <= q["identical_completions"] <= 1
+    plain = r["plain"]
+    assert set(r["ratios"]) == {default, "fp32", "int8"}
+    for weights, ratio in r["ratios"].items():
+        t = r[ratio["side"]]
+        assert t["weights"] == weights
+        assert ratio["throughput"] == (
+            t["concurrent"]["output_tokens_per_s"] / plain["concurrent"]["output_tokens_per_s"]
+        )
+        assert ratio["single_stream"] == t["single"]["output_tokens_per_s"] / plain["single"]["output_tokens_per_s"]
+    assert r["throughput_ratio"] == r["ratios"][default]["throughput"]
+    assert set(r["quality"]) == set(r["ratios"]) - {"fp32"}
+    for q in r["quality"].values():
+        assert q["prompts"] == 8 and 0 < q["teacher_forced_top1_agreement"] <= 1
+        assert 0 <= q["identical_completions"] <= 1

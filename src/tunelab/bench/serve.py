@@ -7,10 +7,13 @@ at a time on one worker thread, no streaming (its time to first token is its who
 `generate` from a pool of threads instead, as `asyncio.to_thread` does, made it a third slower here: each new
 thread brings its own OpenMP team. The baseline does not get that handicap.)
 
-tunelab runs twice: as served by default (fp32 weights, the lean decoder) and with `--quantize int8`. The
-int8 side's quality is measured beside its speed: greedy continuations of the same prompts from the fp32
-and int8 decoders, the share of identical completions, and the teacher-forced top-1 agreement (fp32's
-tokens fed to the int8 model: how often its own first choice is the same). Reported: aggregate output
+tunelab runs as served by default (`quantize: auto`: bf16 weights where the CPU multiplies bf16 in hardware,
+else fp32), and with each other weight format worth serving on this machine: fp32 (`--quantize none`) where
+the default is bf16, and int8. The quality of every format that is not fp32 is measured beside its speed:
+greedy continuations of the same prompts from the fp32 decoder and from that format, the share of identical
+completions, and the teacher-forced top-1 agreement (fp32's tokens fed to both: how often the format's own
+first choice is the same). Where the default is bf16, plain `generate` with the model in bf16 is timed alone
+too (`plain_bf16`; it was slower than fp32 here, so plain fp32 stays the baseline). Reported: aggregate output
 tokens/s, p50/p95 request latency and time to first token, and the ratios of each tunelab side to plain.
 """
 
@@ -43,7 +46,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def plain_app(model_path: str) -> Any:
+def plain_app(model_path: str, dtype: str = "float32") -> Any:
     """The baseline: one request at a time through `model.generate`, no batching, no streaming."""
     import torch
     from fastapi import FastAPI
@@ -51,7 +54,7 @@ def plain_app(model_path: str) -> Any:
     from tunelab.models.loading import load_model, load_tokenizer
 
     tok: Any = load_tokenizer(Path(model_path))
-    model: Any = load_model(Path(model_path))
+    model: Any = load_model(Path(model_path), dtype)
     worker = ThreadPoolExecutor(1)  # one request at a time, always on the same thread
     app = FastAPI()
 
@@ -200,58 +203,90 @@ def bench_serve(
             "decoding": "greedy",
         },
     }
+    from tunelab.serve.server import lean_weights
+
+    default = lean_weights("auto") or "fp32"  # what `tunelab serve` picks on this machine for a lean model
+    result["setup"]["default_weights"] = default
     serve = [sys.executable, "-m", "tunelab", "serve", "--model", str(resolved.path), "--port", "{port}"]
-    sides = {
-        "tunelab": serve,
-        "tunelab_int8": [*serve, "--quantize", "int8"],
-        "plain": [
-            sys.executable,
-            "-c",
-            "import sys, uvicorn; from tunelab.bench.serve import plain_app; "
-            "uvicorn.run(plain_app(sys.argv[1]), host='127.0.0.1', port=int(sys.argv[2]), log_level='warning')",
-            str(resolved.path),
-            "{port}",
-        ],
-    }
-    for name, cmd in sides.items():
+    plain = [
+        sys.executable,
+        "-c",
+        "import sys, uvicorn; from tunelab.bench.serve import plain_app; "
+        "uvicorn.run(plain_app(sys.argv[1], sys.argv[3]), host='127.0.0.1', port=int(sys.argv[2]), "
+        "log_level='warning')",
+        str(resolved.path),
+        "{port}",
+    ]
+    # side: (command, weights, timed under load too)
+    sides: dict[str, tuple[list[str], str, bool]] = {"tunelab": (serve, default, True)}
+    if default != "fp32":
+        sides["tunelab_fp32"] = ([*serve, "--quantize", "none"], "fp32", True)
+    sides["tunelab_int8"] = ([*serve, "--quantize", "int8"], "int8", True)
+    sides["plain"] = ([*plain, "float32"], "fp32", True)
+    if default == "bf16":  # one request at a time either way: alone is enough to see its speed
+        sides["plain_bf16"] = ([*plain, "bfloat16"], "bf16", False)
+    for name, (cmd, weights, loaded_too) in sides.items():
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
         proc = _start([c.replace("{port}", str(port)) for c in cmd], env, url, out / f"{name}.log")
+        stream = not name.startswith("plain")
         try:
+            # one request first, not timed: the first one of a fresh process pays for pages touched the first time
+            # and lazy set-up (measured: 41.7 tokens/s alone on a cold bf16 server, 50.5 once warm)
+            _load(url, key, resolved.name, 1, 1, stream=stream)
             log(f"{name}: one client alone, {single} requests")
-            alone = _load(url, key, resolved.name, 1, single, stream=name != "plain")
-            log(f"{name}: {clients} clients x {per_client} requests")
-            loaded = _load(url, key, resolved.name, clients, per_client, stream=name != "plain")
+            alone = _load(url, key, resolved.name, 1, single, stream=stream)
+            loaded = None
+            if loaded_too:
+                log(f"{name}: {clients} clients x {per_client} requests")
+                loaded = _load(url, key, resolved.name, clients, per_client, stream=stream)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-        result[name] = {"single": alone, "concurrent": loaded}
+        result[name] = {"weights": weights, "single": alone, "concurrent": loaded}
         log(
-            f"{name}: {loaded['output_tokens_per_s']:.1f} tokens/s under load, {alone['output_tokens_per_s']:.1f} alone"
+            f"{name} ({weights}): "
+            + (f"{loaded['output_tokens_per_s']:.1f} tokens/s under load, " if loaded else "")
+            + f"{alone['output_tokens_per_s']:.1f} alone"
         )
     p = result["plain"]
-    for name, suffix in (("tunelab", ""), ("tunelab_int8", "_int8")):
+    result["ratios"] = {}
+    for name, (_, weights, _) in sides.items():
+        if name.startswith("plain"):
+            continue
         t = result[name]
-        result["throughput_ratio" + suffix] = (
-            t["concurrent"]["output_tokens_per_s"] / p["concurrent"]["output_tokens_per_s"]
+        result["ratios"][weights] = {
+            "side": name,
+            "throughput": t["concurrent"]["output_tokens_per_s"] / p["concurrent"]["output_tokens_per_s"],
+            "single_stream": t["single"]["output_tokens_per_s"] / p["single"]["output_tokens_per_s"],
+        }
+    result["throughput_ratio"] = result["ratios"][default]["throughput"]  # the default against the baseline
+    result["single_stream_ratio"] = result["ratios"][default]["single_stream"]
+    if "plain_bf16" in result:
+        result["single_stream_ratio_vs_plain_bf16"] = (
+            result["tunelab"]["single"]["output_tokens_per_s"] / result["plain_bf16"]["single"]["output_tokens_per_s"]
         )
-        result["single_stream_ratio" + suffix] = t["single"]["output_tokens_per_s"] / p["single"]["output_tokens_per_s"]
-    log("int8 vs fp32: greedy agreement on the bench prompts")
-    result["int8_quality"] = int8_agreement(resolved.path, n_prompts=min(len(TOPICS), clients * per_client))
+    n_prompts = min(len(TOPICS), clients * per_client)
+    result["quality"] = {}
+    for weights in result["ratios"]:
+        if weights != "fp32":
+            log(f"{weights} vs fp32: greedy agreement on the bench prompts")
+            result["quality"][weights] = agreement(resolved.path, weights, n_prompts=n_prompts)
     result["targets"] = TARGETS
     result["met"] = {
-        "throughput": result["throughput_ratio"] >= TARGETS["throughput_ratio_min"],
-        "single_stream": result["single_stream_ratio"] >= TARGETS["single_stream_ratio_min"],
-        "throughput_int8": result["throughput_ratio_int8"] >= TARGETS["throughput_ratio_min"],
-        "single_stream_int8": result["single_stream_ratio_int8"] >= TARGETS["single_stream_ratio_min"],
+        w: {
+            "throughput": r["throughput"] >= TARGETS["throughput_ratio_min"],
+            "single_stream": r["single_stream"] >= TARGETS["single_stream_ratio_min"],
+        }
+        for w, r in result["ratios"].items()
     }
     atomic_write_json(out / "bench-serve.json", result)
     return result
 
 
-def int8_agreement(model_path: Path, *, n_prompts: int = 16, max_tokens: int = 64) -> dict[str, Any]:
-    """Greedy continuations of the bench prompts from the lean decoder in fp32 and in int8: the share of
-    identical completions and the teacher-forced top-1 agreement (fp32's tokens fed to both)."""
+def agreement(model_path: Path, quantize: str = "int8", *, n_prompts: int = 16, max_tokens: int = 64) -> dict[str, Any]:
+    """Greedy continuations of the bench prompts from the lean decoder in fp32 and with `quantize` weights:
+    the share of identical completions and the teacher-forced top-1 agreement (fp32's tokens fed to both)."""
     import torch
 
     from tunelab.evaluate.generation import eos_ids
@@ -272,7 +307,7 @@ def int8_agreement(model_path: Path, *, n_prompts: int = 16, max_tokens: int = 6
     def cut(seq: list[int]) -> list[int]:  # up to and with the first end-of-turn token
         return next((seq[: i + 1] for i, t in enumerate(seq) if t in eos), seq)
 
-    fp, q8 = LeanModel(model, max_rows=8), LeanModel(model, max_rows=8, quantize="int8")
+    fp, q8 = LeanModel(model, max_rows=8), LeanModel(model, max_rows=8, quantize=quantize)
     same_completions, agree, total = 0, 0, 0
     with torch.inference_mode():
         for at in range(0, len(prompts), 8):

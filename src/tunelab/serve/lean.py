@@ -13,7 +13,9 @@ This module runs the same mathematics with the model's own weights and nothing e
 - optional int8 weights (`quantize="int8"`): per-channel int8 weights with dynamically quantised
   activations through PyTorch's fbgemm kernels. Decoding reads every weight once per step, so a quarter of
   the bytes is most of the speed; the answers are close to, not equal to, fp32 (measured in
-  `tunelab bench serve`, documented in docs/serving.md).
+  `tunelab bench serve`, documented in docs/serving.md);
+- optional bf16 weights (`quantize="bf16"`): half the bytes, oneDNN's bf16 products (AMX or AVX512-BF16
+  where the CPU has them; elsewhere oneDNN emulates them, correct but slow), everything else in fp32.
 
 `LeanModel.supports(model)` says whether a model (and `adapter_supported` whether an adapter) can run here;
 the engine falls back to the transformers forward otherwise.
@@ -27,27 +29,25 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from tunelab.hardware import cpu_vnni
+
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 
 
-def _vnni() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
-
-
 class Linear:
-    """y = x W^T + b, either fp32 in the decode layout or int8 per-channel weights (fbgemm, dynamic activations)."""
+    """y = x W^T + b: fp32 weights in the decode layout, int8 per-channel weights (fbgemm, dynamic
+    activations), or bf16 weights pre-packed for oneDNN (`bf16`: inputs rounded to bf16 for the product,
+    fp32 accumulation, the result back in fp32; the rest of the decoder stays fp32)."""
 
-    def __init__(self, weight: Any, bias: Any, quantize: str | None) -> None:
+    def __init__(self, weight: Any, bias: Any, quantize: str | None, rows: int = 8) -> None:
         import torch
 
         self.out_features = int(weight.shape[0])
         self.int8 = quantize == "int8"
+        self.bf16 = quantize == "bf16"
         w = weight.detach().float()
         b = None if bias is None else bias.detach().float().contiguous()
+        self.b = b
         if self.int8:
             scale = (w.abs().amax(1) / 127).clamp(min=1e-12).double()
             zero = torch.zeros(w.shape[0], dtype=torch.long)
@@ -56,10 +56,13 @@ class Linear:
                 qw = torch.quantize_per_channel(w.contiguous(), scale, zero, 0, torch.qint8)
             self.packed = torch.ops.quantized.linear_prepack(qw, b)
             # without VNNI the 8-bit x 8-bit products can saturate a 16-bit sum: use 7-bit activations there
-            self.reduce_range = not _vnni()
+            self.reduce_range = not cpu_vnni()
+        elif self.bf16:
+            # oneDNN's blocked layout for this batch size: F.linear on a plain bf16 weight reorders it at every
+            # call (measured: all of a step's products 22 ms plain, 14.5 ms packed, 21-49 ms in fp32)
+            self.w = torch.ops.mkldnn._reorder_linear_weight(w.to(torch.bfloat16).contiguous(), rows)
         else:
             self.w = w.t().contiguous().t()
-            self.b = b
 
     def __call__(self, x: Any) -> Any:
         import torch
@@ -71,6 +74,9 @@ class Linear:
                 x.reshape(-1, shape[-1]).contiguous(), self.packed, self.reduce_range
             )
             return y.view(*shape[:-1], self.out_features)
+        if self.bf16:
+            y = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.w, None, "none", [], "").float()
+            return y if self.b is None else y + self.b
         return F.linear(x, self.w, self.b)
 
 
@@ -200,16 +206,19 @@ class LeanModel:
                     "eps1": float(layer.input_layernorm.variance_epsilon),
                     "ln2": layer.post_attention_layernorm.weight.detach(),
                     "eps2": float(layer.post_attention_layernorm.variance_epsilon),
-                    "qkv": Linear(torch.cat([p.weight for p in qkv]), cat_bias(*qkv), quantize),
-                    "o": Linear(a.o_proj.weight, a.o_proj.bias, quantize),
+                    "qkv": Linear(torch.cat([p.weight for p in qkv]), cat_bias(*qkv), quantize, max_rows),
+                    "o": Linear(a.o_proj.weight, a.o_proj.bias, quantize, max_rows),
                     "gu": Linear(
-                        torch.cat([m.gate_proj.weight, m.up_proj.weight]), cat_bias(m.gate_proj, m.up_proj), quantize
+                        torch.cat([m.gate_proj.weight, m.up_proj.weight]),
+                        cat_bias(m.gate_proj, m.up_proj),
+                        quantize,
+                        max_rows,
                     ),
-                    "down": Linear(m.down_proj.weight, m.down_proj.bias, quantize),
+                    "down": Linear(m.down_proj.weight, m.down_proj.bias, quantize, max_rows),
                     "inter": int(m.gate_proj.out_features),
                 }
             )
-        self.head = Linear(model.lm_head.weight, getattr(model.lm_head, "bias", None), quantize)
+        self.head = Linear(model.lm_head.weight, getattr(model.lm_head, "bias", None), quantize, max_rows)
         self.scale = self.head_dim**-0.5
         self.scripted = True  # the layer loop runs as TorchScript (`lean_script`); False: as Python
         mods = [L[m] for L in self.layers for m in ("qkv", "o", "gu", "down")]  # the order `layers` indexes
@@ -224,6 +233,7 @@ class LeanModel:
             "b": [] if int8 else [m.b for m in mods],
             "p": [m.packed for m in mods] if int8 else [],
             "int8": int8,
+            "bf16": quantize == "bf16",
             "reduce_range": bool(mods[0].reduce_range) if int8 else False,
             "hq": self.n_heads,
             "hk": self.n_kv,

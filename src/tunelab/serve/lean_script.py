@@ -31,7 +31,12 @@ def _linear(
     p: list[torch.classes.quantized.LinearPackedParamsBase],  # type: ignore[name-defined]
     int8: bool,
     reduce_range: bool,
+    bf16: bool,
 ) -> Tensor:
+    if bf16:  # w[j]: oneDNN-packed bf16; the bias (fp32) is added after the product comes back in fp32
+        y = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), w[j], None, "none", [], "").float()
+        bj = b[j]
+        return y if bj is None else y + bj
     if int8:
         shape = x.shape
         y = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]).contiguous(), p[j], reduce_range)
@@ -84,6 +89,7 @@ def layers(
     p: list[torch.classes.quantized.LinearPackedParamsBase],  # type: ignore[name-defined]
     int8: bool,
     reduce_range: bool,
+    bf16: bool,
     hq: int,
     hk: int,
     d: int,
@@ -101,7 +107,7 @@ def layers(
     stride = 4 * len(ln1)
     for i in range(len(ln1)):
         h = rms(x, ln1[i], eps1[i])
-        qkv = _lora(_linear(h, 4 * i, w, b, p, int8, reduce_range), h, 4 * i, stride, rows, every_row, la, lb)
+        qkv = _lora(_linear(h, 4 * i, w, b, p, int8, reduce_range, bf16), h, 4 * i, stride, rows, every_row, la, lb)
         qkv = qkv.view(n, s, hq + 2 * hk, d)
         qk = qkv[:, :, : hq + hk]
         qk = torch.addcmul(qk * cos, qk.roll(half, -1), sin)  # rotate_half(t) * sin == roll(t) * (-sin, sin)
@@ -117,12 +123,18 @@ def layers(
             enable_gqa=hq != hk,
         )
         a = a.transpose(1, 2).reshape(n, s, hq * d)
-        x = x + _lora(_linear(a, 4 * i + 1, w, b, p, int8, reduce_range), a, 4 * i + 1, stride, rows, every_row, la, lb)
+        x = x + _lora(
+            _linear(a, 4 * i + 1, w, b, p, int8, reduce_range, bf16), a, 4 * i + 1, stride, rows, every_row, la, lb
+        )
         h = rms(x, ln2[i], eps2[i])
-        gu = _lora(_linear(h, 4 * i + 2, w, b, p, int8, reduce_range), h, 4 * i + 2, stride, rows, every_row, la, lb)
+        gu = _lora(
+            _linear(h, 4 * i + 2, w, b, p, int8, reduce_range, bf16), h, 4 * i + 2, stride, rows, every_row, la, lb
+        )
         g, u = gu.split((inter[i], inter[i]), dim=-1)
         m = F.silu(g) * u
-        x = x + _lora(_linear(m, 4 * i + 3, w, b, p, int8, reduce_range), m, 4 * i + 3, stride, rows, every_row, la, lb)
+        x = x + _lora(
+            _linear(m, 4 * i + 3, w, b, p, int8, reduce_range, bf16), m, 4 * i + 3, stride, rows, every_row, la, lb
+        )
     return x
 
 

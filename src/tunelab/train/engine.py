@@ -118,11 +118,9 @@ def bf16_available(device: torch.device) -> bool:
 
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    from tunelab.hardware import cpu_bf16
+
+    return cpu_bf16()
 
 
 @contextmanager
