@@ -299,8 +299,9 @@ def serve(
     quantize: Annotated[
         str | None,
         typer.Option(
-            help="Weights of the lean decoder: auto (default: bf16 where the CPU has bf16 matrix units, else fp32), "
-            "none (fp32), bf16 or int8 (faster, close to but not equal to fp32; see docs/serving.md)."
+            help="Weights of the lean decoder: auto (default: bf16 where the CPU has bf16 matrix units, else fp16 on "
+            "x86, else fp32), none (fp32), fp16, bf16 or int8 (faster, close to but not equal to fp32; see "
+            "docs/serving.md)."
         ),
     ] = None,
 ) -> None:

@@ -26,3 +26,10 @@ def cpu_bf16() -> bool:
 def cpu_vnni() -> bool:
     """8-bit dot products that sum into 32 bits (AVX512-VNNI or AVX-VNNI)."""
     return bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
+
+
+def fbgemm() -> bool:
+    """PyTorch's fbgemm kernels (x86): packed int8 and fp16 weights for small-batch products."""
+    import torch
+
+    return "fbgemm" in torch.backends.quantized.supported_engines

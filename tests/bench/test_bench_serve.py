@@ -5,16 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.bench import run_bench
-from tunelab.hardware import cpu_bf16
+from tunelab.hardware import cpu_bf16, fbgemm
 
 
 def test_bench_serve_quick_on_a_tiny_model(tiny_model_dir: Path, tmp_path: Path) -> None:
     r = run_bench("serve", tmp_path, "--model", str(tiny_model_dir), "--quick")
-    default = "bf16" if cpu_bf16() else "fp32"  # `quantize: auto` on this machine
+    default = "bf16" if cpu_bf16() else "fp16" if fbgemm() else "fp32"  # `quantize: auto` on this machine
     assert r["setup"]["default_weights"] == default
     sides = {"tunelab": default, "tunelab_int8": "int8", "plain": "fp32"}
+    if default != "fp32":
+        sides["tunelab_fp32"] = "fp32"
+    if default != "fp16" and fbgemm():
+        sides["tunelab_fp16"] = "fp16"
     if default == "bf16":
-        sides |= {"tunelab_fp32": "fp32", "plain_bf16": "bf16"}
+        sides["plain_bf16"] = "bf16"
     assert {k for k in r if k.startswith(("tunelab", "plain"))} == set(sides)
     for side, weights in sides.items():
         assert r[side]["weights"] == weights
@@ -26,7 +30,7 @@ def test_bench_serve_quick_on_a_tiny_model(tiny_model_dir: Path, tmp_path: Path)
         assert load["requests"] == 8 and load["completion_tokens"] > 0
         assert load["output_tokens_per_s"] == load["completion_tokens"] / load["wall_s"]
     plain = r["plain"]
-    assert set(r["ratios"]) == {default, "fp32", "int8"}
+    assert set(r["ratios"]) == {w for s, w in sides.items() if s.startswith("tunelab")}
     for weights, ratio in r["ratios"].items():
         t = r[ratio["side"]]
         assert t["weights"] == weights

@@ -181,7 +181,7 @@ def test_lean_decoder_equals_transformers_and_peft_with_mixed_adapters(tiny_mode
         steps([1, 3], 300, 1)
 
 
-@pytest.mark.parametrize("quantize", [None, "int8", "bf16"])
+@pytest.mark.parametrize("quantize", [None, "int8", "bf16", "fp16"])
 def test_scripted_layer_loop_equals_the_python_one(tiny_model_dir: Path, quantize: str | None) -> None:
     """Calls without adapters run the layer loop as TorchScript: the same logits and cache as the Python loop
     (prefill with padding, steps, a row leaving), and in fp32 the same logits as transformers."""
@@ -212,7 +212,7 @@ def test_scripted_layer_loop_equals_the_python_one(tiny_model_dir: Path, quantiz
         torch.testing.assert_close(runs[True][0][-1][0], ref, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize(("quantize", "bound"), [("int8", 0.2), ("bf16", 0.08)])
+@pytest.mark.parametrize(("quantize", "bound"), [("int8", 0.2), ("bf16", 0.08), ("fp16", 0.01)])
 def test_quantized_weights_stay_close_to_fp32(
     tiny_model_dir: Path, tmp_path: Path, quantize: str, bound: float
 ) -> None:
@@ -271,7 +271,7 @@ def test_runner_choice(tiny_model_dir: Path, tmp_path: Path) -> None:
     ("engine", "quantize", "has_bf16", "expect"),
     [
         ("auto", "auto", True, "bf16"),  # the default on a CPU with bf16 matrix units
-        ("auto", "auto", False, None),  # fp32 elsewhere
+        ("auto", "auto", False, "fp16"),  # fp16 elsewhere (fbgemm, x86)
         ("hf", "auto", True, "hf"),  # the transformers forward keeps the model's own weights
         ("auto", "none", True, None),
         ("auto", "int8", False, "int8"),
@@ -291,9 +291,11 @@ def test_serve_config_chooses_the_weights(
     from tunelab.serve.server import Host, ServeConfig
 
     monkeypatch.setattr(tunelab.hardware, "cpu_bf16", lambda: has_bf16)
+    if expect == "fp16" and not tunelab.hardware.fbgemm():
+        expect = None  # no fbgemm (not x86): fp32
     runner = Host._runner(load_model(tiny_model_dir), ServeConfig(engine=engine, quantize=quantize))  # type: ignore[arg-type]
     if expect == "hf":
         assert isinstance(runner, HFRunner)
         return
     head = runner.head
-    assert (head.bf16, head.int8) == (expect == "bf16", expect == "int8")
+    assert (head.bf16, head.fp16, head.int8) == (expect == "bf16", expect == "fp16", expect == "int8")

@@ -8,13 +8,14 @@ at a time on one worker thread, no streaming (its time to first token is its who
 thread brings its own OpenMP team. The baseline does not get that handicap.)
 
 tunelab runs as served by default (`quantize: auto`: bf16 weights where the CPU multiplies bf16 in hardware,
-else fp32), and with each other weight format worth serving on this machine: fp32 (`--quantize none`) where
-the default is bf16, and int8. The quality of every format that is not fp32 is measured beside its speed:
+else fp16 on x86, else fp32), and with each other weight format worth serving on this machine: fp32
+(`--quantize none`), fp16, int8. The quality of every format that is not fp32 is measured beside its speed:
 greedy continuations of the same prompts from the fp32 decoder and from that format, the share of identical
 completions, and the teacher-forced top-1 agreement (fp32's tokens fed to both: how often the format's own
 first choice is the same). Where the default is bf16, plain `generate` with the model in bf16 is timed alone
 too (`plain_bf16`; it was slower than fp32 here, so plain fp32 stays the baseline). Reported: aggregate output
 tokens/s, p50/p95 request latency and time to first token, and the ratios of each tunelab side to plain.
+Every server gets one untimed request first.
 """
 
 from __future__ import annotations
@@ -203,6 +204,7 @@ def bench_serve(
             "decoding": "greedy",
         },
     }
+    from tunelab.hardware import fbgemm
     from tunelab.serve.server import lean_weights
 
     default = lean_weights("auto") or "fp32"  # what `tunelab serve` picks on this machine for a lean model
@@ -221,6 +223,8 @@ def bench_serve(
     sides: dict[str, tuple[list[str], str, bool]] = {"tunelab": (serve, default, True)}
     if default != "fp32":
         sides["tunelab_fp32"] = ([*serve, "--quantize", "none"], "fp32", True)
+    if default != "fp16" and fbgemm():
+        sides["tunelab_fp16"] = ([*serve, "--quantize", "fp16"], "fp16", True)
     sides["tunelab_int8"] = ([*serve, "--quantize", "int8"], "int8", True)
     sides["plain"] = ([*plain, "float32"], "fp32", True)
     if default == "bf16":  # one request at a time either way: alone is enough to see its speed

@@ -15,7 +15,9 @@ This module runs the same mathematics with the model's own weights and nothing e
   the bytes is most of the speed; the answers are close to, not equal to, fp32 (measured in
   `tunelab bench serve`, documented in docs/serving.md);
 - optional bf16 weights (`quantize="bf16"`): half the bytes, oneDNN's bf16 products (AMX or AVX512-BF16
-  where the CPU has them; elsewhere oneDNN emulates them, correct but slow), everything else in fp32.
+  where the CPU has them; elsewhere oneDNN emulates them, correct but slow), everything else in fp32;
+- optional fp16 weights (`quantize="fp16"`): half the bytes, fbgemm's fp16 GEMM (weights widened to fp32 in
+  the kernel, activations and sums fp32): the closest to fp32 of the three.
 
 `LeanModel.supports(model)` says whether a model (and `adapter_supported` whether an adapter) can run here;
 the engine falls back to the transformers forward otherwise.
@@ -36,8 +38,8 @@ SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 
 class Linear:
     """y = x W^T + b: fp32 weights in the decode layout, int8 per-channel weights (fbgemm, dynamic
-    activations), or bf16 weights pre-packed for oneDNN (`bf16`: inputs rounded to bf16 for the product,
-    fp32 accumulation, the result back in fp32; the rest of the decoder stays fp32)."""
+    activations), fp16 weights (fbgemm, fp32 activations), or bf16 weights pre-packed for oneDNN (inputs
+    rounded to bf16 for the product, fp32 sums, the result back in fp32). The rest of the decoder stays fp32."""
 
     def __init__(self, weight: Any, bias: Any, quantize: str | None, rows: int = 8) -> None:
         import torch
@@ -45,6 +47,7 @@ class Linear:
         self.out_features = int(weight.shape[0])
         self.int8 = quantize == "int8"
         self.bf16 = quantize == "bf16"
+        self.fp16 = quantize == "fp16"
         w = weight.detach().float()
         b = None if bias is None else bias.detach().float().contiguous()
         self.b = b
@@ -57,6 +60,9 @@ class Linear:
             self.packed = torch.ops.quantized.linear_prepack(qw, b)
             # without VNNI the 8-bit x 8-bit products can saturate a 16-bit sum: use 7-bit activations there
             self.reduce_range = not cpu_vnni()
+        elif self.fp16:  # fbgemm's fp16 GEMM: fp16 weights widened to fp32 in the kernel, fp32 activations
+            self.packed = torch.ops.quantized.linear_prepack_fp16(w.contiguous(), b)
+            self.reduce_range = False
         elif self.bf16:
             # oneDNN's blocked layout for this batch size: F.linear on a plain bf16 weight reorders it at every
             # call (measured: all of a step's products 22 ms plain, 14.5 ms packed, 21-49 ms in fp32)
@@ -68,11 +74,13 @@ class Linear:
         import torch
         import torch.nn.functional as F
 
-        if self.int8:
+        if self.int8 or self.fp16:
             shape = x.shape
-            y = torch.ops.quantized.linear_dynamic(
-                x.reshape(-1, shape[-1]).contiguous(), self.packed, self.reduce_range
-            )
+            flat = x.reshape(-1, shape[-1]).contiguous()
+            if self.fp16:
+                y = torch.ops.quantized.linear_dynamic_fp16(flat, self.packed)
+            else:
+                y = torch.ops.quantized.linear_dynamic(flat, self.packed, self.reduce_range)
             return y.view(*shape[:-1], self.out_features)
         if self.bf16:
             y = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.w, None, "none", [], "").float()
@@ -222,19 +230,18 @@ class LeanModel:
         self.scale = self.head_dim**-0.5
         self.scripted = True  # the layer loop runs as TorchScript (`lean_script`); False: as Python
         mods = [L[m] for L in self.layers for m in ("qkv", "o", "gu", "down")]  # the order `layers` indexes
-        int8 = quantize == "int8"
+        packed = quantize in ("int8", "fp16")  # fbgemm's packed parameters, not tensors
         self._script_args: dict[str, Any] = {
             "ln1": [L["ln1"] for L in self.layers],
             "ln2": [L["ln2"] for L in self.layers],
             "eps1": [L["eps1"] for L in self.layers],
             "eps2": [L["eps2"] for L in self.layers],
             "inter": [L["inter"] for L in self.layers],
-            "w": [] if int8 else [m.w for m in mods],
-            "b": [] if int8 else [m.b for m in mods],
-            "p": [m.packed for m in mods] if int8 else [],
-            "int8": int8,
-            "bf16": quantize == "bf16",
-            "reduce_range": bool(mods[0].reduce_range) if int8 else False,
+            "w": [] if packed else [m.w for m in mods],
+            "b": [] if packed else [m.b for m in mods],
+            "p": [m.packed for m in mods] if packed else [],
+            "fmt": quantize or "fp32",
+            "reduce_range": bool(mods[0].reduce_range) if packed else False,
             "hq": self.n_heads,
             "hk": self.n_kv,
             "d": self.head_dim,

@@ -29,17 +29,21 @@ def _linear(
     w: list[Tensor],
     b: list[Tensor | None],
     p: list[torch.classes.quantized.LinearPackedParamsBase],  # type: ignore[name-defined]
-    int8: bool,
+    fmt: str,
     reduce_range: bool,
-    bf16: bool,
 ) -> Tensor:
-    if bf16:  # w[j]: oneDNN-packed bf16; the bias (fp32) is added after the product comes back in fp32
+    """Linear j in weight format `fmt` (fp32 | bf16 | fp16 | int8; see `lean.Linear`)."""
+    if fmt == "bf16":  # w[j]: oneDNN-packed bf16; the bias (fp32) is added after the product comes back in fp32
         y = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), w[j], None, "none", [], "").float()
         bj = b[j]
         return y if bj is None else y + bj
-    if int8:
+    if fmt == "int8" or fmt == "fp16":  # p[j]: fbgemm's packed int8 or fp16 weights (and the bias)
         shape = x.shape
-        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]).contiguous(), p[j], reduce_range)
+        flat = x.reshape(-1, shape[-1]).contiguous()
+        if fmt == "fp16":
+            y = torch.ops.quantized.linear_dynamic_fp16(flat, p[j])
+        else:
+            y = torch.ops.quantized.linear_dynamic(flat, p[j], reduce_range)
         return y.view(list(shape[:-1]) + [y.shape[-1]])  # noqa: RUF005 (TorchScript has no starred lists)
     return F.linear(x, w[j], b[j])
 
@@ -87,9 +91,8 @@ def layers(
     w: list[Tensor],
     b: list[Tensor | None],
     p: list[torch.classes.quantized.LinearPackedParamsBase],  # type: ignore[name-defined]
-    int8: bool,
+    fmt: str,
     reduce_range: bool,
-    bf16: bool,
     hq: int,
     hk: int,
     d: int,
@@ -107,7 +110,7 @@ def layers(
     stride = 4 * len(ln1)
     for i in range(len(ln1)):
         h = rms(x, ln1[i], eps1[i])
-        qkv = _lora(_linear(h, 4 * i, w, b, p, int8, reduce_range, bf16), h, 4 * i, stride, rows, every_row, la, lb)
+        qkv = _lora(_linear(h, 4 * i, w, b, p, fmt, reduce_range), h, 4 * i, stride, rows, every_row, la, lb)
         qkv = qkv.view(n, s, hq + 2 * hk, d)
         qk = qkv[:, :, : hq + hk]
         qk = torch.addcmul(qk * cos, qk.roll(half, -1), sin)  # rotate_half(t) * sin == roll(t) * (-sin, sin)
@@ -123,18 +126,12 @@ def layers(
             enable_gqa=hq != hk,
         )
         a = a.transpose(1, 2).reshape(n, s, hq * d)
-        x = x + _lora(
-            _linear(a, 4 * i + 1, w, b, p, int8, reduce_range, bf16), a, 4 * i + 1, stride, rows, every_row, la, lb
-        )
+        x = x + _lora(_linear(a, 4 * i + 1, w, b, p, fmt, reduce_range), a, 4 * i + 1, stride, rows, every_row, la, lb)
         h = rms(x, ln2[i], eps2[i])
-        gu = _lora(
-            _linear(h, 4 * i + 2, w, b, p, int8, reduce_range, bf16), h, 4 * i + 2, stride, rows, every_row, la, lb
-        )
+        gu = _lora(_linear(h, 4 * i + 2, w, b, p, fmt, reduce_range), h, 4 * i + 2, stride, rows, every_row, la, lb)
         g, u = gu.split((inter[i], inter[i]), dim=-1)
         m = F.silu(g) * u
-        x = x + _lora(
-            _linear(m, 4 * i + 3, w, b, p, int8, reduce_range, bf16), m, 4 * i + 3, stride, rows, every_row, la, lb
-        )
+        x = x + _lora(_linear(m, 4 * i + 3, w, b, p, fmt, reduce_range), m, 4 * i + 3, stride, rows, every_row, la, lb)
     return x
 
 

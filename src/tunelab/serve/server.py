@@ -32,11 +32,14 @@ from tunelab.serve.store import ApiKey, Store
 
 
 def lean_weights(quantize: str) -> str | None:
-    """What `quantize` (auto | none | bf16 | int8) means for the lean decoder on this machine (None: fp32)."""
-    from tunelab.hardware import cpu_bf16
+    """What `quantize` (auto | none | fp16 | bf16 | int8) means for the lean decoder on this machine (None: fp32).
+
+    auto: bf16 where the CPU multiplies bf16 in hardware (the fastest at batch 8 there: AMX), else fp16 where
+    fbgemm runs (x86: half the bytes to read, products in fp32), else fp32."""
+    from tunelab.hardware import cpu_bf16, fbgemm
 
     if quantize == "auto":
-        return "bf16" if cpu_bf16() else None
+        return "bf16" if cpu_bf16() else "fp16" if fbgemm() else None
     return None if quantize == "none" else quantize
 
 
@@ -50,9 +53,10 @@ class ServeConfig(BaseModel):
     store: str | None = None  # path of the SQLite file (default $TUNELAB_HOME/tunelab.db)
     max_batch: int = Field(8, ge=1)
     engine: Literal["auto", "lean", "hf"] = "auto"  # lean decoder where it knows the model, else transformers
-    # weights of the lean decoder: auto = bf16 where the CPU multiplies bf16 in hardware (AMX, AVX512-BF16), else
-    # fp32 ("none"); bf16 / int8: half / a quarter of the bytes to read per token, close to but not equal to fp32
-    quantize: Literal["auto", "none", "bf16", "int8"] = "auto"
+    # weights of the lean decoder (`lean_weights`): auto = bf16 where the CPU multiplies bf16 in hardware (AMX,
+    # AVX512-BF16), else fp16 (x86), else fp32 ("none"); fp16 / bf16 / int8: half / half / a quarter of the bytes
+    # to read per token, close to but not equal to fp32 (docs/serving.md has how close)
+    quantize: Literal["auto", "none", "fp16", "bf16", "int8"] = "auto"
     max_queue: int = Field(64, ge=1)
     max_body_bytes: int = Field(1_000_000, ge=1024)
     max_tokens: int = Field(2048, ge=1)  # the most a request may ask for
@@ -140,8 +144,8 @@ class Host:
                 kind = "hf"
         quantize = None if kind == "hf" and cfg.quantize == "auto" else lean_weights(cfg.quantize)
         if cfg.quantize == "auto" and quantize:
-            print("lean decoder with bf16 weights (this CPU multiplies bf16 in hardware; "
-                  "--quantize none for fp32)", flush=True)  # fmt: skip
+            why = "this CPU multiplies bf16 in hardware" if quantize == "bf16" else "no bf16 units on this CPU"
+            print(f"lean decoder with {quantize} weights ({why}; --quantize none for fp32)", flush=True)
         try:
             return make_runner(model, kind=kind, max_rows=cfg.max_batch, quantize=quantize)
         except ValueError as e:
