@@ -295,7 +295,8 @@ def test_serve_config_chooses_the_weights(
         expect = None  # no fbgemm (not x86): fp32
     runner = Host._runner(load_model(tiny_model_dir), ServeConfig(engine=engine, quantize=quantize))  # type: ignore[arg-type]
     if expect == "hf":
-        assert isinstance(runner, HFRunner)
+        assert isinstance(runner, HFRunner) and (runner.decoder, runner.weights) == ("hf", "fp32")
         return
+    assert (runner.decoder, runner.weights) == ("lean", expect or "fp32")
     head = runner.head
     assert (head.bf16, head.fp16, head.int8) == (expect == "bf16", expect == "fp16", expect == "int8")

@@ -170,6 +170,14 @@ def test_auth_failures(server: Server) -> None:
     assert httpx.get(server.url + "/health").status_code == 200  # no auth there
 
 
+def test_health_says_what_decodes(server: Server) -> None:
+    from tunelab.serve.server import lean_weights
+
+    h = httpx.get(server.url + "/health").json()
+    assert h["status"] == "ok" and h["decoder"] == "lean"  # a Llama model with a plain LoRA adapter
+    assert h["weights"] == (lean_weights("auto") or "fp32")  # `quantize: auto` on this machine
+
+
 def test_rate_limit_is_429_rate_limit_exceeded(server: Server) -> None:
     c = server.client("slow")
     for _ in range(2):

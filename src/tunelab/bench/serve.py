@@ -234,7 +234,14 @@ def bench_serve(
         url = f"http://127.0.0.1:{port}"
         proc = _start([c.replace("{port}", str(port)) for c in cmd], env, url, out / f"{name}.log")
         stream = not name.startswith("plain")
+        served = None
         try:
+            if not name.startswith("plain"):
+                import httpx
+
+                served = httpx.get(url + "/health", timeout=10).json()["weights"]  # what the server says it runs
+                if served != weights:
+                    raise RuntimeError(f"{name}: the server decodes with {served} weights, expected {weights}")
             # one request first, not timed: the first one of a fresh process pays for pages touched the first time
             # and lazy set-up (measured: 41.7 tokens/s alone on a cold bf16 server, 50.5 once warm)
             _load(url, key, resolved.name, 1, 1, stream=stream)

@@ -68,9 +68,13 @@ class HFRunner:
     """Runs the batch through the transformers forward (any causal LM; adapters through peft's
     `adapter_names`): the fallback for models the lean decoder does not know."""
 
+    decoder = "hf"
+
     def __init__(self, model: Any) -> None:
         decode_layout(model)
         self.model = model
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        self.weights = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(dtype, dtype)
         self.base = base_model(model)
         self.kw = _cache_kw(self.base)
         self.peft = hasattr(model, "get_base_model")

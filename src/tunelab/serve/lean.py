@@ -177,6 +177,8 @@ def load_lora(path: Path, name: str, n_layers: int) -> LoRA:
 class LeanModel:
     """The decode-time forward of a Llama-family model, with its own KV cache for up to `max_rows` rows."""
 
+    decoder = "lean"
+
     def __init__(self, model: Any, *, max_rows: int = 8, quantize: str | None = None) -> None:
         import torch
 
@@ -185,6 +187,7 @@ class LeanModel:
             raise ValueError(why)
         conf = model.config
         inner = model.model
+        self.weights = quantize or "fp32"  # fp32 | fp16 | bf16 | int8
         self.n_layers = len(inner.layers)
         self.n_heads = int(conf.num_attention_heads)
         self.n_kv = int(getattr(conf, "num_key_value_heads", None) or self.n_heads)

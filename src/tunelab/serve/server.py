@@ -316,6 +316,8 @@ def create_app(
         return {
             "status": "ok",
             "model": host.name,
+            "decoder": host.runner.decoder,  # lean | hf
+            "weights": host.runner.weights,  # fp32 | fp16 | bf16 | int8 (`quantize`)
             "running": host.engine.running,
             "waiting": host.engine.waiting.qsize(),
         }
