@@ -181,7 +181,22 @@ def test_lean_decoder_equals_transformers_and_peft_with_mixed_adapters(tiny_mode
         steps([1, 3], 300, 1)
 
 
-@pytest.mark.parametrize("quantize", [None, "int8", "bf16", "fp16"])
+def _runs(quantize: str | None) -> bool:
+    """Whether this machine's PyTorch has kernels for the weight format (bf16: oneDNN on AVX-512; fbgemm: x86)."""
+    import torch
+
+    from tunelab.hardware import fbgemm
+
+    if quantize == "bf16":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return quantize is None or fbgemm()
+
+
+WEIGHTS = [pytest.param(q, marks=pytest.mark.skipif(not _runs(q), reason=f"no {q} kernels here")) for q in
+           (None, "int8", "bf16", "fp16")]  # fmt: skip
+
+
+@pytest.mark.parametrize("quantize", WEIGHTS)
 def test_scripted_layer_loop_equals_the_python_one(tiny_model_dir: Path, quantize: str | None) -> None:
     """Calls without adapters run the layer loop as TorchScript: the same logits and cache as the Python loop
     (prefill with padding, steps, a row leaving), and in fp32 the same logits as transformers."""
@@ -212,7 +227,11 @@ def test_scripted_layer_loop_equals_the_python_one(tiny_model_dir: Path, quantiz
         torch.testing.assert_close(runs[True][0][-1][0], ref, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize(("quantize", "bound"), [("int8", 0.2), ("bf16", 0.08), ("fp16", 0.01)])
+@pytest.mark.parametrize(
+    ("quantize", "bound"),
+    [pytest.param(q, b, marks=pytest.mark.skipif(not _runs(q), reason=f"no {q} kernels here"))
+     for q, b in (("int8", 0.2), ("bf16", 0.08), ("fp16", 0.01))],
+)  # fmt: skip
 def test_quantized_weights_stay_close_to_fp32(
     tiny_model_dir: Path, tmp_path: Path, quantize: str, bound: float
 ) -> None:
@@ -300,3 +319,15 @@ def test_serve_config_chooses_the_weights(
     assert (runner.decoder, runner.weights) == ("lean", expect or "fp32")
     head = runner.head
     assert (head.bf16, head.fp16, head.int8) == (expect == "bf16", expect == "fp16", expect == "int8")
+
+
+def test_weights_without_kernels_are_a_config_error(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tunelab.serve.lean
+    from tunelab.errors import ConfigError
+    from tunelab.models.loading import load_model
+    from tunelab.serve.server import Host, ServeConfig
+
+    monkeypatch.setattr(tunelab.serve.lean, "fbgemm", lambda: False)  # e.g. an ARM CPU
+    with pytest.raises(ConfigError, match="fbgemm") as e:
+        Host._runner(load_model(tiny_model_dir), ServeConfig(quantize="fp16"))
+    assert e.value.field == "quantize"

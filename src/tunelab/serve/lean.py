@@ -31,7 +31,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from tunelab.hardware import cpu_vnni
+from tunelab.hardware import cpu_vnni, fbgemm
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 
@@ -51,6 +51,10 @@ class Linear:
         w = weight.detach().float()
         b = None if bias is None else bias.detach().float().contiguous()
         self.b = b
+        if self.bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            raise ValueError("quantize='bf16' needs oneDNN's bf16 kernels (a CPU with AVX-512): use fp16 or none")
+        if (self.fp16 or self.int8) and not fbgemm():
+            raise ValueError(f"quantize={quantize!r} needs PyTorch's fbgemm kernels (x86): use none")
         if self.int8:
             scale = (w.abs().amax(1) / 127).clamp(min=1e-12).double()
             zero = torch.zeros(w.shape[0], dtype=torch.long)
