@@ -204,6 +204,8 @@ def bench_serve(
             "decoding": "greedy",
         },
     }
+    import httpx
+
     from tunelab.hardware import fbgemm
     from tunelab.serve.server import lean_weights
 
@@ -233,12 +235,9 @@ def bench_serve(
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
         proc = _start([c.replace("{port}", str(port)) for c in cmd], env, url, out / f"{name}.log")
-        stream = not name.startswith("plain")
-        served = None
+        stream = not name.startswith("plain")  # tunelab streams; the plain server answers whole
         try:
-            if not name.startswith("plain"):
-                import httpx
-
+            if stream:
                 served = httpx.get(url + "/health", timeout=10).json()["weights"]  # what the server says it runs
                 if served != weights:
                     raise RuntimeError(f"{name}: the server decodes with {served} weights, expected {weights}")

@@ -39,21 +39,21 @@ SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 class Linear:
     """y = x W^T + b: fp32 weights in the decode layout, int8 per-channel weights (fbgemm, dynamic
     activations), fp16 weights (fbgemm, fp32 activations), or bf16 weights pre-packed for oneDNN (inputs
-    rounded to bf16 for the product, fp32 sums, the result back in fp32). The rest of the decoder stays fp32."""
+    rounded to bf16 for the product, fp32 sums, the result back in fp32). The rest of the decoder stays fp32.
+    The product itself is `lean_script._linear`, the one the scripted layer loop runs."""
 
     def __init__(self, weight: Any, bias: Any, quantize: str | None, rows: int = 8) -> None:
         import torch
 
+        self.fmt = quantize or "fp32"  # fp32 | fp16 | bf16 | int8
         self.out_features = int(weight.shape[0])
-        self.int8 = quantize == "int8"
-        self.bf16 = quantize == "bf16"
-        self.fp16 = quantize == "fp16"
         w = weight.detach().float()
         b = None if bias is None else bias.detach().float().contiguous()
         self.b = b
+        self.reduce_range = False
         if self.bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             raise ValueError("quantize='bf16' needs oneDNN's bf16 kernels (a CPU with AVX-512): use fp16 or none")
-        if (self.fp16 or self.int8) and not fbgemm():
+        if self.fbgemm and not fbgemm():
             raise ValueError(f"quantize={quantize!r} needs PyTorch's fbgemm kernels (x86): use none")
         if self.int8:
             scale = (w.abs().amax(1) / 127).clamp(min=1e-12).double()
@@ -66,7 +66,6 @@ class Linear:
             self.reduce_range = not cpu_vnni()
         elif self.fp16:  # fbgemm's fp16 GEMM: fp16 weights widened to fp32 in the kernel, fp32 activations
             self.packed = torch.ops.quantized.linear_prepack_fp16(w.contiguous(), b)
-            self.reduce_range = False
         elif self.bf16:
             # oneDNN's blocked layout for this batch size: F.linear on a plain bf16 weight reorders it at every
             # call (measured: all of a step's products 22 ms plain, 14.5 ms packed, 21-49 ms in fp32)
@@ -74,22 +73,29 @@ class Linear:
         else:
             self.w = w.t().contiguous().t()
 
-    def __call__(self, x: Any) -> Any:
-        import torch
-        import torch.nn.functional as F
+    @property
+    def int8(self) -> bool:
+        return self.fmt == "int8"
 
-        if self.int8 or self.fp16:
-            shape = x.shape
-            flat = x.reshape(-1, shape[-1]).contiguous()
-            if self.fp16:
-                y = torch.ops.quantized.linear_dynamic_fp16(flat, self.packed)
-            else:
-                y = torch.ops.quantized.linear_dynamic(flat, self.packed, self.reduce_range)
-            return y.view(*shape[:-1], self.out_features)
-        if self.bf16:
-            y = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.w, None, "none", [], "").float()
-            return y if self.b is None else y + self.b
-        return F.linear(x, self.w, self.b)
+    @property
+    def fp16(self) -> bool:
+        return self.fmt == "fp16"
+
+    @property
+    def bf16(self) -> bool:
+        return self.fmt == "bf16"
+
+    @property
+    def fbgemm(self) -> bool:
+        """The weights are fbgemm's packed parameters (int8, fp16), not a tensor."""
+        return self.fmt in ("int8", "fp16")
+
+    def __call__(self, x: Any) -> Any:
+        from tunelab.serve.lean_script import _linear
+
+        if self.fbgemm:
+            return _linear(x, 0, [], [], [self.packed], self.fmt, self.reduce_range)
+        return _linear(x, 0, [self.w], [self.b], [], self.fmt, False)
 
 
 class LoRA:
@@ -237,7 +243,7 @@ class LeanModel:
         self.scale = self.head_dim**-0.5
         self.scripted = True  # the layer loop runs as TorchScript (`lean_script`); False: as Python
         mods = [L[m] for L in self.layers for m in ("qkv", "o", "gu", "down")]  # the order `layers` indexes
-        packed = quantize in ("int8", "fp16")  # fbgemm's packed parameters, not tensors
+        packed = self.head.fbgemm  # fbgemm's packed parameters, not tensors
         self._script_args: dict[str, Any] = {
             "ln1": [L["ln1"] for L in self.layers],
             "ln2": [L["ln2"] for L in self.layers],
@@ -247,8 +253,8 @@ class LeanModel:
             "w": [] if packed else [m.w for m in mods],
             "b": [] if packed else [m.b for m in mods],
             "p": [m.packed for m in mods] if packed else [],
-            "fmt": quantize or "fp32",
-            "reduce_range": bool(mods[0].reduce_range) if packed else False,
+            "fmt": self.weights,
+            "reduce_range": self.head.reduce_range,
             "hq": self.n_heads,
             "hk": self.n_kv,
             "d": self.head_dim,
