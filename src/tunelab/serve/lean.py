@@ -51,10 +51,6 @@ class Linear:
         b = None if bias is None else bias.detach().float().contiguous()
         self.b = b
         self.reduce_range = False
-        if self.bf16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            raise ValueError("quantize='bf16' needs oneDNN's bf16 kernels (a CPU with AVX-512): use fp16 or none")
-        if self.fbgemm and not fbgemm():
-            raise ValueError(f"quantize={quantize!r} needs PyTorch's fbgemm kernels (x86): use none")
         if self.int8:
             scale = (w.abs().amax(1) / 127).clamp(min=1e-12).double()
             zero = torch.zeros(w.shape[0], dtype=torch.long)
@@ -195,6 +191,10 @@ class LeanModel:
         why = self.supports(model)
         if why:
             raise ValueError(why)
+        if quantize == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            raise ValueError("quantize='bf16' needs oneDNN's bf16 kernels (a CPU with AVX-512): use fp16 or none")
+        if quantize in ("int8", "fp16") and not fbgemm():
+            raise ValueError(f"quantize={quantize!r} needs PyTorch's fbgemm kernels (x86): use none")
         conf = model.config
         inner = model.model
         self.weights = quantize or "fp32"  # fp32 | fp16 | bf16 | int8
