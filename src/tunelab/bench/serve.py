@@ -207,6 +207,7 @@ def bench_serve(
     import httpx
 
     from tunelab.hardware import fbgemm
+    from tunelab.serve import kernels
     from tunelab.serve.server import lean_weights
 
     default = lean_weights("auto") or "fp32"  # what `tunelab serve` picks on this machine for a lean model
@@ -221,26 +222,35 @@ def bench_serve(
         str(resolved.path),
         "{port}",
     ]
-    # side: (command, weights, timed under load too)
-    sides: dict[str, tuple[list[str], str, bool]] = {"tunelab": (serve, default, True)}
+    kernel = default == "bf16" and kernels.ready()  # tunelab's bf16 kernel for 1-4 rows builds here
+    result["setup"]["bf16_kernel"] = "tunelab+onednn" if kernel else kernels.why_not() if default == "bf16" else None
+    # side: (command, weights, timed under load too, environment)
+    sides: dict[str, tuple[list[str], str, bool, dict[str, str]]] = {"tunelab": (serve, default, True, {})}
+    if kernel:  # the same server with oneDNN for every bf16 product: what the kernel adds (alone: 1 row)
+        sides["tunelab_onednn"] = (serve, "bf16", False, {"TUNELAB_KERNELS": "0"})
     if default != "fp32":
-        sides["tunelab_fp32"] = ([*serve, "--quantize", "none"], "fp32", True)
+        sides["tunelab_fp32"] = ([*serve, "--quantize", "none"], "fp32", True, {})
     if default != "fp16" and fbgemm():
-        sides["tunelab_fp16"] = ([*serve, "--quantize", "fp16"], "fp16", True)
-    sides["tunelab_int8"] = ([*serve, "--quantize", "int8"], "int8", True)
-    sides["plain"] = ([*plain, "float32"], "fp32", True)
+        sides["tunelab_fp16"] = ([*serve, "--quantize", "fp16"], "fp16", True, {})
+    sides["tunelab_int8"] = ([*serve, "--quantize", "int8"], "int8", True, {})
+    sides["plain"] = ([*plain, "float32"], "fp32", True, {})
     if default == "bf16":  # one request at a time either way: alone is enough to see its speed
-        sides["plain_bf16"] = ([*plain, "bfloat16"], "bf16", False)
-    for name, (cmd, weights, loaded_too) in sides.items():
+        sides["plain_bf16"] = ([*plain, "bfloat16"], "bf16", False, {})
+    for name, (cmd, weights, loaded_too, extra) in sides.items():
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
-        proc = _start([c.replace("{port}", str(port)) for c in cmd], env, url, out / f"{name}.log")
+        proc = _start([c.replace("{port}", str(port)) for c in cmd], {**env, **extra}, url, out / f"{name}.log")
         stream = not name.startswith("plain")  # tunelab streams; the plain server answers whole
         try:
             if stream:
-                served = httpx.get(url + "/health", timeout=10).json()["weights"]  # what the server says it runs
-                if served != weights:
-                    raise RuntimeError(f"{name}: the server decodes with {served} weights, expected {weights}")
+                health = httpx.get(url + "/health", timeout=10).json()  # what the server says it runs
+                if health["weights"] != weights:
+                    raise RuntimeError(f"{name}: the server decodes with {health['weights']} weights, not {weights}")
+                want = (
+                    "onednn" if name == "tunelab_onednn" else "tunelab+onednn" if kernel and weights == "bf16" else None
+                )
+                if want and health.get("kernel") != want:
+                    raise RuntimeError(f"{name}: the server's products run on {health.get('kernel')}, not {want}")
             # one request first, not timed: the first one of a fresh process pays for pages touched the first time
             # and lazy set-up (measured: 41.7 tokens/s alone on a cold bf16 server, 50.5 once warm)
             _load(url, key, resolved.name, 1, 1, stream=stream)
@@ -253,7 +263,7 @@ def bench_serve(
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-        result[name] = {"weights": weights, "single": alone, "concurrent": loaded}
+        result[name] = {"weights": weights, "single": alone, "concurrent": loaded, "environment": extra}
         log(
             f"{name} ({weights}): "
             + (f"{loaded['output_tokens_per_s']:.1f} tokens/s under load, " if loaded else "")
@@ -261,8 +271,8 @@ def bench_serve(
         )
     p = result["plain"]
     result["ratios"] = {}
-    for name, (_, weights, _) in sides.items():
-        if name.startswith("plain"):
+    for name, (_, weights, loaded_too, _) in sides.items():
+        if name.startswith("plain") or not loaded_too:
             continue
         t = result[name]
         result["ratios"][weights] = {
@@ -272,6 +282,11 @@ def bench_serve(
         }
     result["throughput_ratio"] = result["ratios"][default]["throughput"]  # the default against the baseline
     result["single_stream_ratio"] = result["ratios"][default]["single_stream"]
+    if "tunelab_onednn" in result:  # the default with and without tunelab's kernel, one request at a time
+        result["single_stream_ratio_kernel_vs_onednn"] = (
+            result["tunelab"]["single"]["output_tokens_per_s"]
+            / result["tunelab_onednn"]["single"]["output_tokens_per_s"]
+        )
     if "plain_bf16" in result:
         result["single_stream_ratio_vs_plain_bf16"] = (
             result["tunelab"]["single"]["output_tokens_per_s"] / result["plain_bf16"]["single"]["output_tokens_per_s"]

@@ -69,6 +69,7 @@ class HFRunner:
     `adapter_names`): the fallback for models the lean decoder does not know."""
 
     decoder = "hf"
+    kernel = "torch"  # whatever the transformers forward calls
 
     def __init__(self, model: Any) -> None:
         decode_layout(model)

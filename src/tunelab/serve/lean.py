@@ -42,10 +42,11 @@ class Linear:
     rounded to bf16 for the product, fp32 sums, the result back in fp32). The rest of the decoder stays fp32.
     The product itself is `lean_script._linear`, the one the scripted layer loop runs."""
 
-    def __init__(self, weight: Any, bias: Any, quantize: str | None, rows: int = 8) -> None:
+    def __init__(self, weight: Any, bias: Any, quantize: str | None, rows: int = 8, kernel: bool = False) -> None:
         import torch
 
         self.fmt = quantize or "fp32"  # fp32 | fp16 | bf16 | int8
+        self.kw: Any = None  # bf16 with `kernel`: the weights packed for tunelab's small-batch kernel too
         self.out_features = int(weight.shape[0])
         w = weight.detach().float()
         b = None if bias is None else bias.detach().float().contiguous()
@@ -66,6 +67,8 @@ class Linear:
             # oneDNN's blocked layout for this batch size: F.linear on a plain bf16 weight reorders it at every
             # call (measured: all of a step's products 22 ms plain, 14.5 ms packed, 21-49 ms in fp32)
             self.w = torch.ops.mkldnn._reorder_linear_weight(w.to(torch.bfloat16).contiguous(), rows)
+            if kernel:  # decoding steps: tunelab's kernel (`serve.kernels`), a second bf16 copy in its layout
+                self.kw = torch.ops.tunelab.pack_bf16(w)
         else:
             self.w = w.t().contiguous().t()
 
@@ -87,11 +90,13 @@ class Linear:
         return self.fmt in ("int8", "fp16")
 
     def __call__(self, x: Any) -> Any:
+        from tunelab.serve.kernels import SMALL_ROWS
         from tunelab.serve.lean_script import _linear
 
         if self.fbgemm:
-            return _linear(x, 0, [], [], [self.packed], self.fmt, self.reduce_range)
-        return _linear(x, 0, [self.w], [self.b], [], self.fmt, False)
+            return _linear(x, 0, [], [], [self.packed], [], 0, self.fmt, self.reduce_range)
+        kw = [] if self.kw is None else [self.kw]
+        return _linear(x, 0, [self.w], [self.b], [], kw, SMALL_ROWS, self.fmt, False)
 
 
 class LoRA:
@@ -198,6 +203,14 @@ class LeanModel:
         conf = model.config
         inner = model.model
         self.weights = quantize or "fp32"  # fp32 | fp16 | bf16 | int8
+        # bf16: tunelab's own kernel for products of up to 8 rows where it builds here (`serve.kernels`), else oneDNN
+        self.kernel_note: str | None = None
+        kernel, small = False, 0
+        if quantize == "bf16":
+            from tunelab.serve import kernels
+
+            self.kernel_note = kernels.why_not()
+            kernel, small = self.kernel_note is None, kernels.SMALL_ROWS
         self.n_layers = len(inner.layers)
         self.n_heads = int(conf.num_attention_heads)
         self.n_kv = int(getattr(conf, "num_key_value_heads", None) or self.n_heads)
@@ -227,19 +240,20 @@ class LeanModel:
                     "eps1": float(layer.input_layernorm.variance_epsilon),
                     "ln2": layer.post_attention_layernorm.weight.detach(),
                     "eps2": float(layer.post_attention_layernorm.variance_epsilon),
-                    "qkv": Linear(torch.cat([p.weight for p in qkv]), cat_bias(*qkv), quantize, max_rows),
-                    "o": Linear(a.o_proj.weight, a.o_proj.bias, quantize, max_rows),
+                    "qkv": Linear(torch.cat([p.weight for p in qkv]), cat_bias(*qkv), quantize, max_rows, kernel),
+                    "o": Linear(a.o_proj.weight, a.o_proj.bias, quantize, max_rows, kernel),
                     "gu": Linear(
                         torch.cat([m.gate_proj.weight, m.up_proj.weight]),
                         cat_bias(m.gate_proj, m.up_proj),
                         quantize,
                         max_rows,
+                        kernel,
                     ),
-                    "down": Linear(m.down_proj.weight, m.down_proj.bias, quantize, max_rows),
+                    "down": Linear(m.down_proj.weight, m.down_proj.bias, quantize, max_rows, kernel),
                     "inter": int(m.gate_proj.out_features),
                 }
             )
-        self.head = Linear(model.lm_head.weight, getattr(model.lm_head, "bias", None), quantize, max_rows)
+        self.head = Linear(model.lm_head.weight, getattr(model.lm_head, "bias", None), quantize, max_rows, kernel)
         self.scale = self.head_dim**-0.5
         self.scripted = True  # the layer loop runs as TorchScript (`lean_script`); False: as Python
         mods = [L[m] for L in self.layers for m in ("qkv", "o", "gu", "down")]  # the order `layers` indexes
@@ -253,6 +267,8 @@ class LeanModel:
             "w": [] if packed else [m.w for m in mods],
             "b": [] if packed else [m.b for m in mods],
             "p": [m.packed for m in mods] if packed else [],
+            "kw": [m.kw for m in mods] if kernel else [],
+            "small": small if kernel else 0,
             "fmt": self.weights,
             "reduce_range": self.head.reduce_range,
             "hq": self.n_heads,
@@ -269,6 +285,14 @@ class LeanModel:
         self.v: list[Any] = []
         self.valid = torch.zeros((max_rows, 0), dtype=torch.bool)
         self.pos = torch.zeros(max_rows, dtype=torch.long)
+
+    @property
+    def kernel(self) -> str:
+        """What does this model's matrix products: mkl (fp32), fbgemm (int8, fp16), onednn (bf16), or
+        tunelab+onednn (bf16 with tunelab's kernel for decoding steps, oneDNN for prefill)."""
+        if self.weights == "bf16":
+            return "onednn" if self.kernel_note else "tunelab+onednn"
+        return {"fp32": "mkl", "fp16": "fbgemm", "int8": "fbgemm"}[self.weights]
 
     @staticmethod
     def supports(model: Any) -> str | None:

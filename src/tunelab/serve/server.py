@@ -147,9 +147,15 @@ class Host:
             why = "this CPU multiplies bf16 in hardware" if quantize == "bf16" else "no bf16 units on this CPU"
             print(f"lean decoder with {quantize} weights ({why}; --quantize none for fp32)", flush=True)
         try:
-            return make_runner(model, kind=kind, max_rows=cfg.max_batch, quantize=quantize)
+            runner = make_runner(model, kind=kind, max_rows=cfg.max_batch, quantize=quantize)
         except ValueError as e:
             raise ConfigError(str(e), field="engine" if "lean" in str(e) else "quantize") from None
+        if getattr(runner, "kernel_note", None):
+            print(
+                f"bf16 products through oneDNN only: tunelab's small-batch kernel not used ({runner.kernel_note})",
+                flush=True,
+            )
+        return runner
 
     def models(self) -> list[str]:
         return [self.name, *self.cfg.adapters]
@@ -318,6 +324,7 @@ def create_app(
             "model": host.name,
             "decoder": host.runner.decoder,  # lean | hf
             "weights": host.runner.weights,  # fp32 | fp16 | bf16 | int8 (`quantize`)
+            "kernel": host.runner.kernel,  # mkl | fbgemm | onednn | tunelab+onednn | torch (`LeanModel.kernel`)
             "running": host.engine.running,
             "waiting": host.engine.waiting.qsize(),
         }
