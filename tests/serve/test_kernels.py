@@ -91,34 +91,41 @@ def test_the_kernel_refuses_weights_packed_for_other_sizes() -> None:
 
 
 @needs_kernel
-def test_lean_decoder_uses_the_kernel_for_few_rows_and_onednn_above(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("policy", ["this cpu", "as without amx"])
+def test_lean_decoder_with_the_kernel_is_as_close_to_fp32_as_onednn(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, policy: str
 ) -> None:
-    """bf16 with the kernel vs bf16 through oneDNN only, both against fp32: up to SMALL_ROWS rows as close to
-    fp32 as oneDNN is (they differ in summation order, and oneDNN rounds each product's result to bf16 where
-    the kernel returns fp32); above it bit for bit the same (oneDNN in both)."""
+    """bf16 with the kernel vs bf16 through oneDNN only, both against fp32, at 1 row, SMALL_ROWS rows and more:
+    as close to fp32 as oneDNN is (they differ in summation order, and oneDNN rounds each product's result to
+    bf16 where the kernel returns fp32). Without AMX, products of more rows than SMALL_ROWS are oneDNN's in
+    both: bit for bit the same ("as without amx": the decoder's choice as on such a CPU)."""
     import torch
 
     from tunelab.models.loading import load_model
     from tunelab.serve.lean import LeanModel
 
+    if policy != "this cpu":
+        monkeypatch.setattr(kernels, "amx", lambda: False)
     model = load_model(tiny_model_dir).eval()
-    fast = LeanModel(model, max_rows=kernels.SMALL_ROWS + 1, quantize="bf16")
-    fp32 = LeanModel(model, max_rows=kernels.SMALL_ROWS + 1)
+    rows_max = kernels.SMALL_ROWS + 1
+    fast = LeanModel(model, max_rows=rows_max, quantize="bf16")
+    fp32 = LeanModel(model, max_rows=rows_max)
+    amx = kernels.amx()
     monkeypatch.setattr(kernels, "why_not", lambda: "off for this comparison")
-    plain = LeanModel(model, max_rows=kernels.SMALL_ROWS + 1, quantize="bf16")
-    assert fast.kernel == "tunelab+onednn" and plain.kernel == "onednn"
+    plain = LeanModel(model, max_rows=rows_max, quantize="bf16")
+    assert fast.kernel == ("tunelab" if amx else "tunelab+onednn") and plain.kernel == "onednn"
+    assert (fast.head.w is None) == amx  # with AMX oneDNN's copy of the weights is not kept
 
     def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
         return float((x - ref).norm() / ref.norm())
 
-    for rows in (1, kernels.SMALL_ROWS, kernels.SMALL_ROWS + 1):
+    for rows in (1, kernels.SMALL_ROWS, rows_max):
         prompts = [list(range(5 + r, 20 + 2 * r)) for r in range(rows)]
         none: list[str | None] = [None] * rows
         with torch.inference_mode():
             a, b, f = fast.add(prompts, none), plain.add(prompts, none), fp32.add(prompts, none)
             for _ in range(4):
-                if rows <= kernels.SMALL_ROWS:
+                if rows <= kernels.SMALL_ROWS or amx:
                     assert 0 < rel(a, b) < 0.05
                     assert rel(a, f) < 1.5 * rel(b, f) + 1e-3, (rel(a, f), rel(b, f))
                 else:

@@ -223,7 +223,8 @@ def bench_serve(
         "{port}",
     ]
     kernel = default == "bf16" and kernels.ready()  # tunelab's bf16 kernel for 1-4 rows builds here
-    result["setup"]["bf16_kernel"] = "tunelab+onednn" if kernel else kernels.why_not() if default == "bf16" else None
+    with_kernel = "tunelab" if kernels.amx() else "tunelab+onednn"  # what /health says: AMX for all, or steps
+    result["setup"]["bf16_kernel"] = with_kernel if kernel else kernels.why_not() if default == "bf16" else None
     # side: (command, weights, timed under load too, environment)
     sides: dict[str, tuple[list[str], str, bool, dict[str, str]]] = {"tunelab": (serve, default, True, {})}
     if kernel:  # the same server with oneDNN for every bf16 product: what the kernel adds (alone: 1 row)
@@ -246,9 +247,7 @@ def bench_serve(
                 health = httpx.get(url + "/health", timeout=10).json()  # what the server says it runs
                 if health["weights"] != weights:
                     raise RuntimeError(f"{name}: the server decodes with {health['weights']} weights, not {weights}")
-                want = (
-                    "onednn" if name == "tunelab_onednn" else "tunelab+onednn" if kernel and weights == "bf16" else None
-                )
+                want = "onednn" if name == "tunelab_onednn" else with_kernel if kernel and weights == "bf16" else None
                 if want and health.get("kernel") != want:
                     raise RuntimeError(f"{name}: the server's products run on {health.get('kernel')}, not {want}")
             # one request first, not timed: the first one of a fresh process pays for pages touched the first time

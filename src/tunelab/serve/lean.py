@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.hardware import cpu_vnni, fbgemm
+from tunelab.serve.kernels import ALL_ROWS
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 
@@ -42,11 +43,15 @@ class Linear:
     rounded to bf16 for the product, fp32 sums, the result back in fp32). The rest of the decoder stays fp32.
     The product itself is `lean_script._linear`, the one the scripted layer loop runs."""
 
-    def __init__(self, weight: Any, bias: Any, quantize: str | None, rows: int = 8, kernel: bool = False) -> None:
+    def __init__(self, weight: Any, bias: Any, quantize: str | None, rows: int = 8, small: int = 0) -> None:
         import torch
 
         self.fmt = quantize or "fp32"  # fp32 | fp16 | bf16 | int8
-        self.kw: Any = None  # bf16 with `kernel`: the weights packed for tunelab's small-batch kernel too
+        # bf16 with small > 0: products of up to `small` rows through tunelab's kernel (`serve.kernels`), in its
+        # own layout `kw`; oneDNN's copy `w` for bigger ones, not kept when the kernel does all (ALL_ROWS: AMX)
+        self.small = small if self.fmt == "bf16" else 0
+        self.kw: Any = None
+        self.w: Any = None
         self.out_features = int(weight.shape[0])
         w = weight.detach().float()
         b = None if bias is None else bias.detach().float().contiguous()
@@ -66,8 +71,9 @@ class Linear:
         elif self.bf16:
             # oneDNN's blocked layout for this batch size: F.linear on a plain bf16 weight reorders it at every
             # call (measured: all of a step's products 22 ms plain, 14.5 ms packed, 21-49 ms in fp32)
-            self.w = torch.ops.mkldnn._reorder_linear_weight(w.to(torch.bfloat16).contiguous(), rows)
-            if kernel:  # decoding steps: tunelab's kernel (`serve.kernels`), a second bf16 copy in its layout
+            if self.small < ALL_ROWS:
+                self.w = torch.ops.mkldnn._reorder_linear_weight(w.to(torch.bfloat16).contiguous(), rows)
+            if self.small:
                 self.kw = torch.ops.tunelab.pack_bf16(w)
         else:
             self.w = w.t().contiguous().t()
@@ -90,13 +96,13 @@ class Linear:
         return self.fmt in ("int8", "fp16")
 
     def __call__(self, x: Any) -> Any:
-        from tunelab.serve.kernels import SMALL_ROWS
         from tunelab.serve.lean_script import _linear
 
         if self.fbgemm:
-            return _linear(x, 0, [], [], [self.packed], [], 0, self.fmt, self.reduce_range)
+            return _linear(x, 0, [], [], [self.packed], [], [], 0, self.fmt, self.reduce_range)
         kw = [] if self.kw is None else [self.kw]
-        return _linear(x, 0, [self.w], [self.b], [], kw, SMALL_ROWS, self.fmt, False)
+        w = [] if self.w is None else [self.w]
+        return _linear(x, 0, w, [self.b], [], kw, [self.out_features], self.small, self.fmt, False)
 
 
 class LoRA:
@@ -205,12 +211,13 @@ class LeanModel:
         self.weights = quantize or "fp32"  # fp32 | fp16 | bf16 | int8
         # bf16: tunelab's own kernel for products of up to 8 rows where it builds here (`serve.kernels`), else oneDNN
         self.kernel_note: str | None = None
-        kernel, small = False, 0
+        small = 0  # products of up to this many rows go to tunelab's kernel
         if quantize == "bf16":
             from tunelab.serve import kernels
 
             self.kernel_note = kernels.why_not()
-            kernel, small = self.kernel_note is None, kernels.SMALL_ROWS
+            if self.kernel_note is None:
+                small = kernels.ALL_ROWS if kernels.amx() else kernels.SMALL_ROWS
         self.n_layers = len(inner.layers)
         self.n_heads = int(conf.num_attention_heads)
         self.n_kv = int(getattr(conf, "num_key_value_heads", None) or self.n_heads)
@@ -240,20 +247,20 @@ class LeanModel:
                     "eps1": float(layer.input_layernorm.variance_epsilon),
                     "ln2": layer.post_attention_layernorm.weight.detach(),
                     "eps2": float(layer.post_attention_layernorm.variance_epsilon),
-                    "qkv": Linear(torch.cat([p.weight for p in qkv]), cat_bias(*qkv), quantize, max_rows, kernel),
-                    "o": Linear(a.o_proj.weight, a.o_proj.bias, quantize, max_rows, kernel),
+                    "qkv": Linear(torch.cat([p.weight for p in qkv]), cat_bias(*qkv), quantize, max_rows, small),
+                    "o": Linear(a.o_proj.weight, a.o_proj.bias, quantize, max_rows, small),
                     "gu": Linear(
                         torch.cat([m.gate_proj.weight, m.up_proj.weight]),
                         cat_bias(m.gate_proj, m.up_proj),
                         quantize,
                         max_rows,
-                        kernel,
+                        small,
                     ),
-                    "down": Linear(m.down_proj.weight, m.down_proj.bias, quantize, max_rows, kernel),
+                    "down": Linear(m.down_proj.weight, m.down_proj.bias, quantize, max_rows, small),
                     "inter": int(m.gate_proj.out_features),
                 }
             )
-        self.head = Linear(model.lm_head.weight, getattr(model.lm_head, "bias", None), quantize, max_rows, kernel)
+        self.head = Linear(model.lm_head.weight, getattr(model.lm_head, "bias", None), quantize, max_rows, small)
         self.scale = self.head_dim**-0.5
         self.scripted = True  # the layer loop runs as TorchScript (`lean_script`); False: as Python
         mods = [L[m] for L in self.layers for m in ("qkv", "o", "gu", "down")]  # the order `layers` indexes
@@ -264,11 +271,12 @@ class LeanModel:
             "eps1": [L["eps1"] for L in self.layers],
             "eps2": [L["eps2"] for L in self.layers],
             "inter": [L["inter"] for L in self.layers],
-            "w": [] if packed else [m.w for m in mods],
+            "w": [m.w for m in mods] if not packed and mods[0].w is not None else [],
             "b": [] if packed else [m.b for m in mods],
             "p": [m.packed for m in mods] if packed else [],
-            "kw": [m.kw for m in mods] if kernel else [],
-            "small": small if kernel else 0,
+            "kw": [m.kw for m in mods] if small else [],
+            "kn": [m.out_features for m in mods],
+            "small": small,
             "fmt": self.weights,
             "reduce_range": self.head.reduce_range,
             "hq": self.n_heads,
@@ -288,10 +296,11 @@ class LeanModel:
 
     @property
     def kernel(self) -> str:
-        """What does this model's matrix products: mkl (fp32), fbgemm (int8, fp16), onednn (bf16), or
-        tunelab+onednn (bf16 with tunelab's kernel for decoding steps, oneDNN for prefill)."""
+        """What does this model's matrix products: mkl (fp32), fbgemm (int8, fp16), onednn (bf16), tunelab
+        (bf16, tunelab's kernel on AMX for all) or tunelab+onednn (bf16, the kernel for decoding steps)."""
         if self.weights == "bf16":
-            return "onednn" if self.kernel_note else "tunelab+onednn"
+            small = self.head.small
+            return "onednn" if not small else "tunelab" if small >= ALL_ROWS else "tunelab+onednn"
         return {"fp32": "mkl", "fp16": "fbgemm", "int8": "fbgemm"}[self.weights]
 
     @staticmethod

@@ -30,14 +30,16 @@ def _linear(
     b: list[Tensor | None],
     p: list[torch.classes.quantized.LinearPackedParamsBase],  # type: ignore[name-defined]
     kw: list[Tensor],
+    kn: list[int],
     small: int,
     fmt: str,
     reduce_range: bool,
 ) -> Tensor:
     """Linear j in weight format `fmt` (fp32 | bf16 | fp16 | int8; see `lean.Linear`). bf16 with `kw` (the
-    weights packed for tunelab's kernel, `serve.kernels`): products of up to `small` rows go to that kernel."""
+    weights packed for tunelab's kernel, `serve.kernels`, kn[j] outputs): products of up to `small` rows go to
+    that kernel, bigger ones to oneDNN's copy in w."""
     if fmt == "bf16" and len(kw) > 0 and x.numel() <= small * x.shape[-1]:
-        return torch.ops.tunelab.linear_bf16(x, kw[j], b[j], w[j].shape[0])
+        return torch.ops.tunelab.linear_bf16(x, kw[j], b[j], kn[j])
     if fmt == "bf16":  # w[j]: oneDNN-packed bf16; the bias (fp32) is added after the product comes back in fp32
         y = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), w[j], None, "none", [], "").float()
         bj = b[j]
@@ -97,6 +99,7 @@ def layers(
     b: list[Tensor | None],
     p: list[torch.classes.quantized.LinearPackedParamsBase],  # type: ignore[name-defined]
     kw: list[Tensor],
+    kn: list[int],
     small: int,
     fmt: str,
     reduce_range: bool,
@@ -119,10 +122,10 @@ def layers(
     fused = fmt == "bf16" and len(kw) > 0 and len(rows) == 0 and n * s <= small
     for i in range(len(ln1)):
         if fused:
-            qkv = torch.ops.tunelab.linear_bf16(x, kw[4 * i], b[4 * i], w[4 * i].shape[0], ln1[i], eps1[i])
+            qkv = torch.ops.tunelab.linear_bf16(x, kw[4 * i], b[4 * i], kn[4 * i], ln1[i], eps1[i])
         else:
             h = rms(x, ln1[i], eps1[i])
-            qkv = _linear(h, 4 * i, w, b, p, kw, small, fmt, reduce_range)
+            qkv = _linear(h, 4 * i, w, b, p, kw, kn, small, fmt, reduce_range)
             qkv = _lora(qkv, h, 4 * i, stride, rows, every_row, la, lb)
         qkv = qkv.view(n, s, hq + 2 * hk, d)
         qk = qkv[:, :, : hq + hk]
@@ -140,18 +143,32 @@ def layers(
         )
         a = a.transpose(1, 2).reshape(n, s, hq * d)
         x = x + _lora(
-            _linear(a, 4 * i + 1, w, b, p, kw, small, fmt, reduce_range), a, 4 * i + 1, stride, rows, every_row, la, lb
+            _linear(a, 4 * i + 1, w, b, p, kw, kn, small, fmt, reduce_range),
+            a,
+            4 * i + 1,
+            stride,
+            rows,
+            every_row,
+            la,
+            lb,
         )
         if fused:
-            gu = torch.ops.tunelab.linear_bf16(x, kw[4 * i + 2], b[4 * i + 2], w[4 * i + 2].shape[0], ln2[i], eps2[i])
+            gu = torch.ops.tunelab.linear_bf16(x, kw[4 * i + 2], b[4 * i + 2], kn[4 * i + 2], ln2[i], eps2[i])
         else:
             h = rms(x, ln2[i], eps2[i])
-            gu = _linear(h, 4 * i + 2, w, b, p, kw, small, fmt, reduce_range)
+            gu = _linear(h, 4 * i + 2, w, b, p, kw, kn, small, fmt, reduce_range)
             gu = _lora(gu, h, 4 * i + 2, stride, rows, every_row, la, lb)
         g, u = gu.split((inter[i], inter[i]), dim=-1)
         m = F.silu(g) * u
         x = x + _lora(
-            _linear(m, 4 * i + 3, w, b, p, kw, small, fmt, reduce_range), m, 4 * i + 3, stride, rows, every_row, la, lb
+            _linear(m, 4 * i + 3, w, b, p, kw, kn, small, fmt, reduce_range),
+            m,
+            4 * i + 3,
+            stride,
+            rows,
+            every_row,
+            la,
+            lb,
         )
     return x
 

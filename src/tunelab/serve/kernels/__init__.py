@@ -1,8 +1,8 @@
 """Native kernels of the lean decoder, compiled on this machine the first time they are needed.
 
-`bf16_linear.cpp`: y = x W^T + b with bf16 weights for up to 8 rows (a decoding step of up to 8 sequences),
-through AVX512-BF16, optionally with the RMSNorm before it fused into the rounding of its input. oneDNN (AMX)
-stays in charge of prefill, where the products have many rows and AMX wins (see `SMALL_ROWS`).
+`bf16_linear.cpp`: y = x W^T + b with bf16 weights in the kernel's own layout, optionally with the RMSNorm
+before it fused into the rounding of its input: on AMX tiles where the CPU has them (every product, prefill
+included), else through AVX512-BF16 for up to `SMALL_ROWS` rows (a decoding step), oneDNN doing the rest.
 
 The build goes through `torch.utils.cpp_extension` (a C++ compiler and ninja; ~10 s once, then cached by a
 hash of the source in torch's extension directory, `$TORCH_EXTENSIONS_DIR` or ~/.cache/torch_extensions).
@@ -26,7 +26,10 @@ from typing import Any
 
 from tunelab.hardware import cpu_flags
 
-SMALL_ROWS = 8  # up to this many rows the kernel is as fast as oneDNN or faster (measured: docs/serving.md)
+# Without AMX (AVX512-BF16 only) up to this many rows per product the kernel is as fast as oneDNN or faster, and
+# oneDNN keeps the rest (prefill); with AMX the kernel does every product and oneDNN's copy is not kept.
+SMALL_ROWS = 8
+ALL_ROWS = 1 << 40  # "every product" (times a row width it stays inside int64)
 SOURCE = Path(__file__).with_name("bf16_linear.cpp")
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
@@ -45,6 +48,15 @@ def why_not() -> str | None:
 
 def ready() -> bool:
     return why_not() is None
+
+
+def amx() -> bool:
+    """The kernel runs on AMX tiles here (then it is as fast as oneDNN for every batch size, prefill included)."""
+    if not ready():
+        return False
+    import torch
+
+    return bool(torch.ops.tunelab.amx_bf16())
 
 
 def _load() -> str | None:
@@ -111,10 +123,12 @@ def _placeholder() -> None:
     lib = torch.library.Library("tunelab", "DEF")
     lib.define("linear_bf16(Tensor x, Tensor wp, Tensor? b, int n, Tensor? norm=None, float eps=0.0) -> Tensor")
     lib.define("pack_bf16(Tensor w) -> Tensor")
+    lib.define("amx_bf16() -> bool")
 
     def missing(*args: Any) -> Any:
         raise RuntimeError(f"tunelab's bf16 kernel is not loaded: {_state.get('why')}")
 
     lib.impl("linear_bf16", missing, "CPU")
     lib.impl("pack_bf16", missing, "CPU")
+    lib.impl("amx_bf16", missing, "CompositeExplicitAutograd")
     _state["lib"] = lib  # the registration lives as long as this object
