@@ -331,3 +331,45 @@ def test_weights_without_kernels_are_a_config_error(tiny_model_dir: Path, monkey
     with pytest.raises(ConfigError, match="fbgemm") as e:
         Host._runner(load_model(tiny_model_dir), ServeConfig(quantize="fp16"))
     assert e.value.field == "quantize"
+
+
+def test_mailbox_delivers_every_token_in_order_with_few_wakeups() -> None:
+    """Tokens posted from another thread reach their queues in order, all of them, and posts made while a
+    drain is pending share its wake-up."""
+    import asyncio
+    import threading
+
+    from tunelab.serve.server import Mailbox
+
+    async def main() -> tuple[list[list[int]], int]:
+        loop = asyncio.get_running_loop()
+        box = Mailbox.of(loop)
+        assert Mailbox.of(loop) is box
+        queues: list[asyncio.Queue[int]] = [asyncio.Queue() for _ in range(3)]
+        wakeups = 0
+        real = loop.call_soon_threadsafe
+
+        def counting(*a: object) -> object:
+            nonlocal wakeups
+            wakeups += 1
+            return real(*a)  # type: ignore[arg-type]
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+
+        def engine() -> None:
+            for step in range(200):
+                for q in queues:
+                    box.post(q, step)
+
+        t = threading.Thread(target=engine)
+        t.start()
+        got: list[list[int]] = [[] for _ in queues]
+        for i, q in enumerate(queues):
+            while len(got[i]) < 200:
+                got[i].append(await asyncio.wait_for(q.get(), 10))
+        t.join()
+        return got, wakeups
+
+    got, wakeups = asyncio.run(main())
+    assert got == [list(range(200))] * 3
+    assert 1 <= wakeups < 600  # one per post would be 600
