@@ -77,6 +77,54 @@ def _lora(
     return y
 
 
+def _proj(
+    h: Tensor,
+    j: int,
+    w: list[Tensor],
+    b: list[Tensor | None],
+    p: list[torch.classes.quantized.LinearPackedParamsBase],  # type: ignore[name-defined]
+    kw: list[Tensor],
+    kn: list[int],
+    small: int,
+    fmt: str,
+    reduce_range: bool,
+    stride: int,
+    rows: list[Tensor],
+    every_row: list[bool],
+    la: list[Tensor | None],
+    lb: list[Tensor | None],
+) -> Tensor:
+    """Fused module j on h, plus the adapters' low-rank updates."""
+    y = _linear(h, j, w, b, p, kw, kn, small, fmt, reduce_range)
+    return _lora(y, h, j, stride, rows, every_row, la, lb)
+
+
+def _normed(
+    x: Tensor,
+    ln: Tensor,
+    eps: float,
+    fused: bool,
+    j: int,
+    w: list[Tensor],
+    b: list[Tensor | None],
+    p: list[torch.classes.quantized.LinearPackedParamsBase],  # type: ignore[name-defined]
+    kw: list[Tensor],
+    kn: list[int],
+    small: int,
+    fmt: str,
+    reduce_range: bool,
+    stride: int,
+    rows: list[Tensor],
+    every_row: list[bool],
+    la: list[Tensor | None],
+    lb: list[Tensor | None],
+) -> Tensor:
+    """Fused module j on RMSNorm(x); `fused`: tunelab's kernel does the norm as it rounds its input."""
+    if fused:
+        return torch.ops.tunelab.linear_bf16(x, kw[j], b[j], kn[j], ln, eps)
+    return _proj(rms(x, ln, eps), j, w, b, p, kw, kn, small, fmt, reduce_range, stride, rows, every_row, la, lb)
+
+
 def layers(
     x: Tensor,
     cos: Tensor,
@@ -121,12 +169,10 @@ def layers(
     # tunelab's bf16 kernel with the RMSNorm fused into its input (few rows, no adapter wanting the norm's output)
     fused = fmt == "bf16" and len(kw) > 0 and len(rows) == 0 and n * s <= small
     for i in range(len(ln1)):
-        if fused:
-            qkv = torch.ops.tunelab.linear_bf16(x, kw[4 * i], b[4 * i], kn[4 * i], ln1[i], eps1[i])
-        else:
-            h = rms(x, ln1[i], eps1[i])
-            qkv = _linear(h, 4 * i, w, b, p, kw, kn, small, fmt, reduce_range)
-            qkv = _lora(qkv, h, 4 * i, stride, rows, every_row, la, lb)
+        j = 4 * i
+        qkv = _normed(
+            x, ln1[i], eps1[i], fused, j, w, b, p, kw, kn, small, fmt, reduce_range, stride, rows, every_row, la, lb
+        )
         qkv = qkv.view(n, s, hq + 2 * hk, d)
         qk = qkv[:, :, : hq + hk]
         qk = torch.addcmul(qk * cos, qk.roll(half, -1), sin)  # rotate_half(t) * sin == roll(t) * (-sin, sin)
@@ -142,34 +188,13 @@ def layers(
             enable_gqa=hq != hk,
         )
         a = a.transpose(1, 2).reshape(n, s, hq * d)
-        x = x + _lora(
-            _linear(a, 4 * i + 1, w, b, p, kw, kn, small, fmt, reduce_range),
-            a,
-            4 * i + 1,
-            stride,
-            rows,
-            every_row,
-            la,
-            lb,
+        x = x + _proj(a, j + 1, w, b, p, kw, kn, small, fmt, reduce_range, stride, rows, every_row, la, lb)
+        gu = _normed(
+            x, ln2[i], eps2[i], fused, j + 2, w, b, p, kw, kn, small, fmt, reduce_range, stride, rows, every_row, la, lb
         )
-        if fused:
-            gu = torch.ops.tunelab.linear_bf16(x, kw[4 * i + 2], b[4 * i + 2], kn[4 * i + 2], ln2[i], eps2[i])
-        else:
-            h = rms(x, ln2[i], eps2[i])
-            gu = _linear(h, 4 * i + 2, w, b, p, kw, kn, small, fmt, reduce_range)
-            gu = _lora(gu, h, 4 * i + 2, stride, rows, every_row, la, lb)
         g, u = gu.split((inter[i], inter[i]), dim=-1)
         m = F.silu(g) * u
-        x = x + _lora(
-            _linear(m, 4 * i + 3, w, b, p, kw, kn, small, fmt, reduce_range),
-            m,
-            4 * i + 3,
-            stride,
-            rows,
-            every_row,
-            la,
-            lb,
-        )
+        x = x + _proj(m, j + 3, w, b, p, kw, kn, small, fmt, reduce_range, stride, rows, every_row, la, lb)
     return x
 
 
