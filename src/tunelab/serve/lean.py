@@ -99,10 +99,10 @@ class Linear:
         from tunelab.serve.lean_script import _linear
 
         if self.fbgemm:
-            return _linear(x, 0, [], [], [self.packed], [], [], 0, self.fmt, self.reduce_range)
+            return _linear(x, 0, [], [], [self.packed], [], [], 0, self.fmt, self.reduce_range, 0, [], [], [], [])
         kw = [] if self.kw is None else [self.kw]
         w = [] if self.w is None else [self.w]
-        return _linear(x, 0, w, [self.b], [], kw, [self.out_features], self.small, self.fmt, False)
+        return _linear(x, 0, w, [self.b], [], kw, [self.out_features], self.small, self.fmt, False, 0, [], [], [], [])
 
 
 class LoRA:

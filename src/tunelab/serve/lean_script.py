@@ -23,38 +23,6 @@ def rms(x: Tensor, w: Tensor, eps: float) -> Tensor:
     return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
 
 
-def _linear(
-    x: Tensor,
-    j: int,
-    w: list[Tensor],
-    b: list[Tensor | None],
-    p: list[torch.classes.quantized.LinearPackedParamsBase],  # type: ignore[name-defined]
-    kw: list[Tensor],
-    kn: list[int],
-    small: int,
-    fmt: str,
-    reduce_range: bool,
-) -> Tensor:
-    """Linear j in weight format `fmt` (fp32 | bf16 | fp16 | int8; see `lean.Linear`). bf16 with `kw` (the
-    weights packed for tunelab's kernel, `serve.kernels`, kn[j] outputs): products of up to `small` rows go to
-    that kernel, bigger ones to oneDNN's copy in w."""
-    if fmt == "bf16" and len(kw) > 0 and x.numel() <= small * x.shape[-1]:
-        return torch.ops.tunelab.linear_bf16(x, kw[j], b[j], kn[j])
-    if fmt == "bf16":  # w[j]: oneDNN-packed bf16; the bias (fp32) is added after the product comes back in fp32
-        y = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), w[j], None, "none", [], "").float()
-        bj = b[j]
-        return y if bj is None else y + bj
-    if fmt == "int8" or fmt == "fp16":  # p[j]: fbgemm's packed int8 or fp16 weights (and the bias)
-        shape = x.shape
-        flat = x.reshape(-1, shape[-1]).contiguous()
-        if fmt == "fp16":
-            y = torch.ops.quantized.linear_dynamic_fp16(flat, p[j])
-        else:
-            y = torch.ops.quantized.linear_dynamic(flat, p[j], reduce_range)
-        return y.view(list(shape[:-1]) + [y.shape[-1]])  # noqa: RUF005 (TorchScript has no starred lists)
-    return F.linear(x, w[j], b[j])
-
-
 def _lora(
     y: Tensor,
     x: Tensor,
@@ -77,33 +45,8 @@ def _lora(
     return y
 
 
-def _proj(
-    h: Tensor,
-    j: int,
-    w: list[Tensor],
-    b: list[Tensor | None],
-    p: list[torch.classes.quantized.LinearPackedParamsBase],  # type: ignore[name-defined]
-    kw: list[Tensor],
-    kn: list[int],
-    small: int,
-    fmt: str,
-    reduce_range: bool,
-    stride: int,
-    rows: list[Tensor],
-    every_row: list[bool],
-    la: list[Tensor | None],
-    lb: list[Tensor | None],
-) -> Tensor:
-    """Fused module j on h, plus the adapters' low-rank updates."""
-    y = _linear(h, j, w, b, p, kw, kn, small, fmt, reduce_range)
-    return _lora(y, h, j, stride, rows, every_row, la, lb)
-
-
-def _normed(
+def _linear(
     x: Tensor,
-    ln: Tensor,
-    eps: float,
-    fused: bool,
     j: int,
     w: list[Tensor],
     b: list[Tensor | None],
@@ -119,10 +62,28 @@ def _normed(
     la: list[Tensor | None],
     lb: list[Tensor | None],
 ) -> Tensor:
-    """Fused module j on RMSNorm(x); `fused`: tunelab's kernel does the norm as it rounds its input."""
-    if fused:
-        return torch.ops.tunelab.linear_bf16(x, kw[j], b[j], kn[j], ln, eps)
-    return _proj(rms(x, ln, eps), j, w, b, p, kw, kn, small, fmt, reduce_range, stride, rows, every_row, la, lb)
+    """Linear j in weight format `fmt` (fp32 | bf16 | fp16 | int8; see `lean.Linear`), plus the adapters'
+    low-rank updates (`_lora`; none for empty lists). bf16 with `kw` (the weights packed for tunelab's kernel,
+    `serve.kernels`, kn[j] outputs): products of up to `small` rows go to that kernel, bigger ones to oneDNN's
+    copy in w."""
+    if fmt == "bf16" and len(kw) > 0 and x.numel() <= small * x.shape[-1]:
+        y = torch.ops.tunelab.linear_bf16(x, kw[j], b[j], kn[j])
+    elif fmt == "bf16":  # w[j]: oneDNN-packed bf16; the bias (fp32) is added after the product comes back in fp32
+        y = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), w[j], None, "none", [], "").float()
+        bj = b[j]
+        if bj is not None:
+            y = y + bj
+    elif fmt == "int8" or fmt == "fp16":  # p[j]: fbgemm's packed int8 or fp16 weights (and the bias)
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1]).contiguous()
+        if fmt == "fp16":
+            y = torch.ops.quantized.linear_dynamic_fp16(flat, p[j])
+        else:
+            y = torch.ops.quantized.linear_dynamic(flat, p[j], reduce_range)
+        y = y.view(list(shape[:-1]) + [y.shape[-1]])  # noqa: RUF005 (TorchScript has no starred lists)
+    else:
+        y = F.linear(x, w[j], b[j])
+    return _lora(y, x, j, stride, rows, every_row, la, lb)
 
 
 def layers(
@@ -170,9 +131,11 @@ def layers(
     fused = fmt == "bf16" and len(kw) > 0 and len(rows) == 0 and n * s <= small
     for i in range(len(ln1)):
         j = 4 * i
-        qkv = _normed(
-            x, ln1[i], eps1[i], fused, j, w, b, p, kw, kn, small, fmt, reduce_range, stride, rows, every_row, la, lb
-        )
+        if fused:  # tunelab's kernel does the RMSNorm as it rounds its input
+            qkv = torch.ops.tunelab.linear_bf16(x, kw[j], b[j], kn[j], ln1[i], eps1[i])
+        else:
+            h = rms(x, ln1[i], eps1[i])
+            qkv = _linear(h, j, w, b, p, kw, kn, small, fmt, reduce_range, stride, rows, every_row, la, lb)
         qkv = qkv.view(n, s, hq + 2 * hk, d)
         qk = qkv[:, :, : hq + hk]
         qk = torch.addcmul(qk * cos, qk.roll(half, -1), sin)  # rotate_half(t) * sin == roll(t) * (-sin, sin)
@@ -188,13 +151,15 @@ def layers(
             enable_gqa=hq != hk,
         )
         a = a.transpose(1, 2).reshape(n, s, hq * d)
-        x = x + _proj(a, j + 1, w, b, p, kw, kn, small, fmt, reduce_range, stride, rows, every_row, la, lb)
-        gu = _normed(
-            x, ln2[i], eps2[i], fused, j + 2, w, b, p, kw, kn, small, fmt, reduce_range, stride, rows, every_row, la, lb
-        )
+        x = x + _linear(a, j + 1, w, b, p, kw, kn, small, fmt, reduce_range, stride, rows, every_row, la, lb)
+        if fused:
+            gu = torch.ops.tunelab.linear_bf16(x, kw[j + 2], b[j + 2], kn[j + 2], ln2[i], eps2[i])
+        else:
+            h = rms(x, ln2[i], eps2[i])
+            gu = _linear(h, j + 2, w, b, p, kw, kn, small, fmt, reduce_range, stride, rows, every_row, la, lb)
         g, u = gu.split((inter[i], inter[i]), dim=-1)
         m = F.silu(g) * u
-        x = x + _proj(m, j + 3, w, b, p, kw, kn, small, fmt, reduce_range, stride, rows, every_row, la, lb)
+        x = x + _linear(m, j + 3, w, b, p, kw, kn, small, fmt, reduce_range, stride, rows, every_row, la, lb)
     return x
 
 
