@@ -222,8 +222,8 @@ def bench_serve(
         str(resolved.path),
         "{port}",
     ]
-    kernel = default == "bf16" and kernels.ready()  # tunelab's bf16 kernel for 1-4 rows builds here
-    with_kernel = "tunelab" if kernels.amx() else "tunelab+onednn"  # what /health says: AMX for all, or steps
+    kernel = default == "bf16" and kernels.ready()  # tunelab's bf16 kernel builds here
+    with_kernel = kernels.bf16_products(kernels.bf16_rows())  # what /health says then
     result["setup"]["bf16_kernel"] = with_kernel if kernel else kernels.why_not() if default == "bf16" else None
     # side: (command, weights, timed under load too, environment)
     sides: dict[str, tuple[list[str], str, bool, dict[str, str]]] = {"tunelab": (serve, default, True, {})}

@@ -209,15 +209,15 @@ class LeanModel:
         conf = model.config
         inner = model.model
         self.weights = quantize or "fp32"  # fp32 | fp16 | bf16 | int8
-        # bf16: tunelab's own kernel for products of up to 8 rows where it builds here (`serve.kernels`), else oneDNN
+        # bf16: products of up to `small` rows through tunelab's own kernel where it builds here (`serve.kernels`:
+        # all of them on AMX), the rest through oneDNN
         self.kernel_note: str | None = None
-        small = 0  # products of up to this many rows go to tunelab's kernel
+        small = 0
         if quantize == "bf16":
             from tunelab.serve import kernels
 
             self.kernel_note = kernels.why_not()
-            if self.kernel_note is None:
-                small = kernels.ALL_ROWS if kernels.amx() else kernels.SMALL_ROWS
+            small = kernels.bf16_rows()
         self.n_layers = len(inner.layers)
         self.n_heads = int(conf.num_attention_heads)
         self.n_kv = int(getattr(conf, "num_key_value_heads", None) or self.n_heads)
@@ -299,8 +299,9 @@ class LeanModel:
         """What does this model's matrix products: mkl (fp32), fbgemm (int8, fp16), onednn (bf16), tunelab
         (bf16, tunelab's kernel on AMX for all) or tunelab+onednn (bf16, the kernel for decoding steps)."""
         if self.weights == "bf16":
-            small = self.head.small
-            return "onednn" if not small else "tunelab" if small >= ALL_ROWS else "tunelab+onednn"
+            from tunelab.serve.kernels import bf16_products
+
+            return bf16_products(self.head.small)
         return {"fp32": "mkl", "fp16": "fbgemm", "int8": "fbgemm"}[self.weights]
 
     @staticmethod

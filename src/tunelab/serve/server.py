@@ -153,7 +153,7 @@ class Host:
             raise ConfigError(str(e), field="engine" if "lean" in str(e) else "quantize") from None
         if getattr(runner, "kernel_note", None):
             print(
-                f"bf16 products through oneDNN only: tunelab's small-batch kernel not used ({runner.kernel_note})",
+                f"bf16 products through oneDNN only: tunelab's bf16 kernel not used ({runner.kernel_note})",
                 flush=True,
             )
         return runner
@@ -325,7 +325,7 @@ def create_app(
             "model": host.name,
             "decoder": host.runner.decoder,  # lean | hf
             "weights": host.runner.weights,  # fp32 | fp16 | bf16 | int8 (`quantize`)
-            "kernel": host.runner.kernel,  # mkl | fbgemm | onednn | tunelab+onednn | torch (`LeanModel.kernel`)
+            "kernel": host.runner.kernel,  # mkl | fbgemm | onednn | tunelab | tunelab+onednn | torch
             "running": host.engine.running,
             "waiting": host.engine.waiting.qsize(),
         }

@@ -59,6 +59,17 @@ def amx() -> bool:
     return bool(torch.ops.tunelab.amx_bf16())
 
 
+def bf16_rows() -> int:
+    """The lean decoder's bf16 products of up to this many rows go to the kernel here: ALL_ROWS on AMX,
+    SMALL_ROWS with AVX512-BF16 alone, 0 where the kernel is not loaded."""
+    return 0 if not ready() else ALL_ROWS if amx() else SMALL_ROWS
+
+
+def bf16_products(rows: int) -> str:
+    """Who does bf16 products with that limit (what `/health` reports as `kernel`)."""
+    return "onednn" if not rows else "tunelab" if rows >= ALL_ROWS else "tunelab+onednn"
+
+
 def _load() -> str | None:
     if os.environ.get("TUNELAB_KERNELS", "1").strip().lower() in ("0", "false", "no", "off"):
         return "turned off (TUNELAB_KERNELS=0)"
