@@ -1,4 +1,4 @@
-"""tunelab's bf16 kernel for small-batch products (`serve.kernels`): built where the CPU and tools allow, exact
+"""tunelab's bf16 kernel (`serve.kernels`): built where the CPU and tools allow, exact
 to fp32 rounding against a float64 product of the same bf16 numbers, and used by the lean decoder."""
 
 from __future__ import annotations
