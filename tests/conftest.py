@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
+
+from tunelab.hardware import cpu_flags
+
+# tunelab's native kernels (`tunelab.kernels`) build here: AVX512-BF16, a C++ compiler and ninja, not turned off
+KERNELS_CAN_BUILD = bool(
+    "avx512_bf16" in cpu_flags()
+    and (shutil.which("c++") or shutil.which("g++"))
+    and shutil.which("ninja")
+    and os.environ.get("TUNELAB_KERNELS", "1") != "0"
+)
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.bench import run_bench
+from tunelab import kernels
 from tunelab.hardware import cpu_bf16, fbgemm
-from tunelab.serve import kernels
 
 
 def test_bench_serve_quick_on_a_tiny_model(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -206,8 +206,8 @@ def bench_serve(
     }
     import httpx
 
+    from tunelab import kernels
     from tunelab.hardware import fbgemm
-    from tunelab.serve import kernels
     from tunelab.serve.server import lean_weights
 
     default = lean_weights("auto") or "fp32"  # what `tunelab serve` picks on this machine for a lean model

@@ -101,6 +101,7 @@ def side_tunelab(spec: dict[str, Any], out: Path) -> dict[str, Any]:
         "losses": [r["loss"] for r in res.curve],
         "step_s": [b - a for a, b in itertools.pairwise([0.0] + [r["elapsed_s"] for r in res.curve])],
         "precision": res.precision,
+        "attention": res.attention,
     }
 
 
@@ -110,6 +111,7 @@ def side_hf(spec: dict[str, Any], out: Path) -> dict[str, Any]:
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
     model, tok, rows = _load(spec)
+    attn_impl = model.config._attn_implementation
     torch.set_num_threads(spec["threads"])
     model = get_peft_model(
         model, LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS, lora_dropout=0.0, task_type="CAUSAL_LM")
@@ -170,6 +172,7 @@ def side_hf(spec: dict[str, Any], out: Path) -> dict[str, Any]:
         "losses": losses,
         "step_s": times,
         "precision": "bf16 autocast (bf16=True)" if spec["bf16"] else "fp32 (defaults)",
+        "attention": f"transformers {attn_impl}, padded rows",
     }
 
 
@@ -273,6 +276,7 @@ def bench_train(
         s = sides[name]
         s["tokens_per_s"] = s["real_tokens"] / s["train_s"]
         log(f"  {s['tokens_per_s']:.0f} real tokens/s, peak RSS {s['peak_rss_gb']:.2f} GB ({s['precision']})")
+        log(f"  attention: {s.get('attention', '?')}")
 
     peak32 = matmul_flops(threads)
     peak16 = matmul_flops(threads, dtype="bfloat16") if bf16 else None

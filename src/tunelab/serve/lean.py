@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.hardware import cpu_vnni, fbgemm
-from tunelab.serve.kernels import ALL_ROWS
+from tunelab.kernels import ALL_ROWS
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 
@@ -47,7 +47,7 @@ class Linear:
         import torch
 
         self.fmt = quantize or "fp32"  # fp32 | fp16 | bf16 | int8
-        # bf16 with small > 0: products of up to `small` rows through tunelab's kernel (`serve.kernels`), in its
+        # bf16 with small > 0: products of up to `small` rows through tunelab's kernel (`tunelab.kernels`), in its
         # own layout `kw`; oneDNN's copy `w` for bigger ones, not kept when the kernel does all (ALL_ROWS: AMX)
         self.small = small if self.fmt == "bf16" else 0
         self.kw: Any = None
@@ -209,12 +209,12 @@ class LeanModel:
         conf = model.config
         inner = model.model
         self.weights = quantize or "fp32"  # fp32 | fp16 | bf16 | int8
-        # bf16: products of up to `small` rows through tunelab's own kernel where it builds here (`serve.kernels`:
+        # bf16: products of up to `small` rows through tunelab's own kernel where it builds here (`tunelab.kernels`:
         # all of them on AMX), the rest through oneDNN
         self.kernel_note: str | None = None
         small = 0
         if quantize == "bf16":
-            from tunelab.serve import kernels
+            from tunelab import kernels
 
             self.kernel_note = kernels.why_not()
             small = kernels.bf16_rows()
@@ -299,7 +299,7 @@ class LeanModel:
         """What does this model's matrix products: mkl (fp32), fbgemm (int8, fp16), onednn (bf16), tunelab
         (bf16, tunelab's kernel on AMX for all) or tunelab+onednn (bf16, the kernel for decoding steps)."""
         if self.weights == "bf16":
-            from tunelab.serve.kernels import bf16_products
+            from tunelab.kernels import bf16_products
 
             return bf16_products(self.head.small)
         return {"fp32": "mkl", "fp16": "fbgemm", "int8": "fbgemm"}[self.weights]

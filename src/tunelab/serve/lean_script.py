@@ -64,7 +64,7 @@ def _linear(
 ) -> Tensor:
     """Linear j in weight format `fmt` (fp32 | bf16 | fp16 | int8; see `lean.Linear`), plus the adapters'
     low-rank updates (`_lora`; none for empty lists). bf16 with `kw` (the weights packed for tunelab's kernel,
-    `serve.kernels`, kn[j] outputs): products of up to `small` rows go to that kernel, bigger ones to oneDNN's
+    `tunelab.kernels`, kn[j] outputs): products of up to `small` rows go to that kernel, bigger ones to oneDNN's
     copy in w."""
     if fmt == "bf16" and len(kw) > 0 and x.numel() <= small * x.shape[-1]:
         y = torch.ops.tunelab.linear_bf16(x, kw[j], b[j], kn[j])
@@ -172,7 +172,7 @@ def scripted_layers() -> Any:
     if _SCRIPTED is None:
         import warnings
 
-        from tunelab.serve import kernels
+        from tunelab import kernels
 
         kernels.why_not()  # loads the bf16 kernel, or defines its operator's name, which `_linear` calls
         with warnings.catch_warnings():

@@ -232,6 +232,7 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
         "tokens_per_s": res.tokens_per_s,
         "peak_rss_gb": res.peak_rss_gb,
         "precision": res.precision,
+        "attention": res.attention,
         "packing": cfg.batch.packing,
         "trainable_params": res.trainable_params,
         "total_params": res.total_params,

@@ -33,7 +33,7 @@ from tunelab.fsutil import atomic_dir, atomic_write_jsonl
 from tunelab.models.chat import IGNORE, Encoded
 from tunelab.progress import Reporter
 from tunelab.train import checkpoint as ckpt
-from tunelab.train.attention import packed_attention, supports_packing
+from tunelab.train.attention import attention_backend, packed_attention, supports_packing
 from tunelab.train.distributed import Dist
 from tunelab.train.fused import fused_lora
 from tunelab.train.losses import lm_loss_sum
@@ -61,6 +61,7 @@ class TrainResult:
     skipped_checkpoints: list[str] = field(default_factory=list)
     peak_rss_gb: float = 0.0
     precision: str = "fp32"
+    attention: str = ""  # what attention ran on (packed rows: tunelab's bf16 kernel or PyTorch's SDPA)
 
     @property
     def tokens_per_s(self) -> float:
@@ -397,6 +398,13 @@ def train(
         trainable_params=sum(p.numel() for p in params),
         total_params=sum(p.numel() for p in model.parameters()),
         precision=("bf16 autocast, frozen weights in bf16" if frozen16 else "bf16 autocast") if use_bf16 else "fp32",
+        attention=(
+            attention_backend()
+            if packing and use_bf16 and device.type == "cpu"
+            else "PyTorch scaled_dot_product_attention per example"
+            if packing
+            else f"the model's own ({_inner(model).config._attn_implementation}, padded rows)"
+        ),
     )
     per_step = cfg.batch.size * cfg.batch.grad_accum
     plan = StepPlan(len(examples), per_step, cfg.train.seed)
@@ -454,6 +462,7 @@ def train(
         packing=packing,
         processes=dist.world,
         precision=result.precision,
+        attention=result.attention,
         trainable_params=result.trainable_params,
         total_params=result.total_params,
     )

@@ -1,25 +1,19 @@
-"""tunelab's bf16 kernel (`serve.kernels`): built where the CPU and tools allow, exact
+"""tunelab's bf16 kernel (`tunelab.kernels`): built where the CPU and tools allow, exact
 to fp32 rounding against a float64 product of the same bf16 numbers, and used by the lean decoder."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tunelab.hardware import cpu_flags
-from tunelab.serve import kernels
+from tests.conftest import KERNELS_CAN_BUILD
+from tunelab import kernels
 
-CAN_BUILD = bool(
-    "avx512_bf16" in cpu_flags()
-    and (shutil.which("c++") or shutil.which("g++"))
-    and shutil.which("ninja")
-    and os.environ.get("TUNELAB_KERNELS", "1") != "0"
-)
+CAN_BUILD = KERNELS_CAN_BUILD
 needs_kernel = pytest.mark.skipif(not CAN_BUILD, reason="no AVX512-BF16, compiler or ninja here")
 
 

@@ -1,13 +1,17 @@
-"""Native kernels of the lean decoder, compiled on this machine the first time they are needed.
+"""Native CPU kernels, compiled on this machine the first time they are needed.
 
-`bf16_linear.cpp`: y = x W^T + b with bf16 weights in the kernel's own layout, optionally with the RMSNorm
-before it fused into the rounding of its input: on AMX tiles where the CPU has them (every product, prefill
-included), else through AVX512-BF16 for up to `SMALL_ROWS` rows (a decoding step), oneDNN doing the rest.
+- `bf16_linear.cpp` (serving: the lean decoder): y = x W^T + b with bf16 weights in the kernel's own layout,
+  optionally with the RMSNorm before it fused into the rounding of its input: on AMX tiles where the CPU has
+  them (every product, prefill included), else through AVX512-BF16 for up to `SMALL_ROWS` rows (a decoding
+  step), oneDNN doing the rest.
+- `attention_bf16.cpp` (training: packed rows): causal attention inside each example of a packed row, forward
+  and backward, in bf16 (`attention_why_not()` says whether training uses it).
 
 The build goes through `torch.utils.cpp_extension` (a C++ compiler and ninja; ~10 s once, then cached by a
 hash of the source in torch's extension directory, `$TORCH_EXTENSIONS_DIR` or ~/.cache/torch_extensions).
-Where anything is missing (no AVX512-BF16, no compiler, a failed build or self-test) the decoder keeps using
-oneDNN and `why_not()` says why. `TUNELAB_KERNELS=0` turns the kernels off (for comparisons).
+Both files are one extension. Where anything is missing (no AVX512-BF16, no compiler, a failed build or
+self-test) the decoder keeps using oneDNN, training PyTorch's attention, and `why_not()` says why.
+`TUNELAB_KERNELS=0` turns the kernels off (for comparisons).
 
 The operators live in the `tunelab` namespace (`torch.ops.tunelab.linear_bf16`), which the scripted layer loop
 names; when the kernel cannot be loaded the same schema is defined with an implementation that raises, so the
@@ -17,6 +21,7 @@ loop still compiles (it only calls the kernel for weights that were packed by it
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import shutil
 import sys
@@ -30,7 +35,7 @@ from tunelab.hardware import cpu_flags
 # oneDNN keeps the rest (prefill); with AMX the kernel does every product and oneDNN's copy is not kept.
 SMALL_ROWS = 8
 ALL_ROWS = 1 << 40  # "every product" (times a row width it stays inside int64)
-SOURCE = Path(__file__).with_name("bf16_linear.cpp")
+SOURCES = [Path(__file__).with_name(n) for n in ("bf16_linear.cpp", "attention_bf16.cpp")]
 _lock = threading.Lock()
 _state: dict[str, Any] = {}
 
@@ -82,18 +87,18 @@ def _load() -> str | None:
 
     if not cpp_extension.is_ninja_available():
         return "ninja is not on PATH"
-    digest = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()[:12]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + torch.__version__.encode()).hexdigest()[:12]
     name = f"tunelab_bf16_{digest}"
     try:
         built = (Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so").exists()
     except Exception:  # a private helper of torch's: only decides whether to say that a build is coming
         built = True
     if not built:
-        print("building tunelab's bf16 kernel for this CPU (once, ~10 s)", file=sys.stderr, flush=True)
+        print("building tunelab's bf16 kernels for this CPU (once, ~20 s)", file=sys.stderr, flush=True)
     try:
         cpp_extension.load(
             name=name,
-            sources=[str(SOURCE)],
+            sources=[str(p) for p in SOURCES],
             extra_cflags=["-O3", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
@@ -143,3 +148,59 @@ def _placeholder() -> None:
     lib.impl("pack_bf16", missing, "CPU")
     lib.impl("amx_bf16", missing, "CompositeExplicitAutograd")
     _state["lib"] = lib  # the registration lives as long as this object
+
+
+def attention_why_not() -> str | None:
+    """None when training's bf16 attention kernel is loaded and passed its self-test; otherwise why not."""
+    why = why_not()
+    if why:
+        return why
+    with _lock:
+        if "attention_why" not in _state:
+            _state["attention_why"] = _attention_self_test()
+        return _state["attention_why"]
+
+
+def attention_reference(q: Any, k: Any, v: Any, cu: list[int], scale: float) -> Any:
+    """Causal attention inside each example of a packed row, in float64: q [H, T, D], k/v [Hkv, T, D] ->
+    [T, H, D], zero after cu[-1] (what `attention_bf16` computes; differentiable, for tests)."""
+    import torch
+
+    q, k, v = q.double(), k.double(), v.double()
+    group = q.shape[0] // k.shape[0]
+    k, v = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)
+    out = []
+    for s, e in itertools.pairwise(cu):
+        sc = (q[:, s:e] @ k[:, s:e].transpose(1, 2)) * scale
+        mask = torch.ones(e - s, e - s, dtype=torch.bool).triu(1)
+        out.append(sc.masked_fill(mask, float("-inf")).softmax(-1) @ v[:, s:e])
+    out.append(q.new_zeros(q.shape[0], q.shape[1] - cu[-1], v.shape[-1]))
+    return torch.cat(out, 1).transpose(0, 1)
+
+
+def _attention_self_test() -> str | None:
+    """Forward and backward against float64 on packed rows with every tail case (1 token, not a multiple of
+    the kernel's blocks, grouped heads, filler after the last example)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    for heads, kv, d, lens in ((4, 2, 32, (1, 33, 70)), (3, 3, 64, (129,))):
+        cu = [0]
+        for n in lens:
+            cu.append(cu[-1] + n)
+        t = cu[-1] + 3
+        q, k, v = (torch.randn(t, h, d, generator=gen).bfloat16().transpose(0, 1) for h in (heads, kv, kv))
+        dout = torch.randn(t, heads, d, generator=gen).bfloat16()
+        o, lse = torch.ops.tunelab.attention_bf16(q, k, v, cu, d**-0.5)
+        grads = torch.ops.tunelab.attention_bf16_backward(dout, q, k, v, o, lse, cu, d**-0.5)
+        leaves = [x.detach().double().requires_grad_() for x in (q, k, v)]
+        ref = attention_reference(leaves[0], leaves[1], leaves[2], cu, d**-0.5)
+        ref.backward(dout.double())
+        for name, got, want in zip(
+            ("output", "dq", "dk", "dv"), (o, *grads), (ref, *(x.grad for x in leaves)), strict=True
+        ):
+            want = want.detach()
+            err = float((got.double() - want).abs().max()) / max(1e-6, float(want.abs().max()))
+            if got.shape != want.shape or not err <= 2e-2:
+                return f"the attention self-test failed ({name}, lengths {lens}: relative error {err:.3g})"
+    return None

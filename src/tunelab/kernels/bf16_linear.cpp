@@ -14,7 +14,7 @@
 // Sums are fp32 and the result is fp32; x is rounded to bf16 once per call (round to nearest even), after the
 // RMSNorm when `norm` is given (fused: one pass over x instead of ~7 small tensor operations).
 //
-// Built on first use by tunelab.serve.kernels (torch.utils.cpp_extension), for CPUs with AVX512-BF16 only;
+// Built on first use by tunelab.kernels (torch.utils.cpp_extension), for CPUs with AVX512-BF16 only;
 // the functions that need it carry their own target attribute, so the file compiles without -march flags.
 
 #include <ATen/Parallel.h>
