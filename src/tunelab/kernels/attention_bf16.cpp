@@ -53,14 +53,27 @@ void pack_nk(const uint16_t* x, int64_t rs, int64_t L, int64_t D, int64_t TP, ui
   }
 }
 
-// dst = the rows [0, L) of x as the B operand of C = A X (the sum runs over rows): [D/16][TP/2][16][2].
-void pack_kn(const uint16_t* x, int64_t rs, int64_t L, int64_t D, int64_t TP, uint16_t* dst) {
+// dst = the rows [0, L) of x as the B operand of C = A X (the sum runs over rows): [D/16][TP/2][16][2]. A pair of
+// rows interleaved is one 512-bit store per 16 columns.
+TARGET inline __m512i widen(const uint16_t* x, bool real) {  // 16 bf16 -> the low halves of 16 words
+  return real ? _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x))) : _mm512_setzero_si512();
+}
+
+TARGET void pack_kn(const uint16_t* x, int64_t rs, int64_t L, int64_t D, int64_t TP, uint16_t* dst) {
   const int64_t KP = TP / 2;
-  std::memset(dst, 0, static_cast<size_t>(TP * D) * sizeof(uint16_t));
-  for (int64_t t = 0; t < L; ++t) {
-    const uint16_t* row = x + t * rs;
-    for (int64_t d = 0; d < D; ++d) dst[(((d / 16) * KP + t / 2) * 16 + d % 16) * 2 + t % 2] = row[d];
-  }
+  uint32_t* d32 = reinterpret_cast<uint32_t*>(dst);
+  for (int64_t tp = 0; tp < KP; ++tp)
+    for (int64_t db = 0; db < D / 16; ++db) {
+      const __m512i lo = widen(x + 2 * tp * rs + 16 * db, 2 * tp < L);
+      const __m512i hi = widen(x + (2 * tp + 1) * rs + 16 * db, 2 * tp + 1 < L);
+      _mm512_storeu_si512(d32 + (db * KP + tp) * 16, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    }
+}
+
+// dst [D][BQ] = x^T for a block x [BQ][D] (row-major bf16): the A operand of a product summing over x's rows.
+void transpose_block(const uint16_t* x, int64_t D, uint16_t* dst) {
+  for (int64_t i = 0; i < BQ; ++i)
+    for (int64_t d = 0; d < D; ++d) dst[d * BQ + i] = x[i * D + d];
 }
 
 // C[MR rows][16 NR] (+)= A[MR rows][2 KP] B, B = NR consecutive blocks `bs` elements apart.
@@ -265,19 +278,21 @@ TARGET std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor&
   const int64_t n = static_cast<int64_t>(work.size());
 #pragma omp parallel num_threads(at::get_num_threads())
   {
-    std::vector<uint16_t> Kn, Vn, Kk, Qb(BQ * D), dOb(BQ * D), Qk(BQ * D), dOk(BQ * D), dS16, PT, dST;
-    std::vector<float> S, dP, dK, dV, dQb(BQ * D);
+    // B operands: K, V for the scores and dP (Kn, Vn), K for dQ (Kk), P and dS over the block's rows (PB, dSB);
+    // A operands: the block's rows of q and dout (Qb, dOb), and their transposes (QT, dOT), dS (dS16)
+    std::vector<uint16_t> Kn, Vn, Kk, Qb(BQ * D), dOb(BQ * D), QT(BQ * D), dOT(BQ * D), dS16, PB, dSB;
+    std::vector<float> S, dP, dKT, dVT, dQb(BQ * D);  // dK^T, dV^T [D][TP]: their products sum over query rows
     float delta[BQ];
 #pragma omp for schedule(dynamic, 1)
     for (int64_t w = 0; w < n; ++w) {
       const auto [e, g] = work[w];
       const int64_t s = cu[e], L = cu[e + 1] - s, TP = round_up(L, KA);
       for (auto* b : {&Kn, &Vn, &Kk}) b->resize(TP * D);
-      for (auto* b : {&dS16, &PT, &dST}) b->resize(BQ * TP);
+      for (auto* b : {&dS16, &PB, &dSB}) b->resize(BQ * TP);
       S.resize(BQ * TP);
       dP.resize(BQ * TP);
-      dK.assign(TP * D, 0.f);
-      dV.assign(TP * D, 0.f);
+      dKT.assign(D * TP, 0.f);
+      dVT.assign(D * TP, 0.f);
       pack_nk(kp + g * G.kh + s * G.kt, G.kt, L, D, TP, Kn.data());
       pack_nk(vp + g * G.vh + s * G.vt, G.vt, L, D, TP, Vn.data());
       pack_kn(kp + g * G.kh + s * G.kt, G.kt, L, D, TP, Kk.data());
@@ -286,8 +301,8 @@ TARGET std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor&
           const int64_t rows = std::min(BQ, L - i0), NP = round_up(i0 + rows, KA);
           copy_rows(qp + h * G.qh + (s + i0) * G.qt, G.qt, rows, D, Qb.data());
           copy_rows(dop + ((s + i0) * H + h) * D, H * D, rows, D, dOb.data());
-          pack_kn(Qb.data(), D, BQ, D, BQ, Qk.data());
-          pack_kn(dOb.data(), D, BQ, D, BQ, dOk.data());
+          transpose_block(Qb.data(), D, QT.data());
+          transpose_block(dOb.data(), D, dOT.data());
           for (int64_t r = 0; r < BQ; ++r) {
             __m512 acc = _mm512_setzero_ps();
             if (r < rows) {
@@ -299,24 +314,29 @@ TARGET std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor&
           }
           gemm(Qb.data(), D, BQ, Kn.data(), D * 16, D / 2, NP / 16, S.data(), NP, false);
           gemm(dOb.data(), D, BQ, Vn.data(), D * 16, D / 2, NP / 16, dP.data(), NP, false);
+          // P = exp(scale S - lse), dS = scale P (dP - delta), two rows at a time: each as bf16 rows (dS, the A
+          // operand of dQ) and the pair interleaved into the B layout over rows (P and dS for dV^T and dK^T)
           const __m512 vs = _mm512_set1_ps(scale);
-          for (int64_t r = 0; r < BQ; ++r) {
-            const int64_t nv = r < rows ? i0 + r + 1 : 0;
-            const __m512 vl = _mm512_set1_ps(r < rows ? lp[h * T + s + i0 + r] : 0.f), vd = _mm512_set1_ps(delta[r]);
-            const float *sr = S.data() + r * NP, *dpr = dP.data() + r * NP;
-            uint16_t* dsr = dS16.data() + r * NP;
-            alignas(64) uint16_t pb[16], db[16];
+          uint32_t* pb32 = reinterpret_cast<uint32_t*>(PB.data());
+          uint32_t* db32 = reinterpret_cast<uint32_t*>(dSB.data());
+          for (int64_t r = 0; r < BQ; r += 2) {
+            __m512i pw[2], dw[2];
             for (int64_t j = 0; j < NP; j += 16) {
-              const __mmask16 mk = first(nv - j);
-              const __m512 p = _mm512_maskz_mov_ps(mk, exp512(_mm512_fmsub_ps(_mm512_loadu_ps(sr + j), vs, vl)));
-              const __m512 ds = _mm512_mul_ps(_mm512_mul_ps(p, _mm512_sub_ps(_mm512_loadu_ps(dpr + j), vd)), vs);
-              store_bf16(pb, p, 0xFFFF);
-              store_bf16(db, ds, 0xFFFF);
-              std::memcpy(dsr + j, db, sizeof(db));
-              for (int c = 0; c < 16; ++c) {  // transposed copies: the A operands of dV and dK
-                PT[(j + c) * BQ + r] = pb[c];
-                dST[(j + c) * BQ + r] = db[c];
+              for (int64_t u = 0; u < 2; ++u) {
+                const int64_t rr = r + u, nv = rr < rows ? i0 + rr + 1 : 0;
+                const __m512 vl = _mm512_set1_ps(rr < rows ? lp[h * T + s + i0 + rr] : 0.f);
+                const __m512 p = _mm512_maskz_mov_ps(
+                    first(nv - j), exp512(_mm512_fmsub_ps(_mm512_loadu_ps(S.data() + rr * NP + j), vs, vl)));
+                const __m512 dpv = _mm512_sub_ps(_mm512_loadu_ps(dP.data() + rr * NP + j), _mm512_set1_ps(delta[rr]));
+                const __m512 ds = _mm512_mul_ps(_mm512_mul_ps(p, dpv), vs);
+                const __m256i p16 = (__m256i)_mm512_cvtneps_pbh(p), d16 = (__m256i)_mm512_cvtneps_pbh(ds);
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(dS16.data() + rr * NP + j), d16);
+                pw[u] = _mm512_cvtepu16_epi32(p16);
+                dw[u] = _mm512_cvtepu16_epi32(d16);
               }
+              const int64_t at = ((j / 16) * (BQ / 2) + r / 2) * 16;
+              _mm512_storeu_si512(pb32 + at, _mm512_or_si512(pw[0], _mm512_slli_epi32(pw[1], 16)));
+              _mm512_storeu_si512(db32 + at, _mm512_or_si512(dw[0], _mm512_slli_epi32(dw[1], 16)));
             }
           }
           gemm(dS16.data(), NP, BQ, Kk.data(), TP * 16, NP / 2, D / 16, dQb.data(), D, false);
@@ -324,16 +344,16 @@ TARGET std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor&
             uint16_t* dst = dqp + h * G.qh + (s + i0 + r) * G.qt;
             for (int64_t d = 0; d < D; d += 16) store_bf16(dst + d, _mm512_loadu_ps(dQb.data() + r * D + d), 0xFFFF);
           }
-          gemm(PT.data(), BQ, NP, dOk.data(), BQ * 16, BQ / 2, D / 16, dV.data(), D, true);
-          gemm(dST.data(), BQ, NP, Qk.data(), BQ * 16, BQ / 2, D / 16, dK.data(), D, true);
+          gemm(dOT.data(), BQ, D, PB.data(), BQ * 16, BQ / 2, NP / 16, dVT.data(), TP, true);
+          gemm(QT.data(), BQ, D, dSB.data(), BQ * 16, BQ / 2, NP / 16, dKT.data(), TP, true);
         }
       }
       for (int64_t t = 0; t < L; ++t) {
-        uint16_t* dkr = dkp + g * G.kh + (s + t) * G.kt;
-        uint16_t* dvr = dvp + g * G.vh + (s + t) * G.vt;
-        for (int64_t d = 0; d < D; d += 16) {
-          store_bf16(dkr + d, _mm512_loadu_ps(dK.data() + t * D + d), 0xFFFF);
-          store_bf16(dvr + d, _mm512_loadu_ps(dV.data() + t * D + d), 0xFFFF);
+        c10::BFloat16* dkr = reinterpret_cast<c10::BFloat16*>(dkp + g * G.kh + (s + t) * G.kt);
+        c10::BFloat16* dvr = reinterpret_cast<c10::BFloat16*>(dvp + g * G.vh + (s + t) * G.vt);
+        for (int64_t d = 0; d < D; ++d) {
+          dkr[d] = c10::BFloat16(dKT[d * TP + t]);
+          dvr[d] = c10::BFloat16(dVT[d * TP + t]);
         }
       }
     }
