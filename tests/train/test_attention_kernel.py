@@ -127,6 +127,22 @@ def test_results_do_not_depend_on_the_number_of_threads() -> None:
         assert all(torch.equal(a, b) for a, b in zip(got[0], other, strict=True))
 
 
+def test_views_of_a_fused_projection_get_their_gradients() -> None:
+    """q, k, v sliced out of one [T, (H + 2 Hkv) D] projection (models with a fused qkv matrix): not dense."""
+    gen = torch.Generator().manual_seed(2)
+    t, h, kv, d = 150, 4, 2, 32
+    qkv = torch.randn(t, (h + 2 * kv) * d, generator=gen).bfloat16()
+    q, k, v = (x.view(t, -1, d).transpose(0, 1) for x in qkv.split([h * d, kv * d, kv * d], dim=1))
+    cu = [0, 100, 150]
+    dout = torch.randn(t, h, d, generator=gen).bfloat16()
+    o, lse = torch.ops.tunelab.attention_bf16(q, k, v, cu, d**-0.5)
+    grads = torch.ops.tunelab.attention_bf16_backward(dout, q, k, v, o, lse, cu, d**-0.5)
+    exact = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    kernels.attention_reference(*exact, cu, d**-0.5).backward(dout.double())
+    for got, x in zip(grads, exact, strict=True):
+        assert got.shape == x.shape and _err(got, x.grad) < 1e-2
+
+
 def test_bad_shapes_are_refused_with_a_reason() -> None:
     q, k, v, _, cu = _row(4, 2, 64, [10])
     with pytest.raises(RuntimeError, match="head size"):

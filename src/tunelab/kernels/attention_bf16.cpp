@@ -268,9 +268,11 @@ TARGET std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor&
   const at::Tensor dout = dout_.to(at::kBFloat16).contiguous(), o = o_.contiguous(), lse = lse_.contiguous();
   TORCH_CHECK(dout.sizes() == o.sizes() && o.size(0) == T && o.size(1) == H && o.size(2) == D,
               "attention_bf16: the output's gradient must be [T, H, D]");
+  // laid out as q, k, v where they are dense (a view of a model's projection), else contiguous
   at::Tensor dq = at::zeros_like(q), dk = at::zeros_like(k), dv = at::zeros_like(v);
-  TORCH_CHECK(dq.strides() == q.strides() && dk.strides() == k.strides() && dv.strides() == v.strides(),
-              "attention_bf16: q, k, v must be dense");
+  const int64_t dqh = dq.stride(0), dqt = dq.stride(1), dkh = dk.stride(0), dkt = dk.stride(1);
+  const int64_t dvh = dv.stride(0), dvt = dv.stride(1);
+  TORCH_CHECK(dq.stride(2) == 1 && dk.stride(2) == 1 && dv.stride(2) == 1, "attention_bf16: unexpected layout");
   const auto work = tasks(cu, T, G.Hkv);
   const uint16_t *qp = ptr(q), *kp = ptr(k), *vp = ptr(v), *dop = ptr(dout), *op = ptr(o);
   uint16_t *dqp = mptr(dq), *dkp = mptr(dk), *dvp = mptr(dv);
@@ -341,7 +343,7 @@ TARGET std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor&
           }
           gemm(dS16.data(), NP, BQ, Kk.data(), TP * 16, NP / 2, D / 16, dQb.data(), D, false);
           for (int64_t r = 0; r < rows; ++r) {
-            uint16_t* dst = dqp + h * G.qh + (s + i0 + r) * G.qt;
+            uint16_t* dst = dqp + h * dqh + (s + i0 + r) * dqt;
             for (int64_t d = 0; d < D; d += 16) store_bf16(dst + d, _mm512_loadu_ps(dQb.data() + r * D + d), 0xFFFF);
           }
           gemm(dOT.data(), BQ, D, PB.data(), BQ * 16, BQ / 2, NP / 16, dVT.data(), TP, true);
@@ -349,8 +351,8 @@ TARGET std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor&
         }
       }
       for (int64_t t = 0; t < L; ++t) {
-        c10::BFloat16* dkr = reinterpret_cast<c10::BFloat16*>(dkp + g * G.kh + (s + t) * G.kt);
-        c10::BFloat16* dvr = reinterpret_cast<c10::BFloat16*>(dvp + g * G.vh + (s + t) * G.vt);
+        c10::BFloat16* dkr = reinterpret_cast<c10::BFloat16*>(dkp + g * dkh + (s + t) * dkt);
+        c10::BFloat16* dvr = reinterpret_cast<c10::BFloat16*>(dvp + g * dvh + (s + t) * dvt);
         for (int64_t d = 0; d < D; ++d) {
           dkr[d] = c10::BFloat16(dKT[d * TP + t]);
           dvr[d] = c10::BFloat16(dVT[d * TP + t]);

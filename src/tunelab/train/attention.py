@@ -52,6 +52,7 @@ def _kernel_function() -> Any:
         class PackedAttention(torch.autograd.Function):
             @staticmethod
             def forward(ctx: Any, q: Any, k: Any, v: Any, cu: list[int], scale: float) -> Any:
+                q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
                 o, lse = torch.ops.tunelab.attention_bf16(q, k, v, cu, scale)
                 ctx.save_for_backward(q, k, v, o, lse)
                 ctx.cu, ctx.scale = cu, scale
