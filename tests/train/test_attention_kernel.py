@@ -14,8 +14,7 @@ from tests.conftest import KERNELS_CAN_BUILD
 from tunelab import kernels
 from tunelab.train import attention
 
-CAN_BUILD = KERNELS_CAN_BUILD
-pytestmark = pytest.mark.skipif(not CAN_BUILD, reason="no AVX512-BF16, compiler or ninja here")
+pytestmark = pytest.mark.skipif(not KERNELS_CAN_BUILD, reason="no AVX512-BF16, compiler or ninja here")
 
 
 def _row(heads: int, kv: int, d: int, lens: list[int], filler: int = 3, seed: int = 0) -> tuple[Any, ...]:
@@ -178,7 +177,7 @@ def _packed_step(model: Any, monkeypatch: pytest.MonkeyPatch, why: str | None) -
     from tunelab.models.chat import Encoded
     from tunelab.train.packing import pack
 
-    monkeypatch.setitem(attention._kernel, "why", why)
+    monkeypatch.setattr(kernels, "attention_why_not", lambda: why)
     gen = torch.Generator().manual_seed(3)
     ex = [Encoded(torch.randint(1, 128, (n,), generator=gen).tolist(), [-100] * n) for n in (70, 33, 100)]
     p = pack(ex)
@@ -216,7 +215,7 @@ def test_packed_bf16_training_runs_the_kernel_and_agrees_with_pytorch(monkeypatc
 def test_fp32_and_long_examples_keep_pytorch_attention(monkeypatch: pytest.MonkeyPatch) -> None:
     q = torch.zeros(1, 4, 300, 32)
     k = torch.zeros(1, 2, 300, 32)
-    monkeypatch.setitem(attention._kernel, "why", None)
+    monkeypatch.setattr(kernels, "attention_why_not", lambda: None)
     assert not attention._use_kernel(q, k, [0, 300], 0.0)  # fp32, no autocast
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert attention._use_kernel(q, k, [0, 300], 0.0)
@@ -225,5 +224,5 @@ def test_fp32_and_long_examples_keep_pytorch_attention(monkeypatch: pytest.Monke
         monkeypatch.setattr(attention, "KERNEL_MAX_LEN", 299)
         assert not attention._use_kernel(q, k, [0, 300], 0.0)
     assert attention.attention_backend() == "tunelab bf16 kernel"
-    monkeypatch.setitem(attention._kernel, "why", "turned off (TUNELAB_KERNELS=0)")
+    monkeypatch.setattr(kernels, "attention_why_not", lambda: "turned off (TUNELAB_KERNELS=0)")
     assert "scaled_dot_product_attention (turned off" in attention.attention_backend()

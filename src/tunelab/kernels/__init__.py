@@ -185,9 +185,7 @@ def _attention_self_test() -> str | None:
 
     gen = torch.Generator().manual_seed(0)
     for heads, kv, d, lens in ((4, 2, 32, (1, 33, 70)), (3, 3, 64, (129,))):
-        cu = [0]
-        for n in lens:
-            cu.append(cu[-1] + n)
+        cu = [0, *itertools.accumulate(lens)]
         t = cu[-1] + 3
         q, k, v = (torch.randn(t, h, d, generator=gen).bfloat16().transpose(0, 1) for h in (heads, kv, kv))
         dout = torch.randn(t, heads, d, generator=gen).bfloat16()

@@ -224,24 +224,23 @@ TARGET std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& q, const at:
               continue;
             }
             const int64_t nv = i0 + r + 1;  // keys this row sees
-            const float* sr = S.data() + r * NP;
+            float* sr = S.data() + r * NP;  // scores, then in place exp(scale S - m)
             __m512 mx = _mm512_set1_ps(-INFINITY);
             for (int64_t j = 0; j < nv; j += 16) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, first(nv - j), sr + j));
             const float m = _mm512_reduce_max_ps(mx) * scale;
             const __m512 vs = _mm512_set1_ps(scale), vm = _mm512_set1_ps(m);
             __m512 sum = _mm512_setzero_ps();
-            float* sw = S.data() + r * NP;
             for (int64_t j = 0; j < nv; j += 16) {
               const __mmask16 mk = first(nv - j);
               const __m512 p = _mm512_maskz_mov_ps(mk, exp512(_mm512_fmsub_ps(_mm512_loadu_ps(sr + j), vs, vm)));
-              _mm512_storeu_ps(sw + j, p);
+              _mm512_storeu_ps(sr + j, p);
               sum = _mm512_add_ps(sum, p);
             }
             const float tot = _mm512_reduce_add_ps(sum);
             lp[h * T + s + i0 + r] = m + std::log(tot);
             const __m512 inv = _mm512_set1_ps(1.f / tot);
             int64_t j = 0;
-            for (; j < nv; j += 16) store_bf16(pr + j, _mm512_maskz_mul_ps(first(nv - j), _mm512_loadu_ps(sw + j), inv), 0xFFFF);
+            for (; j < nv; j += 16) store_bf16(pr + j, _mm512_maskz_mul_ps(first(nv - j), _mm512_loadu_ps(sr + j), inv), 0xFFFF);
             for (; j < NP; j += 16) store_bf16(pr + j, _mm512_setzero_ps(), 0xFFFF);
           }
           gemm(Pb.data(), NP, BQ, Vp.data(), TP * 16, NP / 2, D / 16, Ob.data(), D, false);
@@ -322,14 +321,21 @@ TARGET std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor&
           uint32_t* pb32 = reinterpret_cast<uint32_t*>(PB.data());
           uint32_t* db32 = reinterpret_cast<uint32_t*>(dSB.data());
           for (int64_t r = 0; r < BQ; r += 2) {
+            int64_t nv[2];  // keys each row sees (0 for padding rows), its log-sum-exp and delta
+            __m512 vl[2], vd[2];
+            for (int64_t u = 0; u < 2; ++u) {
+              const int64_t rr = r + u;
+              nv[u] = rr < rows ? i0 + rr + 1 : 0;
+              vl[u] = _mm512_set1_ps(rr < rows ? lp[h * T + s + i0 + rr] : 0.f);
+              vd[u] = _mm512_set1_ps(delta[rr]);
+            }
             __m512i pw[2], dw[2];
             for (int64_t j = 0; j < NP; j += 16) {
               for (int64_t u = 0; u < 2; ++u) {
-                const int64_t rr = r + u, nv = rr < rows ? i0 + rr + 1 : 0;
-                const __m512 vl = _mm512_set1_ps(rr < rows ? lp[h * T + s + i0 + rr] : 0.f);
+                const int64_t rr = r + u;
                 const __m512 p = _mm512_maskz_mov_ps(
-                    first(nv - j), exp512(_mm512_fmsub_ps(_mm512_loadu_ps(S.data() + rr * NP + j), vs, vl)));
-                const __m512 dpv = _mm512_sub_ps(_mm512_loadu_ps(dP.data() + rr * NP + j), _mm512_set1_ps(delta[rr]));
+                    first(nv[u] - j), exp512(_mm512_fmsub_ps(_mm512_loadu_ps(S.data() + rr * NP + j), vs, vl[u])));
+                const __m512 dpv = _mm512_sub_ps(_mm512_loadu_ps(dP.data() + rr * NP + j), vd[u]);
                 const __m512 ds = _mm512_mul_ps(_mm512_mul_ps(p, dpv), vs);
                 const __m256i p16 = (__m256i)_mm512_cvtneps_pbh(p), d16 = (__m256i)_mm512_cvtneps_pbh(ds);
                 _mm256_storeu_si256(reinterpret_cast<__m256i*>(dS16.data() + rr * NP + j), d16);

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 NAME = "tunelab_varlen"
 KERNEL_MAX_LEN = 8192  # the kernel keeps two fp32 score blocks of 64 x length per thread in cache
 _registered = False
-_kernel: dict[str, Any] = {}
+_kernel: dict[str, Any] = {}  # the autograd function, defined on first use
 
 
 def attention_backend() -> str:
@@ -37,11 +37,9 @@ def attention_backend() -> str:
 
 
 def _kernel_why_not() -> str | None:
-    if "why" not in _kernel:
-        from tunelab import kernels
+    from tunelab import kernels  # which builds and self-tests the kernel once, and remembers the outcome
 
-        _kernel["why"] = kernels.attention_why_not()
-    return _kernel["why"]
+    return kernels.attention_why_not()
 
 
 def _kernel_function() -> Any:
