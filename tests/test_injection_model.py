@@ -4,7 +4,6 @@ the window around it rather than on the whole document."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from tunelab.serve.injection_model import DIM, InjectionModel, load, spans
 
@@ -36,7 +35,7 @@ def test_score_is_the_best_span() -> None:
 
     uni, _ = position_features("zebra")
     w = np.zeros(DIM, dtype=np.float32)
-    w[uni[0]] = 40.0
+    w[uni[0]] = 1000.0
     m = InjectionModel(w, -5.0, 0.5, 48, {})
     filler = "the cat sat on the mat . " * 200
     assert m.score(filler) < 0.01
