@@ -40,3 +40,29 @@ def test_score_is_the_best_span() -> None:
     filler = "the cat sat on the mat . " * 200
     assert m.score(filler) < 0.01
     assert m.score(filler + " zebra " + filler) > 0.5  # diluted over the whole text, not in its window
+
+
+def test_short_texts_are_pulled_towards_the_bias() -> None:
+    """One loaded word or a run of one mark is not an attack on its own (the span prior, the run token)."""
+    m = load()
+    for text in ("word", "ignore", "instructions", "system prompt", "!!!!!!!!", "Thank you so much!!!!!!!!"):
+        assert m.score(text) < m.threshold, text
+    from tunelab.serve.injection_model import token_hashes
+
+    assert len(token_hashes("wow!!!!!!!!")) == 2 and (token_hashes("!!!!") == token_hashes("!!!!!!!!!")).all()
+
+
+def test_training_gives_the_shipped_model() -> None:
+    """`tunelab guard train` on this machine's corpus decides as the shipped weights do. Not bitwise: the corpus
+    holds the READMEs of the installed packages, which differ a little between environments, and fp16 storage
+    rounds the weights."""
+    from tunelab.serve.injection_corpus import build
+    from tunelab.serve.injection_train import train
+
+    shipped = load()
+    fresh = train()
+    assert abs(fresh.threshold - shipped.threshold) < 0.05
+    items, _ = build()
+    agree = [(fresh.score(it.text) >= fresh.threshold) == (shipped.score(it.text) >= shipped.threshold) for it in items]
+    assert sum(agree) / len(agree) >= 0.98
+    assert fresh.manifest["settings"] == shipped.manifest["settings"]

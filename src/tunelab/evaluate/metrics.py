@@ -1,7 +1,9 @@
-"""Classification metrics where an unparseable answer is simply wrong (never dropped)."""
+"""Classification metrics where an unparseable answer is simply wrong (never dropped), and a detector's TPR at
+a capped FPR."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,3 +80,33 @@ def percentile(values: Sequence[float], q: float) -> float:
     k = (len(s) - 1) * q / 100
     lo, hi = int(k), min(int(k) + 1, len(s) - 1)
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def threshold_at_fpr(scores: Sequence[float], labels: Sequence[bool], max_fpr: float) -> float:
+    """The lowest threshold (flag at score >= it) whose FPR on these negatives is at most `max_fpr`: the one
+    that keeps the most positives under that cap."""
+    neg = sorted((float(s) for s, a in zip(scores, labels, strict=True) if not a), reverse=True)
+    k = math.floor(max_fpr * len(neg) + 1e-9)  # this many negatives may be flagged
+    if k >= len(neg):
+        return min(map(float, scores), default=0.0)
+    return math.nextafter(neg[k], math.inf)
+
+
+def detection_rates(scores: Sequence[float], labels: Sequence[bool], threshold: float) -> dict[str, float]:
+    """TPR and FPR when everything scoring >= `threshold` is flagged (nan for a class that is absent)."""
+    tp = fp = pos = neg = 0
+    for s, a in zip(scores, labels, strict=True):
+        if a:
+            pos += 1
+            tp += s >= threshold
+        else:
+            neg += 1
+            fp += s >= threshold
+    return {"tpr": tp / pos if pos else math.nan, "fpr": fp / neg if neg else math.nan}
+
+
+def tpr_at_fpr(scores: Sequence[float], labels: Sequence[bool], max_fpr: float = 0.05) -> dict[str, float]:
+    """The best TPR over thresholds whose FPR <= `max_fpr`, with that threshold. Chosen on these same scores,
+    so it is an upper bound on what a threshold fixed beforehand would give."""
+    th = threshold_at_fpr(scores, labels, max_fpr)
+    return {**detection_rates(scores, labels, th), "threshold": th}

@@ -1,8 +1,11 @@
 """Guards on what goes into and comes out of a served model; `tunelab guard scan` runs the same offline.
 
 - injection (input): weighted phrase rules for prompt injection and jailbreak attempts ("ignore the previous
-  instructions", "you are now DAN", role markers smuggled into content, "reveal your system prompt"...);
-  the score is 1 - prod(1 - w) over the rules that fire, flagged at `threshold`.
+  instructions", "you are now DAN", role markers smuggled into content, "reveal your system prompt"...),
+  whose score is 1 - prod(1 - w) over the rules that fire; and, unless `classifier: false`, a small local
+  classifier (`injection_model`: hashed n-grams, well under a millisecond) whose probability is shifted so that
+  the threshold it was trained for maps to 0.5. The injection score is the higher of the two, flagged at
+  `threshold`.
 - pii (input and output): the data audit's detectors (e-mail, phone, cards with Luhn, IBAN checksum, IPs,
   national ids, keys and tokens); `redact` replaces findings with typed placeholders.
 - moderation (output, and input if asked): categories from phrase lexicons (violence, self-harm, weapons,
@@ -13,6 +16,7 @@ flag (served, and the decision logged). Every decision goes to the ledger.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -20,6 +24,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from tunelab.data.pii import find_pii, redact
+from tunelab.errors import ConfigError
+from tunelab.serve import injection_model
+from tunelab.serve.injection_model import InjectionModel
 
 Action = Literal["block", "redact", "flag", "off"]
 
@@ -98,6 +105,8 @@ class GuardRule(BaseModel):
     model_config = {"extra": "forbid"}
     action: Action = "flag"
     threshold: float = Field(0.5, ge=0.0, le=1.0)  # injection only
+    classifier: bool = True  # injection only: the local classifier as well as the rules
+    classifier_model: str | None = None  # injection only: a file from `tunelab guard train` (default: shipped)
     categories: list[str] | None = None  # moderation only: None = all
 
 
@@ -120,7 +129,8 @@ class Decision:
         return {"guard": self.guard, "action": self.action, **self.detail}
 
 
-def injection_score(text: str) -> tuple[float, list[str]]:
+def rule_score(text: str) -> tuple[float, list[str]]:
+    """The phrase rules alone: (1 - prod(1 - w) over the rules that fire, their names)."""
     miss, fired = 1.0, []
     text = text.lower()
     for name, w, pat in _INJECTION_RULES:
@@ -130,20 +140,54 @@ def injection_score(text: str) -> tuple[float, list[str]]:
     return 1 - miss, fired
 
 
+def classifier_score(text: str, model: str | None = None) -> float:
+    """The classifier's probability, shifted on the logit scale so that its own threshold becomes 0.5."""
+    m = load_classifier(model)
+    z = m.logit(text) - math.log(m.threshold / (1 - m.threshold))
+    return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+
+
+def load_classifier(model: str | None = None) -> InjectionModel:
+    """The classifier at `model` (default: the shipped one), loaded once; ConfigError if it cannot be read."""
+    try:
+        return injection_model.load(model)
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"not an injection classifier from `tunelab guard train`: {e}", file=model,
+                          field="classifier_model") from None  # fmt: skip
+
+
+def injection_score(text: str, rule: GuardRule | None = None) -> tuple[float, list[str], float | None]:
+    """(score, rules that fired, classifier's shifted score or None when it is off) under `rule`'s settings
+    (default: rules and the shipped classifier)."""
+    score, fired = rule_score(text)
+    clf = None
+    if rule is None or rule.classifier:
+        clf = classifier_score(text, rule.classifier_model if rule else None)
+        score = max(score, clf)
+    return score, fired, clf
+
+
 def moderation(text: str, categories: list[str] | None = None) -> list[str]:
     text = text.lower()
     return [c for c, pat in _MODERATION.items() if (categories is None or c in categories) and pat.search(text)]
 
 
-def scan(text: str) -> dict[str, Any]:
-    """What `tunelab guard scan` prints for one text (all guards, no actions)."""
-    score, rules = injection_score(text)
+def scan(text: str, rule: GuardRule | None = None) -> dict[str, Any]:
+    """What `tunelab guard scan` prints for one text (all guards, no actions; `rule`: the injection guard's
+    threshold and classifier settings)."""
+    rule = rule or GuardRule()
+    score, rules, clf = injection_score(text, rule)
     counts: dict[str, int] = {}
     for f in find_pii(text):
         counts[f.type] = counts.get(f.type, 0) + 1
     cats = moderation(text)
     return {
-        "injection": {"flagged": score >= 0.5, "score": round(score, 4), "rules": rules},
+        "injection": {
+            "flagged": score >= rule.threshold,
+            "score": round(score, 4),
+            "rules": rules,
+            "classifier": None if clf is None else round(clf, 4),
+        },
         "pii": counts,
         "moderation": {"flagged": bool(cats), "categories": cats},
     }
@@ -154,9 +198,10 @@ def check_input(text: str, cfg: GuardConfig) -> tuple[str, list[Decision], bool]
     decisions: list[Decision] = []
     blocked = False
     if cfg.injection.action != "off":
-        score, rules = injection_score(text)
+        score, rules, clf = injection_score(text, cfg.injection)
         if score >= cfg.injection.threshold:
-            decisions.append(Decision("injection", cfg.injection.action, {"score": round(score, 4), "rules": rules}))
+            detail = {"score": round(score, 4), "rules": rules, "classifier": None if clf is None else round(clf, 4)}
+            decisions.append(Decision("injection", cfg.injection.action, detail))
             blocked = cfg.injection.action == "block"
     out, b = _pii(text, "pii_input", cfg.pii_input, decisions)
     return out, decisions, _moderation(text, "moderation_input", cfg.moderation_input, decisions) or b or blocked

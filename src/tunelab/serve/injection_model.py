@@ -1,13 +1,16 @@
 """A small local prompt-injection classifier: logistic regression over hashed word 1- and 2-grams.
 
-A text is a sequence of tokens (lowercased words, and each punctuation mark on its own: `<|`, `[`, `#` carry
-signal in jailbreaks). Each position contributes the weight of its unigram and of the bigram it ends; a
-span's logit is the bias plus the mean of its features' weights (`pool`; "sqrt" divides by the square root of
-their number instead), so a span's score does not grow with its length. The text's score is the highest of the whole
-text's and of every window of `window` tokens (stride half of it): an instruction pasted into a long
-document (an indirect injection) is judged on the window around it instead of drowning in the document.
-Scoring is numpy over one array of token hashes: well under a millisecond for a prompt, a few ms for 10,000
-characters.
+A text is a sequence of tokens (lowercased words, and punctuation marks on their own, a run of the same mark
+as one token written at most three long: `<|`, `[`, `#` carry signal in jailbreaks, and "!!!!!!!!" is then
+one token "!!!", not eight). Each position contributes the weight of its unigram and of the bigram it ends, the
+k-th occurrence of either in the text with 1/k of its weight; a span's logit is the bias plus the mean of its
+features' contributions, with `prior` zero-weight features added (`pool`; "sqrt" divides by the square root of
+their number instead), so a span's score does not grow with its length, one word repeated cannot carry a text,
+and a text of two or three words needs more than one loaded word to count as an attack. The text's score is
+the highest of the whole text's and of every window of `window` tokens (stride half of it): an instruction
+pasted into a long document (an indirect injection) is judged on the window around it instead of drowning in
+the document. Scoring is numpy over one array of token hashes: 0.2 ms a request on average, about 1 ms at p99
+(`tunelab bench guard`).
 
 The shipped weights (`injection_model.npz` beside this file) are what `tunelab guard train` writes from the
 corpus in `injection_corpus` (`injection_train.train()`); its manifest records the sources, their
@@ -30,14 +33,15 @@ import numpy as np
 DIM = 1 << 18
 WINDOW = 48
 POOL = "mean"
-_TOKEN = re.compile(r"[a-z0-9']+|[^\sa-z0-9]")
+PRIOR = 8.0  # features of weight zero added to every span (see span_norm)
+_TOKEN = re.compile(r"[a-z0-9']+|([^\sa-z0-9])\1*")
 _BIGRAM_MIX = np.uint64(0x9E3779B97F4A7C15)
 SHIPPED = Path(__file__).with_name("injection_model.npz")
 
 
 def token_hashes(text: str) -> np.ndarray:
     """crc32 of each token of the lowercased text (uint64)."""
-    toks = _TOKEN.findall(text.lower())
+    toks = [m[0][:3] if m[1] else m[0] for m in _TOKEN.finditer(text.lower())]  # a run of one mark: 3 at most
     return np.fromiter((zlib.crc32(t.encode()) for t in toks), dtype=np.uint64, count=len(toks))
 
 
@@ -50,9 +54,30 @@ def position_features(text: str) -> tuple[np.ndarray, np.ndarray]:
     return (h % np.uint64(DIM)).astype(np.int64), ((bi >> np.uint64(29)) % np.uint64(DIM)).astype(np.int64)
 
 
-def span_norm(length: int | np.ndarray, pool: str) -> float | np.ndarray:
-    """What a span's summed contributions are divided by: its number of features (mean) or its square root."""
-    n = np.maximum(2 * np.asarray(length, dtype=np.float64), 1.0)
+def repeat_damping(ids: np.ndarray) -> np.ndarray:
+    """1 / k for the k-th occurrence of each id in the text: a word said again adds less each time (its total
+    grows as log k), so "word word word ..." or a list of one identifier cannot outweigh a text's other words."""
+    if len(ids) == 0:
+        return np.zeros(0, dtype=np.float32)
+    order = np.argsort(ids, kind="stable")
+    s = ids[order]
+    first = np.concatenate([[True], s[1:] != s[:-1]])
+    group_start = np.maximum.accumulate(np.where(first, np.arange(len(s)), 0))
+    k = np.empty(len(ids), dtype=np.float32)
+    k[order] = np.arange(len(s)) - group_start + 1
+    return 1.0 / k
+
+
+def contributions(weights: np.ndarray, uni: np.ndarray, bi: np.ndarray) -> np.ndarray:
+    """Each position's contribution: its unigram's and its bigram's weights, each damped by its repeats."""
+    return weights[uni] * repeat_damping(uni) + weights[bi] * repeat_damping(bi)
+
+
+def span_norm(length: int | np.ndarray, pool: str, prior: float = 0.0) -> float | np.ndarray:
+    """What a span's summed contributions are divided by: its number of features plus `prior` (mean), or the
+    square root of that. The prior counts as features of weight zero: a span of a few tokens is pulled towards
+    the bias, so that one strongly weighted word ("word", "!") cannot make a short text an attack."""
+    n = np.maximum(2 * np.asarray(length, dtype=np.float64) + prior, 1.0)
     return n if pool == "mean" else np.sqrt(n)
 
 
@@ -73,16 +98,19 @@ class InjectionModel:
     window: int
     manifest: dict[str, Any]
     pool: str = POOL
+    prior: float = PRIOR
 
     def logit(self, text: str) -> float:
         uni, bi = position_features(text)
         n = len(uni)
         if n == 0:
             return self.bias
-        contrib = self.weights[uni] + self.weights[bi]
+        contrib = contributions(self.weights, uni, bi)
         csum = np.concatenate([[0.0], np.cumsum(contrib, dtype=np.float64)])
         se = np.array(spans(n, self.window))
-        return self.bias + float(np.max((csum[se[:, 1]] - csum[se[:, 0]]) / span_norm(se[:, 1] - se[:, 0], self.pool)))
+        return self.bias + float(
+            np.max((csum[se[:, 1]] - csum[se[:, 0]]) / span_norm(se[:, 1] - se[:, 0], self.pool, self.prior))
+        )
 
     def score(self, text: str) -> float:
         """P(injection), the highest over the text and its windows."""
@@ -99,7 +127,8 @@ class InjectionModel:
             buf,
             weights=self.weights.astype(np.float16),
             meta=np.frombuffer(json.dumps({"bias": self.bias, "threshold": self.threshold, "window": self.window,
-                                           "pool": self.pool, "manifest": self.manifest}).encode(), dtype=np.uint8),
+                                           "pool": self.pool, "prior": self.prior, "manifest": self.manifest}).encode(),
+                               dtype=np.uint8),
         )  # fmt: skip
         atomic_write_bytes(path, buf.getvalue())
 
@@ -117,6 +146,7 @@ class InjectionModel:
             int(meta["window"]),
             meta["manifest"],
             meta["pool"],
+            float(meta["prior"]),
         )
 
 

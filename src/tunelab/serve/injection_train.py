@@ -23,20 +23,33 @@ from typing import Any
 import numpy as np
 import torch
 
+from tunelab.evaluate.metrics import detection_rates, threshold_at_fpr, tpr_at_fpr
 from tunelab.serve.injection_corpus import LICENCES, Item, build, summary
-from tunelab.serve.injection_model import DIM, POOL, WINDOW, InjectionModel, position_features, span_norm, spans
+from tunelab.serve.injection_model import (
+    DIM,
+    POOL,
+    PRIOR,
+    WINDOW,
+    InjectionModel,
+    position_features,
+    repeat_damping,
+    span_norm,
+    spans,
+)
 
 
 class _Batch:
     """Every example's positions concatenated, and its spans as (start, end) into the concatenation."""
 
-    def __init__(self, texts: list[str], window: int, pool: str) -> None:
-        unis, bis, starts, ends, owner = [], [], [], [], []
+    def __init__(self, texts: list[str], window: int, pool: str, prior: float) -> None:
+        unis, bis, damp_u, damp_b, starts, ends, owner = [], [], [], [], [], [], []
         offset = 0
         for i, t in enumerate(texts):
             u, b = position_features(t)
             unis.append(u)
             bis.append(b)
+            damp_u.append(repeat_damping(u))
+            damp_b.append(repeat_damping(b))
             for s, e in spans(len(u), window):  # an empty text: one empty span, logit = bias
                 starts.append(offset + s)
                 ends.append(offset + e)
@@ -44,14 +57,16 @@ class _Batch:
             offset += len(u)
         self.uni = torch.from_numpy(np.concatenate(unis) if unis else np.zeros(0, np.int64))
         self.bi = torch.from_numpy(np.concatenate(bis) if bis else np.zeros(0, np.int64))
+        self.du = torch.from_numpy(np.concatenate(damp_u) if damp_u else np.zeros(0, np.float32))
+        self.db = torch.from_numpy(np.concatenate(damp_b) if damp_b else np.zeros(0, np.float32))
         self.start = torch.tensor(starts)
         self.end = torch.tensor(ends)
-        self.norm = torch.from_numpy(np.asarray(span_norm((self.end - self.start).numpy(), pool))).float()
+        self.norm = torch.from_numpy(np.asarray(span_norm((self.end - self.start).numpy(), pool, prior))).float()
         self.owner = torch.tensor(owner)
         self.n = len(texts)
 
     def logits(self, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        contrib = w[self.uni] + w[self.bi]
+        contrib = w[self.uni] * self.du + w[self.bi] * self.db  # as injection_model.contributions
         csum = torch.cat([contrib.new_zeros(1), torch.cumsum(contrib.double(), 0).float()])
         span = (csum[self.end] - csum[self.start]) / self.norm
         out = span.new_full((self.n,), -1e9)
@@ -68,9 +83,9 @@ def _weights(items: list[Item]) -> torch.Tensor:
 
 
 def fit(items: list[Item], *, l2: float = 3e-7, steps: int = 300, lr: float = 0.05, window: int = WINDOW,
-        pool: str = POOL) -> tuple[np.ndarray, float]:  # fmt: skip
+        pool: str = POOL, prior: float = PRIOR) -> tuple[np.ndarray, float]:  # fmt: skip
     """(weights [DIM], bias) fitted to `items`."""
-    batch = _Batch([it.text for it in items], window, pool)
+    batch = _Batch([it.text for it in items], window, pool, prior)
     y = torch.tensor([float(it.attack) for it in items])
     sw = _weights(items)
     w = torch.zeros(DIM, requires_grad=True)
@@ -90,30 +105,10 @@ def score_all(model: InjectionModel, items: list[Item]) -> np.ndarray:
     return np.array([model.score(it.text) for it in items])
 
 
-def threshold_for(scores: np.ndarray, labels: np.ndarray, target_fpr: float) -> float:
-    """The lowest threshold (flag at score >= it) whose FPR on these negatives is at most `target_fpr`."""
-    neg = np.sort(scores[~labels])[::-1]
-    k = math.floor(target_fpr * len(neg))  # this many negatives may be flagged
-    return float(np.nextafter(neg[k], 1.0)) if k < len(neg) else 0.0
-
-
-def rates(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
-    flag = scores >= threshold
-    pos, neg = labels.sum(), (~labels).sum()
-    return {"tpr": float((flag & labels).sum() / pos) if pos else float("nan"),
-            "fpr": float((flag & ~labels).sum() / neg) if neg else float("nan")}  # fmt: skip
-
-
-def tpr_at_fpr(scores: np.ndarray, labels: np.ndarray, max_fpr: float = 0.05) -> dict[str, float]:
-    """The best TPR over thresholds whose FPR <= max_fpr (chosen on these same scores: an upper bound)."""
-    th = threshold_for(scores, labels, max_fpr)
-    return {**rates(scores, labels, th), "threshold": th}
-
-
-def train(*, target_fpr: float = 0.01, folds: int = 5, steps: int = 300, l2: float = 3e-7,
-          log: Any = None) -> InjectionModel:  # fmt: skip
+def train(*, target_fpr: float = 0.01, folds: int = 5, steps: int = 300, l2: float = 3e-7, prior: float = PRIOR,
+          with_fragments: bool = True, log: Any = None) -> InjectionModel:  # fmt: skip
     t0 = time.perf_counter()
-    items, dropped = build()
+    items, dropped = build(with_fragments=with_fragments)
     tr = [it for it in items if it.split == "train"]
     te = [it for it in items if it.split == "test"]
     if not any(it.attack for it in tr) or all(it.attack for it in tr):
@@ -122,23 +117,24 @@ def train(*, target_fpr: float = 0.01, folds: int = 5, steps: int = 300, l2: flo
     oof = np.zeros(len(tr))
     for f in range(folds):
         fit_items = [it for it, k in zip(tr, fold_of, strict=True) if k != f]
-        w, b = fit(fit_items, l2=l2, steps=steps)
-        m = InjectionModel(w, b, 0.5, WINDOW, {})
+        w, b = fit(fit_items, l2=l2, steps=steps, prior=prior)
+        m = InjectionModel(w, b, 0.5, WINDOW, {}, POOL, prior)
         idx = np.flatnonzero(fold_of == f)
         oof[idx] = score_all(m, [tr[i] for i in idx])
         if log:
             log(f"fold {f + 1}/{folds} done ({time.perf_counter() - t0:.0f} s)")
     y_tr = np.array([it.attack for it in tr])
-    threshold = threshold_for(oof, y_tr, target_fpr)
-    w, b = fit(tr, l2=l2, steps=steps)
-    model = InjectionModel(w, b, threshold, WINDOW, {})
+    threshold = threshold_at_fpr(oof.tolist(), y_tr.tolist(), target_fpr)
+    w, b = fit(tr, l2=l2, steps=steps, prior=prior)
+    model = InjectionModel(w, b, threshold, WINDOW, {}, POOL, prior)
     held = score_all(model, te)
     y_te = np.array([it.attack for it in te])
     model.manifest = {
-        "kind": "hashed word 1-2-gram logistic regression, max over the text and its windows",
+        "kind": "hashed word 1-2-gram logistic regression (repeats damped 1/k, span prior), max over the text and "
+        "its windows",
         "dim": DIM,
         "window": WINDOW,
-        "settings": {"l2": l2, "steps": steps, "lr": 0.05, "folds": folds, "target_fpr": target_fpr},
+        "settings": {"l2": l2, "steps": steps, "lr": 0.05, "folds": folds, "target_fpr": target_fpr, "prior": prior},
         "corpus": summary(items),
         "licences": LICENCES,
         "near_duplicates_dropped_from_held_out": dropped,
@@ -146,10 +142,10 @@ def train(*, target_fpr: float = 0.01, folds: int = 5, steps: int = 300, l2: flo
             "\x00".join(f"{it.split}{it.attack:d}{it.text}" for it in items).encode()
         ).hexdigest(),
         "threshold": {"value": threshold, "chosen_by": f"5-fold out-of-fold FPR <= {target_fpr} on training"},
-        "out_of_fold": rates(oof, y_tr, threshold),
+        "out_of_fold": detection_rates(oof.tolist(), y_tr.tolist(), threshold),
         "held_out": {
-            "at_threshold": rates(held, y_te, threshold),
-            "at_fpr_5pct": tpr_at_fpr(held, y_te, 0.05),
+            "at_threshold": detection_rates(held.tolist(), y_te.tolist(), threshold),
+            "at_fpr_5pct": tpr_at_fpr(held.tolist(), y_te.tolist(), 0.05),
             "by_source": _by_source(te, held, threshold),
         },
         "train_seconds": round(time.perf_counter() - t0, 1),

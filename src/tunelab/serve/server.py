@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tunelab.errors import ConfigError, ModelError
 from tunelab.serve.api import ApiError, ChatRequest, CompletionRequest, new_id, now, usage
 from tunelab.serve.engine import Engine, GenRequest, QueueFull
-from tunelab.serve.guards import Decision, GuardConfig, check_input, check_output
+from tunelab.serve.guards import Decision, GuardConfig, check_input, check_output, load_classifier
 from tunelab.serve.store import ApiKey, Store
 
 
@@ -253,6 +253,9 @@ def create_app(
     """The FastAPI app. With `engine_thread` the engine decodes in a thread of its own, started with the app;
     without, the caller runs `host.engine.run()` (`tunelab serve` runs it on the main thread: faster, see
     `Engine.run`)."""
+    for g in [cfg.guards, *cfg.model_guards.values()]:  # a classifier that cannot load fails now, not per request
+        if g.injection.action != "off" and g.injection.classifier:
+            load_classifier(g.injection.classifier_model)
     host = host or Host(cfg)
     store = store or Store(cfg.store)
     limiter = Limiter(store)
@@ -778,6 +781,11 @@ def load_serve_config(path: Path | None, **overrides: Any) -> ServeConfig:
         data["adapters"] = {
             k: str((base / v) if not Path(v).is_absolute() else v) for k, v in (data.get("adapters") or {}).items()
         }
+        guard_sets = [data.get("guards"), *(data.get("model_guards") or {}).values()]
+        for g in guard_sets:  # a classifier file named in the config is relative to the config
+            inj = g.get("injection") if isinstance(g, dict) else None
+            if isinstance(inj, dict) and isinstance(inj.get("classifier_model"), str):
+                inj["classifier_model"] = str(base / inj["classifier_model"])
     for k, v in overrides.items():
         if v is None or v == {}:
             continue
