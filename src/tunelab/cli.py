@@ -296,6 +296,9 @@ def serve(
     engine: Annotated[
         str | None, typer.Option(help="auto (default): the lean decoder where it knows the model; lean; hf.")
     ] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="tunelab (default): tunelab's engine; vllm: vLLM's engine on a GPU.")
+    ] = None,
     quantize: Annotated[
         str | None,
         typer.Option(
@@ -321,7 +324,15 @@ def serve(
             raise ConfigError(f"{a!r}: write NAME=DIR", field="--adapter")
         adapters[name] = path
     cfg = load_serve_config(
-        config, model=model, adapters=adapters, host=host, port=port, store=store, engine=engine, quantize=quantize
+        config,
+        model=model,
+        adapters=adapters,
+        host=host,
+        port=port,
+        store=store,
+        engine=engine,
+        backend=backend,
+        quantize=quantize,
     )
     app = create_app(cfg, engine_thread=False)
     print(f"serving {', '.join(app.state.host.models())} on http://{cfg.host}:{cfg.port}/v1", flush=True)

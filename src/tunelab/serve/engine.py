@@ -244,10 +244,13 @@ class Engine:
                     if self.rows:
                         self._step()
             except Exception as e:  # never let one bad batch kill the engine: fail its requests
-                for r in self.rows:
-                    r.req.on_token(None, f"error: {type(e).__name__}: {e}")
-                self.rows = []
-                self.runner.reset()
+                self._fail_all(f"error: {type(e).__name__}: {e}")
+
+    def _fail_all(self, why: str) -> None:
+        for r in self.rows:
+            r.req.on_token(None, why)
+        self.rows = []
+        self.runner.reset()
 
     def _admit(self) -> None:
         import torch

@@ -54,6 +54,10 @@ class ServeConfig(BaseModel):
     store: str | None = None  # path of the SQLite file (default $TUNELAB_HOME/tunelab.db)
     max_batch: int = Field(8, ge=1)
     engine: Literal["auto", "lean", "hf"] = "auto"  # lean decoder where it knows the model, else transformers
+    # tunelab: its own engine (CPU or GPU); vllm: vLLM's engine on a GPU (serve/vllm_engine.py), with `vllm:`
+    # passed on to its EngineArgs; the API, keys, limits, guards and ledger are the same either way
+    backend: Literal["tunelab", "vllm"] = "tunelab"
+    vllm: dict[str, Any] = Field(default_factory=dict)
     # weights of the lean decoder (`lean_weights`): auto = bf16 where the CPU multiplies bf16 in hardware (AMX,
     # AVX512-BF16), else fp16 (x86), else fp32 ("none"); fp16 / bf16 / int8: half / half / a quarter of the bytes
     # to read per token, close to but not equal to fp32 (docs/serving.md has how close)
@@ -115,19 +119,40 @@ class Host:
         self.resolved = resolve_model(cfg.model)
         self.name = self.resolved.name
         self.tok = load_tokenizer(self.resolved.path)
-        model = load_model(self.resolved.path)
-        conf = model.config
-        self.context = cfg.max_context or int(getattr(conf, "max_position_embeddings", 2048) or 2048)
-        self.runner = self._runner(model, cfg)
-        self.engine = Engine(
-            model,
-            max_batch=cfg.max_batch,
-            max_queue=cfg.max_queue,
-            eos_ids=frozenset(eos_ids(model, self.tok)),
-            runner=self.runner,
-        )
+        self.engine: Engine
+        self.runner: Any
+        if cfg.backend == "vllm":
+            self._vllm(cfg)
+        else:
+            model = load_model(self.resolved.path)
+            conf = model.config
+            self.context = cfg.max_context or int(getattr(conf, "max_position_embeddings", 2048) or 2048)
+            self.runner = self._runner(model, cfg)
+            self.engine = Engine(
+                model,
+                max_batch=cfg.max_batch,
+                max_queue=cfg.max_queue,
+                eos_ids=frozenset(eos_ids(model, self.tok)),
+                runner=self.runner,
+            )
         self.loaded: OrderedDict[str, Path] = OrderedDict()
         self.adapter_lock = threading.Lock()
+
+    def _vllm(self, cfg: ServeConfig) -> None:
+        """vLLM's engine behind tunelab's interface; the weights are read by vLLM, not loaded here."""
+        from transformers import AutoConfig
+
+        from tunelab.serve.vllm_engine import VLLMAdapters, VLLMEngine, build_llm, eos_from_files
+
+        path = Path(self.resolved.path)
+        conf = AutoConfig.from_pretrained(path)
+        self.context = cfg.max_context or int(getattr(conf, "max_position_embeddings", 2048) or 2048)
+        adapters = {k: Path(v) for k, v in cfg.adapters.items()}
+        llm = build_llm(path, context=self.context, max_batch=cfg.max_batch, adapters=adapters,
+                        max_loras=cfg.adapter_cache, extra=cfg.vllm)  # fmt: skip
+        self.runner = VLLMAdapters(llm, str(cfg.vllm.get("dtype", "auto")))
+        self.engine = VLLMEngine(llm, self.runner, max_batch=cfg.max_batch, max_queue=cfg.max_queue,
+                                 eos_ids=eos_from_files(path, self.tok))  # fmt: skip
 
     @staticmethod
     def _runner(model: Any, cfg: ServeConfig) -> Any:
