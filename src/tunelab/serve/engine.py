@@ -256,14 +256,7 @@ class Engine:
         import torch
 
         new: list[GenRequest] = []
-        while len(self.rows) + len(new) < self.max_batch:
-            try:
-                r = self.waiting.get_nowait()
-            except queue.Empty:
-                break
-            if r.cancelled.is_set():
-                r.on_token(None, "cancelled")
-                continue
+        while len(self.rows) + len(new) < self.max_batch and (r := self._next_waiting()) is not None:
             new.append(r)
         if not new:
             return
@@ -277,6 +270,17 @@ class Engine:
                 r.on_token(None, f"error: {type(e).__name__}: {e}")
             return
         self.rows += [_Row(r, logits[i]) for i, r in enumerate(new)]
+
+    def _next_waiting(self) -> GenRequest | None:
+        """The next waiting request that is still wanted (a cancelled one is told so and skipped); None if none."""
+        while True:
+            try:
+                r = self.waiting.get_nowait()
+            except queue.Empty:
+                return None
+            if not r.cancelled.is_set():
+                return r
+            r.on_token(None, "cancelled")
 
     def _sample(self, row: _Row) -> int:
         import torch

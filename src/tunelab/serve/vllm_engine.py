@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import queue
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,14 +76,7 @@ class VLLMEngine(Engine):
         from vllm import SamplingParams, TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
-        while len(self.rows) < self.max_batch:
-            try:
-                r = self.waiting.get_nowait()
-            except queue.Empty:
-                break
-            if r.cancelled.is_set():
-                r.on_token(None, "cancelled")
-                continue
+        while len(self.rows) < self.max_batch and (r := self._next_waiting()) is not None:
             rid = f"tunelab-{next(self._ids)}"
             params = SamplingParams(
                 max_tokens=r.max_tokens,
