@@ -108,6 +108,12 @@ def test_a_bad_classifier_file_is_a_config_error(tmp_path: Path) -> None:
     assert str(bad) in str(e.value)
     with pytest.raises(ConfigError):
         load_classifier(str(tmp_path / "missing.npz"))
+    from tunelab.serve.injection_model import SHIPPED
+
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(SHIPPED.read_bytes()[:1000])  # a download cut short
+    with pytest.raises(ConfigError):
+        load_classifier(str(cut))
 
 
 def test_bench_guard_reports_every_split_and_the_latency(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -143,7 +144,8 @@ def rule_score(text: str) -> tuple[float, list[str]]:
 def classifier_score(text: str, model: str | None = None) -> float:
     """The classifier's probability, shifted on the logit scale so that its own threshold becomes 0.5."""
     m = load_classifier(model)
-    z = m.logit(text) - math.log(m.threshold / (1 - m.threshold))
+    t = min(max(m.threshold, 1e-6), 1 - 1e-6)  # a threshold of 0 or 1 (a degenerate training) stays finite
+    z = m.logit(text) - math.log(t / (1 - t))
     return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
 
 
@@ -151,7 +153,7 @@ def load_classifier(model: str | None = None) -> InjectionModel:
     """The classifier at `model` (default: the shipped one), loaded once; ConfigError if it cannot be read."""
     try:
         return injection_model.load(model)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise ConfigError(f"not an injection classifier from `tunelab guard train`: {e}", file=model,
                           field="classifier_model") from None  # fmt: skip
 
