@@ -134,7 +134,7 @@ class InjectionModel:
 
     @classmethod
     def load(cls, path: Path) -> InjectionModel:
-        with np.load(path) as z:
+        with open(path, "rb") as f, np.load(f) as z:  # our handle: numpy leaks its own on a bad zip
             meta = json.loads(bytes(z["meta"]).decode())
             w = z["weights"].astype(np.float32)
         if w.shape != (DIM,):
