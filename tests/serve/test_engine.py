@@ -181,6 +181,60 @@ def test_lean_decoder_equals_transformers_and_peft_with_mixed_adapters(tiny_mode
         steps([1, 3], 300, 1)
 
 
+def test_prefix_cache_reuses_shared_prompt_blocks_and_changes_no_logits(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Prompts that begin with the same 40 tokens (a system prompt): the second and later reuse the cached
+    blocks (per adapter, never another adapter's) and their logits, and those of the steps after, still equal
+    transformers + peft on each sequence alone. A reloaded adapter's blocks are dropped."""
+    import torch
+    from peft import PeftModel
+
+    from tunelab.models.loading import load_model
+    from tunelab.serve.lean import BLOCK, LeanModel
+
+    a = _lora_adapter(tiny_model_dir, tmp_path / "a", 1, ["q_proj", "k_proj", "v_proj", "o_proj"])
+    ref = PeftModel.from_pretrained(load_model(tiny_model_dir), a, adapter_name="a")
+    ref.eval()
+    lean = LeanModel(load_model(tiny_model_dir), max_rows=4)
+    lean.load_adapter(a, "a")
+
+    def alone(ids: list[int], adapter: str | None) -> torch.Tensor:
+        with torch.inference_mode():
+            if adapter is None:
+                with ref.disable_adapter():
+                    return ref(input_ids=torch.tensor([ids])).logits[0, -1]
+            return ref(input_ids=torch.tensor([ids])).logits[0, -1]
+
+    system = list(range(100, 140))  # 40 tokens: two whole blocks
+    seqs = [[*system, 7, 8, 9], [*system, 11, 12], system + list(range(50, 70)), [*system[:20], 3, 4], [*system, 5]]
+    adapters: list[str | None] = [None, None, "a", None, "a"]
+    with torch.inference_mode():
+        got = lean.add([seqs[0]], [None])
+        torch.testing.assert_close(got[0], alone(seqs[0], None), atol=1e-4, rtol=1e-4)
+        assert lean.prefixes.hits == 0 and len(lean.prefixes.blocks) == 2
+        toks = [[]]  # type: ignore[var-annotated]
+        for t in range(3):  # row 0 decodes, then rows join it: shared blocks copied in, the rest computed
+            toks[0].append(200 + t)
+            lean.step([toks[0][-1]], [None])
+        got = lean.add([seqs[1], seqs[2], seqs[3]], adapters[1:4])
+        assert lean.prefixes.hits == 2 + 1  # seqs[1]: both blocks; seqs[2] ("a"): none; seqs[3]: the first
+        for i, g in zip((1, 2, 3), got, strict=True):
+            torch.testing.assert_close(g, alone(seqs[i], adapters[i]), atol=1e-4, rtol=1e-4)
+        rows = [seqs[0] + toks[0], seqs[1], seqs[2], seqs[3]]
+        for t in range(3):
+            nxt = [300 + t + r for r in range(4)]
+            got = lean.step(nxt, [None, *adapters[1:4]])
+            for r in range(4):
+                rows[r] = [*rows[r], nxt[r]]
+                torch.testing.assert_close(got[r], alone(rows[r], ([None, *adapters[1:4]])[r]), atol=1e-4, rtol=1e-4)
+        lean.keep([0])
+        hits = lean.prefixes.hits
+        got = lean.add([seqs[4]], ["a"])  # "a" has seqs[2]'s blocks now
+        assert lean.prefixes.hits == hits + 2
+        torch.testing.assert_close(got[0], alone(seqs[4], "a"), atol=1e-4, rtol=1e-4)
+        lean.load_adapter(a, "a")
+        assert all(k[0] != "a" for k in lean.prefixes.blocks) and BLOCK == 16
+
+
 def _runs(quantize: str | None) -> bool:
     """Whether this machine's PyTorch has kernels for the weight format (bf16: oneDNN on AVX-512; fbgemm: x86)."""
     import torch

@@ -170,6 +170,21 @@ def test_auth_failures(server: Server) -> None:
     assert httpx.get(server.url + "/health").status_code == 200  # no auth there
 
 
+def test_metrics_count_requests_tokens_and_reused_prefix_blocks(server: Server) -> None:
+    def metric(name: str) -> float:
+        text = httpx.get(server.url + "/metrics").text
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+    before = metric("tunelab_prefix_blocks_reused_total")
+    system = {"role": "system", "content": "Be brief. " * 4}  # with the template: over two blocks of 16 tokens
+    for q in ("Hi", "Yo"):
+        server.client().chat.completions.create(
+            model="tiny-llama", messages=[system, {"role": "user", "content": q}], max_tokens=2
+        )
+    assert metric("tunelab_prefix_blocks_reused_total") >= before + 2  # the second reused the system prompt
+    assert metric("tunelab_requests_total") >= 2 and metric('tunelab_tokens_total{kind="completion"}') >= 2
+
+
 def test_health_says_what_decodes(server: Server) -> None:
     from tunelab.serve.server import lean_weights
 

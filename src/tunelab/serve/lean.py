@@ -191,6 +191,71 @@ def load_lora(path: Path, name: str, n_layers: int) -> LoRA:
     return LoRA(name, weights)
 
 
+BLOCK = 16  # tokens per prefix-cache block
+PREFIX_CACHE_BYTES = 256 << 20  # 5,800 tokens of SmolLM2-135M, 1,000 of a Llama-3-8B
+
+
+class _Block:
+    __slots__ = ("k", "tokens", "v")
+
+    def __init__(self, tokens: tuple[int, ...], k: list[Any], v: list[Any]) -> None:
+        self.tokens, self.k, self.v = tokens, k, v
+
+
+class PrefixCache:
+    """Keys and values of prompt prefixes, in blocks of BLOCK tokens, least recently used evicted.
+
+    A block is keyed by its adapter and a hash chained over every block before it, so it stands for the whole
+    prefix up to its end (as vLLM's automatic prefix caching does); its own tokens are compared on a hit. Only
+    the first `max_blocks_per_prompt` blocks of a prompt are stored, and never its last token (a prompt must
+    leave at least one token to compute, whose logits are the answer's first)."""
+
+    def __init__(self, capacity: int = 256, max_blocks_per_prompt: int = 32) -> None:
+        from collections import OrderedDict
+
+        self.blocks: OrderedDict[tuple[str | None, int], _Block] = OrderedDict()
+        self.capacity = capacity
+        self.max_blocks = max_blocks_per_prompt
+        self.hits = 0  # blocks reused, for tests and /metrics
+
+    def _keys(self, prompt: list[int], adapter: str | None) -> list[tuple[tuple[str | None, int], tuple[int, ...]]]:
+        out, h = [], 0
+        for b in range(min((len(prompt) - 1) // BLOCK, self.max_blocks)):
+            toks = tuple(prompt[b * BLOCK : (b + 1) * BLOCK])
+            h = hash((h, toks))
+            out.append(((adapter, h), toks))
+        return out
+
+    def lookup(self, prompt: list[int], adapter: str | None) -> tuple[list[_Block]] | None:
+        """The cached blocks that begin `prompt` (in order), or None."""
+        found = []
+        for key, toks in self._keys(prompt, adapter):
+            blk = self.blocks.get(key)
+            if blk is None or blk.tokens != toks:
+                break
+            self.blocks.move_to_end(key)
+            found.append(blk)
+        self.hits += len(found)
+        return (found,) if found else None
+
+    def store(self, prompt: list[int], adapter: str | None, hit: tuple[list[_Block]] | None,
+              kv: Any) -> None:  # fmt: skip
+        """Store `prompt`'s blocks beyond those it was served from; kv(lo, hi) gives ([k], [v]) for its tokens
+        lo..hi (one tensor [kv heads, hi - lo, head dim] per layer)."""
+        keys = self._keys(prompt, adapter)
+        for b in range(len(hit[0]) if hit else 0, len(keys)):
+            key, toks = keys[b]
+            if key not in self.blocks:
+                k, v = kv(b * BLOCK, (b + 1) * BLOCK)
+                self.blocks[key] = _Block(toks, k, v)
+        while len(self.blocks) > self.capacity:
+            self.blocks.popitem(last=False)
+
+    def drop(self, adapter: str) -> None:
+        for key in [k for k in self.blocks if k[0] == adapter]:
+            del self.blocks[key]
+
+
 class LeanModel:
     """The decode-time forward of a Llama-family model, with its own KV cache for up to `max_rows` rows."""
 
@@ -285,6 +350,8 @@ class LeanModel:
             "scale": float(self.scale),
         }
         self.adapters: dict[str, LoRA] = {}
+        block_bytes = 2 * self.n_layers * self.n_kv * self.head_dim * 4 * BLOCK  # fp32 keys and values
+        self.prefixes = PrefixCache(capacity=max(1, PREFIX_CACHE_BYTES // block_bytes))
         self.max_rows = max_rows
         self.rows = 0  # rows in use: 0 .. rows-1
         self.t = 0  # columns in use (all rows are aligned to end at column t)
@@ -336,9 +403,11 @@ class LeanModel:
                  (("gate_proj", "up_proj"), (inter, inter)), (("down_proj",), (self.hidden,))]  # fmt: skip
         lora.fuse(self.n_layers, fused)
         self.adapters[name] = lora
+        self.prefixes.drop(name)  # keys and values computed with an earlier adapter of this name
 
     def delete_adapter(self, name: str) -> None:
         self.adapters.pop(name, None)
+        self.prefixes.drop(name)
 
     # --- cache --------------------------------------------------------------------------------------------
 
@@ -405,32 +474,53 @@ class LeanModel:
     # --- forward ------------------------------------------------------------------------------------------
 
     def add(self, prompts: list[list[int]], adapters: list[str | None]) -> Any:
-        """Prefill new rows (appended after the rows in use); returns their next-token logits [n, vocab]."""
+        """Prefill new rows (appended after the rows in use); returns their next-token logits [n, vocab].
+
+        A prompt that begins with blocks already in the prefix cache (same tokens, same adapter: a shared system
+        prompt, say) gets their keys and values copied in and only the rest computed. Row i's cached prefix
+        ends at column `start`, its computed part ends at `t`, padding between is masked: positions come from
+        `pos`, not from columns, so the hole changes nothing."""
         import torch
 
         n = len(prompts)
         if self.rows + n > self.max_rows:
             raise ValueError(f"{self.rows + n} rows > {self.max_rows}")
-        w = max(len(p) for p in prompts)
-        if w > self.t:
-            self._shift_right(w - self.t)
+        hits = [self.prefixes.lookup(p, a) for p, a in zip(prompts, adapters, strict=True)]
+        cached = [len(h[0]) * BLOCK if h else 0 for h in hits]
+        rest = [p[c:] for p, c in zip(prompts, cached, strict=True)]
+        w = max(len(r) for r in rest)
+        need = w + max(cached)
+        if need > self.t:
+            self._shift_right(need - self.t)
         self._ensure(self.t + 1)
         r0, r1, start = self.rows, self.rows + n, self.t - w
         ids = torch.zeros((n, w), dtype=torch.long)
         real = torch.zeros((n, w), dtype=torch.bool)
-        for i, p in enumerate(prompts):
+        for i, p in enumerate(rest):
             ids[i, w - len(p) :] = torch.tensor(p, dtype=torch.long)
             real[i, w - len(p) :] = True
         self.valid[r0:r1, :] = False
         self.valid[r0:r1, start : self.t] = real
-        pos = (real.long().cumsum(-1) - 1).clamp(min=0)
+        for i, h in enumerate(hits):
+            if h:
+                c = cached[i]
+                self.valid[r0 + i, start - c : start] = True
+                for layer in range(self.n_layers):
+                    self.k[layer][r0 + i, :, start - c : start] = torch.cat([b.k[layer] for b in h[0]], 1)
+                    self.v[layer][r0 + i, :, start - c : start] = torch.cat([b.v[layer] for b in h[0]], 1)
+        pos = (real.long().cumsum(-1) - 1).clamp(min=0) + torch.tensor(cached)[:, None]
         keys = self.valid[r0:r1, : self.t]  # [n, t]
         causal = torch.ones((w, self.t), dtype=torch.bool).tril(start)  # query i sees keys <= start + i
         mask = keys[:, None, :] & causal[None]
         mask |= (torch.arange(self.t)[None] == torch.arange(w)[:, None] + start)[None]  # padding queries see
         # themselves, so no row of the attention is empty (an empty row gives NaN)
         logits = self._forward(ids, pos, mask[:, None], r0, start, adapters)
-        self.pos[r0:r1] = real.sum(-1)
+        self.pos[r0:r1] = real.sum(-1) + torch.tensor(cached)
+        for i, (p, a) in enumerate(zip(prompts, adapters, strict=True)):
+            cols = list(range(start - cached[i], start)) + list(range(self.t - len(rest[i]), self.t))
+            self.prefixes.store(p, a, hits[i], lambda lo, hi, i=i, cols=cols: (
+                [k[r0 + i, :, cols[lo:hi]].clone() for k in self.k], [v[r0 + i, :, cols[lo:hi]].clone() for v in self.v]
+            ))  # fmt: skip
         self.rows = r1
         return logits
 

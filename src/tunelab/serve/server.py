@@ -101,6 +101,10 @@ class Metrics:
             "# TYPE tunelab_decode_steps_total counter",
             f"tunelab_decode_steps_total {engine.steps}",
         ]
+        prefixes = getattr(engine.runner, "prefixes", None)  # the lean decoder's prefix cache
+        if prefixes is not None:
+            lines += ["# TYPE tunelab_prefix_blocks_reused_total counter",
+                      f"tunelab_prefix_blocks_reused_total {prefixes.hits}"]  # fmt: skip
         return "\n".join(lines) + "\n"
 
 
