@@ -14,10 +14,14 @@ if TYPE_CHECKING:
 
 def eos_ids(model: Any, tok: PreTrainedTokenizerBase) -> list[int]:
     """Every token that ends a reply: the tokenizer's EOS and the model's generation-config EOS ids."""
+    return eos_ids_of(tok, getattr(base_model(model), "generation_config", None))
+
+
+def eos_ids_of(tok: PreTrainedTokenizerBase, gc: Any) -> list[int]:
+    """The tokenizer's EOS and those of a generation config (None: none), without a loaded model."""
     ids = set()
     if tok.eos_token_id is not None:
         ids.add(int(tok.eos_token_id))
-    gc = getattr(base_model(model), "generation_config", None)
     e = getattr(gc, "eos_token_id", None) if gc is not None else None
     for x in e if isinstance(e, list | tuple) else [e]:
         if x is not None:

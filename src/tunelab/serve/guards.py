@@ -169,6 +169,11 @@ def injection_score(text: str, rule: GuardRule | None = None) -> tuple[float, li
     return score, fired, clf
 
 
+def _injection_detail(score: float, rules: list[str], clf: float | None) -> dict[str, Any]:
+    """What a decision and a scan report of the injection guard (scores to 4 places)."""
+    return {"score": round(score, 4), "rules": rules, "classifier": None if clf is None else round(clf, 4)}
+
+
 def moderation(text: str, categories: list[str] | None = None) -> list[str]:
     text = text.lower()
     return [c for c, pat in _MODERATION.items() if (categories is None or c in categories) and pat.search(text)]
@@ -184,12 +189,7 @@ def scan(text: str, rule: GuardRule | None = None) -> dict[str, Any]:
         counts[f.type] = counts.get(f.type, 0) + 1
     cats = moderation(text)
     return {
-        "injection": {
-            "flagged": score >= rule.threshold,
-            "score": round(score, 4),
-            "rules": rules,
-            "classifier": None if clf is None else round(clf, 4),
-        },
+        "injection": {"flagged": score >= rule.threshold, **_injection_detail(score, rules, clf)},
         "pii": counts,
         "moderation": {"flagged": bool(cats), "categories": cats},
     }
@@ -202,8 +202,7 @@ def check_input(text: str, cfg: GuardConfig) -> tuple[str, list[Decision], bool]
     if cfg.injection.action != "off":
         score, rules, clf = injection_score(text, cfg.injection)
         if score >= cfg.injection.threshold:
-            detail = {"score": round(score, 4), "rules": rules, "classifier": None if clf is None else round(clf, 4)}
-            decisions.append(Decision("injection", cfg.injection.action, detail))
+            decisions.append(Decision("injection", cfg.injection.action, _injection_detail(score, rules, clf)))
             blocked = cfg.injection.action == "block"
     out, b = _pii(text, "pii_input", cfg.pii_input, decisions)
     return out, decisions, _moderation(text, "moderation_input", cfg.moderation_input, decisions) or b or blocked

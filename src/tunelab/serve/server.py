@@ -129,8 +129,7 @@ class Host:
             self._vllm(cfg)
         else:
             model = load_model(self.resolved.path)
-            conf = model.config
-            self.context = cfg.max_context or int(getattr(conf, "max_position_embeddings", 2048) or 2048)
+            self.context = cfg.max_context or _positions(model.config)
             self.runner = self._runner(model, cfg)
             self.engine = Engine(
                 model,
@@ -144,19 +143,23 @@ class Host:
 
     def _vllm(self, cfg: ServeConfig) -> None:
         """vLLM's engine behind tunelab's interface; the weights are read by vLLM, not loaded here."""
-        from transformers import AutoConfig
+        from transformers import AutoConfig, GenerationConfig
 
-        from tunelab.serve.vllm_engine import VLLMAdapters, VLLMEngine, build_llm, eos_from_files
+        from tunelab.evaluate.generation import eos_ids_of
+        from tunelab.serve.vllm_engine import VLLMAdapters, VLLMEngine, build_llm
 
         path = Path(self.resolved.path)
-        conf = AutoConfig.from_pretrained(path)
-        self.context = cfg.max_context or int(getattr(conf, "max_position_embeddings", 2048) or 2048)
+        self.context = cfg.max_context or _positions(AutoConfig.from_pretrained(path))
+        try:
+            gc = GenerationConfig.from_pretrained(path)
+        except OSError:  # no generation_config.json: the tokenizer's EOS alone
+            gc = None
         adapters = {k: Path(v) for k, v in cfg.adapters.items()}
         llm = build_llm(path, context=self.context, max_batch=cfg.max_batch, adapters=adapters,
                         max_loras=cfg.adapter_cache, extra=cfg.vllm)  # fmt: skip
         self.runner = VLLMAdapters(llm, str(cfg.vllm.get("dtype", "auto")))
         self.engine = VLLMEngine(llm, self.runner, max_batch=cfg.max_batch, max_queue=cfg.max_queue,
-                                 eos_ids=eos_from_files(path, self.tok))  # fmt: skip
+                                 eos_ids=frozenset(eos_ids_of(self.tok, gc)))  # fmt: skip
 
     @staticmethod
     def _runner(model: Any, cfg: ServeConfig) -> Any:
@@ -212,6 +215,11 @@ class Host:
                         break
                     self.runner.delete_adapter(old)
                     del self.loaded[old]
+
+
+def _positions(conf: Any) -> int:
+    """A model config's context length (2048 where it says none)."""
+    return int(getattr(conf, "max_position_embeddings", 2048) or 2048)
 
 
 def verify_adapter(path: Path, *, require: bool) -> None:

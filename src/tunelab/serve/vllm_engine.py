@@ -148,16 +148,6 @@ def lora_rank(adapters: dict[str, Path]) -> int:
     raise ModelError(f"LoRA rank {r} is above vLLM's largest ({_LORA_RANKS[-1]})", field="adapters")
 
 
-def eos_from_files(path: Path, tok: Any) -> frozenset[int]:
-    """The EOS ids of a checkpoint directory without loading its weights (tokenizer and generation_config.json)."""
-    ids = {int(tok.eos_token_id)} if tok.eos_token_id is not None else set()
-    gc = path / "generation_config.json"
-    if gc.is_file():
-        e = json.loads(gc.read_text()).get("eos_token_id")
-        ids.update(int(x) for x in (e if isinstance(e, list) else [e]) if x is not None)
-    return frozenset(ids)
-
-
 def build_llm(path: Path, *, context: int, max_batch: int, adapters: dict[str, Path], max_loras: int,
               extra: dict[str, Any]) -> Any:  # fmt: skip
     """vLLM's engine for the checkpoint at `path`; ConfigError when vLLM or a GPU is missing."""
