@@ -60,8 +60,7 @@ def bench_guard(out: Path, *, repeats: int = 20) -> dict[str, Any]:
     by["combined"] = [max(r, c) for r, c in zip(by["rules"], by["classifier"], strict=True)]
     sources: dict[str, dict[str, Any]] = {}
     for i, it in enumerate(held):
-        key = f"{it.source} ({'attack' if it.attack else 'benign'})"
-        row = sources.setdefault(key, {"n": 0, "rules": 0, "classifier": 0, "combined": 0})
+        row = sources.setdefault(it.group, {"n": 0, "rules": 0, "classifier": 0, "combined": 0})
         row["n"] += 1
         for k, v in by.items():
             row[k] += v[i] >= 0.5

