@@ -315,7 +315,8 @@ def serve(
     import uvicorn
 
     from tunelab.errors import ConfigError
-    from tunelab.serve.server import create_app, load_serve_config
+    from tunelab.serve.app import create_app
+    from tunelab.serve.config import load_serve_config
 
     adapters = {}
     for a in adapter or []:
@@ -498,7 +499,7 @@ def usage(
     import json
     import time
 
-    from tunelab.serve.server import load_serve_config
+    from tunelab.serve.config import load_serve_config
     from tunelab.serve.store import Store
 
     cfg = load_serve_config(config) if config else None

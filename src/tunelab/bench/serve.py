@@ -208,7 +208,7 @@ def bench_serve(
 
     from tunelab import kernels
     from tunelab.hardware import fbgemm
-    from tunelab.serve.server import lean_weights
+    from tunelab.serve.config import lean_weights
 
     default = lean_weights("auto") or "fp32"  # what `tunelab serve` picks on this machine for a lean model
     result["setup"]["default_weights"] = default

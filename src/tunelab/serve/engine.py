@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,8 @@ class GenRequest:
     cancelled: threading.Event = field(default_factory=threading.Event)
     generated: int = 0
     generator: Any = None
+    submitted: float = 0.0  # time.perf_counter() when submitted, and when it joined the running batch
+    admitted: float | None = None
 
 
 @dataclass
@@ -217,6 +220,7 @@ class Engine:
             self._thread.join(timeout=30)
 
     def submit(self, req: GenRequest) -> None:
+        req.submitted = time.perf_counter()
         try:
             self.waiting.put_nowait(req)
         except queue.Full:
@@ -261,6 +265,7 @@ class Engine:
         if not new:
             return
         for r in new:
+            r.admitted = time.perf_counter()
             if r.seed is not None:
                 r.generator = torch.Generator().manual_seed(r.seed)
         try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ class VLLMEngine(Engine):
 
         while len(self.rows) < self.max_batch and (r := self._next_waiting()) is not None:
             rid = f"tunelab-{next(self._ids)}"
+            r.admitted = time.perf_counter()
             params = SamplingParams(
                 max_tokens=r.max_tokens,
                 temperature=r.temperature,

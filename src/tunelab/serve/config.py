@@ -1,0 +1,106 @@
+"""`serve.yaml`: the server's typed configuration (unknown keys are errors naming the key), and its loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from tunelab.errors import ConfigError
+from tunelab.serve.guards import GuardConfig
+
+
+class JobsConfig(BaseModel):
+    """The fine-tuning jobs service (`/v1/files`, `/v1/fine_tuning/jobs`) and its worker."""
+
+    model_config = {"extra": "forbid"}
+
+    enabled: bool = True
+    worker: bool = True  # `tunelab serve` starts `tunelab worker` beside it (false: run one yourself)
+    concurrency: int = Field(1, ge=1)  # jobs trained at the same time by one worker
+    dir: str | None = None  # uploaded files and job run directories (default $TUNELAB_HOME/jobs)
+    max_file_bytes: int = Field(512 * 1024 * 1024, ge=1024)  # per upload, for keys without their own limit
+    max_queued_jobs: int = Field(16, ge=1)  # queued + running jobs per key, for keys without their own limit
+    # how the worker starts training: local (one process) or torchrun (DDP over nproc_per_node processes)
+    launcher: Literal["local", "torchrun"] = "local"
+    nproc_per_node: int = Field(2, ge=1)
+    poll_s: float = Field(0.5, gt=0, le=10)  # how often the worker looks for work and for cancels
+
+
+def lean_weights(quantize: str) -> str | None:
+    """What `quantize` (auto | none | fp16 | bf16 | int8) means for the lean decoder on this machine (None: fp32).
+
+    auto: bf16 where the CPU multiplies bf16 in hardware (the fastest at batch 8 there: AMX), else fp16 where
+    fbgemm runs (x86: half the bytes to read, products in fp32), else fp32."""
+    from tunelab.hardware import cpu_bf16, fbgemm
+
+    if quantize == "auto":
+        return "bf16" if cpu_bf16() else "fp16" if fbgemm() else None
+    return None if quantize == "none" else quantize
+
+
+class ServeConfig(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    model: str | None = None
+    adapters: dict[str, Path] = Field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    store: str | None = None  # path of the SQLite file (default $TUNELAB_HOME/tunelab.db)
+    max_batch: int = Field(8, ge=1)
+    engine: Literal["auto", "lean", "hf"] = "auto"  # lean decoder where it knows the model, else transformers
+    # tunelab: its own engine (CPU or GPU); vllm: vLLM's engine on a GPU (serve/vllm_engine.py), with `vllm:`
+    # passed on to its EngineArgs; the API, keys, limits, guards and ledger are the same either way
+    backend: Literal["tunelab", "vllm"] = "tunelab"
+    vllm: dict[str, Any] = Field(default_factory=dict)
+    # weights of the lean decoder (`lean_weights`): auto = bf16 where the CPU multiplies bf16 in hardware (AMX,
+    # AVX512-BF16), else fp16 (x86), else fp32 ("none"); fp16 / bf16 / int8: half / half / a quarter of the bytes
+    # to read per token, close to but not equal to fp32 (docs/serving.md has how close)
+    quantize: Literal["auto", "none", "fp16", "bf16", "int8"] = "auto"
+    max_queue: int = Field(64, ge=1)
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_tokens: int = Field(2048, ge=1)  # the most a request may ask for
+    max_context: int | None = Field(None, ge=16)  # default: the model's own
+    adapter_cache: int = Field(4, ge=1)  # adapters kept loaded (LRU)
+    require_manifest: bool = False  # refuse adapters without a manifest to check their files against
+    prices: dict[str, dict[str, float]] = Field(default_factory=dict)  # model -> input_per_1k / output_per_1k
+    retry_after_s: int = Field(2, ge=1)
+    guards: GuardConfig = Field(default_factory=GuardConfig)
+    model_guards: dict[str, GuardConfig] = Field(default_factory=dict)  # per served model, replacing `guards`
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
+
+
+def load_serve_config(path: Path | None, **overrides: Any) -> ServeConfig:
+    import yaml
+    from pydantic import ValidationError
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError("no such file", file=path, field="--config")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"invalid YAML: {e}", file=path) from None
+        base = path.parent
+        data["adapters"] = {
+            k: str((base / v) if not Path(v).is_absolute() else v) for k, v in (data.get("adapters") or {}).items()
+        }
+        guard_sets = [data.get("guards"), *(data.get("model_guards") or {}).values()]
+        for g in guard_sets:  # a classifier file named in the config is relative to the config
+            inj = g.get("injection") if isinstance(g, dict) else None
+            if isinstance(inj, dict) and isinstance(inj.get("classifier_model"), str):
+                inj["classifier_model"] = str(base / inj["classifier_model"])
+    for k, v in overrides.items():
+        if v is None or v == {}:
+            continue
+        if k == "adapters":
+            data["adapters"] = {**data.get("adapters", {}), **v}
+        else:
+            data[k] = v
+    try:
+        return ServeConfig(**data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(err["msg"], file=path, field=".".join(str(x) for x in err["loc"])) from None
