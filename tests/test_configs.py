@@ -24,7 +24,7 @@ def test_config_starts_with_its_command_and_parses(path: Path) -> None:
     if "accelerate" in path.parts:
         assert isinstance(yaml.safe_load(path.read_text()), dict)
     elif path.name == "serve.yaml":
-        from tunelab.serve.server import load_serve_config
+        from tunelab.serve.config import load_serve_config
 
         assert load_serve_config(path).max_batch >= 1
     else:

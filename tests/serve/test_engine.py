@@ -360,8 +360,9 @@ def test_serve_config_chooses_the_weights(
 ) -> None:
     import tunelab.hardware
     from tunelab.models.loading import load_model
+    from tunelab.serve.config import ServeConfig
     from tunelab.serve.engine import HFRunner
-    from tunelab.serve.server import Host, ServeConfig
+    from tunelab.serve.host import Host
 
     monkeypatch.setattr(tunelab.hardware, "cpu_bf16", lambda: has_bf16)
     if expect == "fp16" and not tunelab.hardware.fbgemm():
@@ -379,7 +380,8 @@ def test_weights_without_kernels_are_a_config_error(tiny_model_dir: Path, monkey
     import tunelab.serve.lean
     from tunelab.errors import ConfigError
     from tunelab.models.loading import load_model
-    from tunelab.serve.server import Host, ServeConfig
+    from tunelab.serve.config import ServeConfig
+    from tunelab.serve.host import Host
 
     monkeypatch.setattr(tunelab.serve.lean, "fbgemm", lambda: False)  # e.g. an ARM CPU
     with pytest.raises(ConfigError, match="fbgemm") as e:
@@ -393,7 +395,7 @@ def test_mailbox_delivers_every_token_in_order_with_few_wakeups() -> None:
     import asyncio
     import threading
 
-    from tunelab.serve.server import Mailbox
+    from tunelab.serve.streaming import Mailbox
 
     async def main() -> tuple[list[list[int]], int]:
         loop = asyncio.get_running_loop()

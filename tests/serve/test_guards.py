@@ -167,7 +167,8 @@ def test_rules_match_whatever_the_case() -> None:
 
 
 def test_serve_config_names_a_classifier_relative_to_itself_and_a_bad_one_stops_the_server(tmp_path: Path) -> None:
-    from tunelab.serve.server import create_app, load_serve_config
+    from tunelab.serve.app import create_app
+    from tunelab.serve.config import load_serve_config
 
     (tmp_path / "guard.npz").write_text("not a model")
     conf = tmp_path / "serve.yaml"

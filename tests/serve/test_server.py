@@ -186,7 +186,7 @@ def test_metrics_count_requests_tokens_and_reused_prefix_blocks(server: Server) 
 
 
 def test_health_says_what_decodes(server: Server) -> None:
-    from tunelab.serve.server import lean_weights
+    from tunelab.serve.config import lean_weights
 
     h = httpx.get(server.url + "/health").json()
     assert h["status"] == "ok" and h["decoder"] == "lean"  # a Llama model with a plain LoRA adapter
