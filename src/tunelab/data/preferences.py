@@ -1,4 +1,4 @@
-"""Preference data for DPO: `{prompt, chosen, rejected}` per line (JSONL, CSV or Parquet).
+"""Preference data for DPO: `{prompt, chosen, rejected}` per line (JSONL, CSV or Parquet), or OpenAI's DPO rows.
 
 `prompt` is a string (one user turn) or a list of messages ending with a user turn; `chosen` and `rejected`
 are strings or a single assistant message (`{"role": "assistant", "content": ...}`, alone or in a list, as
@@ -17,6 +17,9 @@ from tunelab.data.formats import Record, Rejected, check_messages
 from tunelab.data.readers import FileNotes, iter_units
 
 Message = dict[str, str]
+# OpenAI's DPO rows, `{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}`,
+# read as prompt / chosen / rejected; errors name OpenAI's fields
+OPENAI_FIELDS = {"prompt": "input.messages", "chosen": "preferred_output", "rejected": "non_preferred_output"}
 
 
 @dataclass
@@ -85,6 +88,19 @@ def parse_preference(raw: bytes | dict[str, Any], file: str, line: int) -> Prefe
         obj = raw
     if not isinstance(obj, dict):
         return reject("", f"must be a JSON object, got {type(obj).__name__}")
+    if "preferred_output" in obj or "non_preferred_output" in obj:  # OpenAI's DPO format
+        inp = obj.get("input")
+        obj = {"id": obj.get("id"), "prompt": inp.get("messages") if isinstance(inp, dict) else inp,
+               "chosen": obj.get("preferred_output"), "rejected": obj.get("non_preferred_output")}  # fmt: skip
+        plain = reject
+
+        def reject(fld: str, reason: str) -> Rejected:
+            for ours, theirs in OPENAI_FIELDS.items():
+                if fld == ours or fld.startswith(ours + ".") or fld.startswith(ours + "["):
+                    fld = theirs + fld[len(ours) :]
+                    break
+            return plain(fld, reason)
+
     prompt = _prompt(obj)
     if isinstance(prompt, tuple):
         return reject(*prompt)

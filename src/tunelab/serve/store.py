@@ -50,6 +50,11 @@ CREATE TABLE IF NOT EXISTS usage (
 );
 CREATE INDEX IF NOT EXISTS usage_key_ts ON usage (key_id, ts);
 """
+# columns added after the first release: a store written by an older tunelab gets them on open
+KEY_COLUMNS = {"admin": "INTEGER NOT NULL DEFAULT 0", "max_queued_jobs": "INTEGER", "max_file_bytes": "INTEGER"}
+_KEY_SELECT = (
+    "id, name, salt, hash, created, revoked, rpm, tokens_per_day, models, admin, max_queued_jobs, max_file_bytes"
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,9 @@ class ApiKey:
     rpm: int | None
     tokens_per_day: int | None
     models: list[str] | None
+    admin: bool = False  # sees and manages every owner's files, jobs and models
+    max_queued_jobs: int | None = None  # None: the server's default
+    max_file_bytes: int | None = None
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -74,6 +82,9 @@ class ApiKey:
             "rpm": self.rpm,
             "tokens_per_day": self.tokens_per_day,
             "models": self.models,
+            "admin": self.admin,
+            "max_queued_jobs": self.max_queued_jobs,
+            "max_file_bytes": self.max_file_bytes,
         }
 
 
@@ -97,6 +108,10 @@ class Store:
             self._db = sqlite3.connect(p, check_same_thread=False, isolation_level=None, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(keys)")}
+            for col, decl in KEY_COLUMNS.items():
+                if col not in have:
+                    self._db.execute(f"ALTER TABLE keys ADD COLUMN {col} {decl}")
         except (OSError, sqlite3.Error) as e:
             raise ConfigError(f"cannot open the store: {e}", file=p, field="store") from None
         self.path = p
@@ -119,7 +134,15 @@ class Store:
     # --- keys ---------------------------------------------------------------------------------------------
 
     def create_key(
-        self, name: str, *, rpm: int | None = None, tokens_per_day: int | None = None, models: list[str] | None = None
+        self,
+        name: str,
+        *,
+        rpm: int | None = None,
+        tokens_per_day: int | None = None,
+        models: list[str] | None = None,
+        admin: bool = False,
+        max_queued_jobs: int | None = None,
+        max_file_bytes: int | None = None,
     ) -> tuple[str, str]:
         """(id, key): the key is returned once and only its salted hash is stored."""
         if not name.strip():
@@ -127,8 +150,8 @@ class Store:
         kid, secret, salt = secrets.token_hex(4), secrets.token_urlsafe(24), secrets.token_hex(16)
         with self._tx() as db:
             db.execute(
-                "INSERT INTO keys (id, name, salt, hash, created, rpm, tokens_per_day, models) "
-                "VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO keys (id, name, salt, hash, created, rpm, tokens_per_day, models, admin, "
+                "max_queued_jobs, max_file_bytes) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     kid,
                     name,
@@ -138,16 +161,19 @@ class Store:
                     rpm,
                     tokens_per_day,
                     json.dumps(models) if models else None,
+                    int(admin),
+                    max_queued_jobs,
+                    max_file_bytes,
                 ),
             )
         return kid, f"tl-{kid}-{secret}"
 
     def _row(self, r: tuple[Any, ...]) -> ApiKey:
-        return ApiKey(r[0], r[1], r[4], r[5], r[6], r[7], json.loads(r[8]) if r[8] else None)
+        return ApiKey(r[0], r[1], r[4], r[5], r[6], r[7], json.loads(r[8]) if r[8] else None, bool(r[9]), r[10], r[11])
 
     def list_keys(self) -> list[ApiKey]:
         with self._lock:
-            rows = self._db.execute("SELECT * FROM keys ORDER BY created").fetchall()
+            rows = self._db.execute(f"SELECT {_KEY_SELECT} FROM keys ORDER BY created").fetchall()
         return [self._row(r) for r in rows]
 
     def revoke(self, kid: str) -> bool:
@@ -161,7 +187,7 @@ class Store:
         if len(parts) != 3 or parts[0] != "tl":
             return None
         with self._lock:
-            r = self._db.execute("SELECT * FROM keys WHERE id = ?", (parts[1],)).fetchone()
+            r = self._db.execute(f"SELECT {_KEY_SELECT} FROM keys WHERE id = ?", (parts[1],)).fetchone()
         if r is None or r[5] is not None:
             return None
         if not hmac.compare_digest(_hash(r[2], parts[2]), r[3]):

