@@ -193,3 +193,40 @@ def test_metrics_count_jobs_by_status(service: Service, finished: dict[str, Any]
     assert "tunelab_job_duration_seconds_bucket" in text
     assert "tunelab_time_to_first_token_seconds_bucket" in text
     assert json.loads(httpx.get(service.url + "/health").text)["status"] == "ok"
+
+
+def test_schemathesis_finds_no_server_error_in_the_jobs_routes(service: Service, finished: dict[str, Any]) -> None:
+    """Generated requests for /v1/files and /v1/fine_tuning/*, half of the job requests on a real file."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+
+    key = service.key("fuzz", "--max-queued-jobs", "2")
+    schema = schemathesis.openapi.from_url(service.url + "/openapi.json")
+    auth = {"Authorization": f"Bearer {key}"}
+    c = service.client("fuzz")
+    real = c.files.create(file=("t.jsonl", json.dumps(chat_rows(1)[0]).encode() + b"\n"), purpose="fine-tune").id
+    seen: list[int] = []
+    ops = 0
+    for result in schema.get_all_operations():
+        op = result.ok()
+        if not op.path.startswith(("/v1/files", "/v1/fine_tuning")):
+            continue
+        ops += 1
+
+        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(case=op.as_strategy())
+        def check(case: Any) -> None:
+            if isinstance(case.body, dict) and "training_file" in case.body and len(seen) % 2 == 0:
+                case.body["training_file"] = real
+            if isinstance(case.path_parameters, dict) and len(seen) % 3 == 0:
+                for k in case.path_parameters:
+                    case.path_parameters[k] = real if "file" in k else finished["done"].id
+            r = case.call(base_url=service.url, headers=auth, timeout=60)
+            seen.append(r.status_code)
+            assert r.status_code < 500, (case.method, case.path, case.body, r.text[:300])
+
+        check()
+    for j in c.fine_tuning.jobs.list(limit=100):  # what the fuzzer managed to queue: cancelled, not trained
+        if j.status in ("queued", "running", "paused", "validating_files"):
+            c.fine_tuning.jobs.cancel(j.id)
+    assert ops >= 11 and len(seen) >= 100 and any(s < 300 for s in seen), (ops, sorted(set(seen)))

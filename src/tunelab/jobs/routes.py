@@ -62,7 +62,26 @@ def _own_file(svc: JobsService, key: ApiKey, fid: str) -> FileRow:
     return f
 
 
-@files_router.post("/v1/files")
+UPLOAD_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {"type": "string", "enum": list(upload.UPLOAD_PURPOSES)},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@files_router.post("/v1/files", openapi_extra=UPLOAD_SCHEMA)
 async def create_file(request: Request) -> dict[str, Any]:
     state, svc, key = _svc(request)
     limit = key.max_file_bytes or state.cfg.jobs.max_file_bytes
