@@ -233,3 +233,27 @@ def bench_serve(
             f"completions, teacher-forced top-1 agreement {q['teacher_forced_top1_agreement']:.3f}"
         )
     print(f"details: {out / 'bench-serve.json'}")
+
+
+@bench_app.command("jobs")
+def bench_jobs(
+    out: Annotated[Path, typer.Option(help="Where the logs and bench-jobs.json go.")] = Path("runs/bench-jobs"),
+    model: Annotated[str | None, typer.Option(help="Local model dir (default: bundled).")] = None,
+    steps: Annotated[int, typer.Option(min=2, help="Training steps of each job.")] = 8,
+    clients: Annotated[int, typer.Option(min=1, help="Concurrent API clients while a job trains.")] = 8,
+    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """The jobs service: queue overhead, API latency while training, exact resume after kill -9, and the
+    job's wall time against the same training and evaluation run without the service."""
+    import json
+
+    from tunelab.bench.jobs import bench_jobs as run_bench
+
+    r = run_bench(out, model=model, steps=steps, clients=clients, log=(lambda m: None) if json_ else print)
+    if json_:
+        print(json.dumps(r, indent=2))
+        return
+    print(f"submit_to_running_s {r['submit_to_running_s']:.2f}; api_p99_ms {r['api_p99_ms']:.1f} "
+          f"({r['clients']} clients while training); resume_exact {r['resume_exact']}; job {r['job_s']:.0f} s vs "
+          f"direct {r['direct_s']:.0f} s: x{r['service_overhead']:.2f}")  # fmt: skip
+    print(f"details: {out / 'bench-jobs.json'}")

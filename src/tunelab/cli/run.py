@@ -244,8 +244,8 @@ def eval_import_ab(
 
 @app.command()
 def compare(
-    a: Annotated[Path, typer.Argument(help="Eval directory of the reference model (e.g. base).")],
-    b: Annotated[Path, typer.Argument(help="Eval directory of the candidate (e.g. tuned).")],
+    a: Annotated[Path | None, typer.Argument(help="Eval directory of the reference model (e.g. base).")] = None,
+    b: Annotated[Path | None, typer.Argument(help="Eval directory of the candidate (e.g. tuned).")] = None,
     gate: Annotated[
         str | None,
         typer.Option(help='Clauses, e.g. "accuracy>=+0.02, rouge_l>=-0.01": signed = change, unsigned = value.'),
@@ -253,11 +253,23 @@ def compare(
     resamples: Annotated[int, typer.Option(min=1000, help="Bootstrap / permutation resamples.")] = 10_000,
     seed: int = 0,
     json_: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+    sweep: Annotated[
+        str | None, typer.Option(help="Rank the jobs of this sweep (metadata.sweep) instead of comparing A and B.")
+    ] = None,
+    store: Annotated[str | None, typer.Option(help="With --sweep: the server's SQLite file.")] = None,
 ) -> None:
-    """B vs A on the same items (paired by id): each metric's change with paired statistics; exit 1 if a gate fails."""
+    """B vs A on the same items (paired by id): each metric's change with paired statistics; exit 1 if a gate fails.
+    With --sweep NAME: the sweep's jobs ranked on their held-out items, Holm-adjusted."""
     import json
 
+    from tunelab.errors import ConfigError
     from tunelab.evaluate.compare import check_gate, compare_runs, render_terminal
+
+    if sweep is not None:
+        _rank_sweep(sweep, store, resamples, seed, json_)
+        return
+    if a is None or b is None:
+        raise ConfigError("give two eval directories A and B, or --sweep NAME", field="A/B")
 
     r = compare_runs(a, b, gate=gate, resamples=resamples, seed=seed)
     if json_:
@@ -266,6 +278,25 @@ def compare(
         render_terminal(r)
     check_gate(r)
 
+
+
+def _rank_sweep(name: str, store: str | None, resamples: int, seed: int, json_: bool) -> None:
+    import json
+
+    from tunelab.jobs.store import JobStore
+    from tunelab.jobs.sweep import rank
+    from tunelab.serve.store import Store
+
+    jobs, _ = JobStore(Store(store)).jobs(None, limit=10_000, metadata={"sweep": name})
+    r = rank(jobs, resamples=resamples, seed=seed)
+    if json_:
+        print(json.dumps(r, indent=2))
+        return
+    print(f"sweep {name}: {len(r['ranked'])} of {r['n_jobs']} jobs ranked by {r['metric']} on the same held-out items")
+    for x in r["ranked"]:
+        vs = f"; best - this {x['best_minus_this']:+.3f}, p_holm {x['p_vs_best_holm']:.2g}" if x["rank"] > 1 else ""
+        print(f"{x['rank']:>2}. {x['variant'] or x['job']:<40} {x['tuned']:.3f} ({x['delta']:+.3f} vs base, "
+              f"p_holm {x['p_vs_base_holm']:.2g}){vs}")  # fmt: skip
 
 
 data_app = typer.Typer(help="Data: audit what you will train on.", no_args_is_help=True)

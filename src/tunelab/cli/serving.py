@@ -136,6 +136,33 @@ def worker(
     Worker(cfg).run(lambda: stop["now"])
 
 
+@app.command()
+def sweep(
+    config: Annotated[Path, typer.Argument(help="A sweep file (see configs/sweep.yaml).")],
+    url: Annotated[str, typer.Option(help="The server's base URL.")] = "http://127.0.0.1:8000",
+    key: Annotated[str | None, typer.Option(envvar="TUNELAB_API_KEY", help="API key (or $TUNELAB_API_KEY).")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the jobs it would create.")] = False,
+) -> None:
+    """Submit a grid (or named variants) of fine-tuning jobs; `tunelab compare --sweep NAME` ranks them."""
+    import json
+
+    from tunelab.errors import ConfigError
+    from tunelab.jobs.sweep import expand, load_sweep, submit
+
+    s = load_sweep(config)
+    if dry_run:
+        for variant, req in expand(s):
+            print(json.dumps({"variant": variant, **req}))
+        return
+    if not key:
+        raise ConfigError("give --key or set TUNELAB_API_KEY", field="--key")
+    import openai
+
+    with openai.OpenAI(base_url=url.rstrip("/") + "/v1", api_key=key, max_retries=2) as client:
+        for job in submit(s, client):
+            print(f"{job['id']}  {job['status']:<8} {job['variant']}")
+
+
 guard_app = typer.Typer(help="The serving guards, offline.", no_args_is_help=True)
 app.add_typer(guard_app, name="guard")
 
