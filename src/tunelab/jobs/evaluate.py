@@ -87,9 +87,9 @@ def verdict(comparison: dict[str, Any], metric: str, kind: str) -> dict[str, Any
     lo, hi = (float(v) for v in row["ci95"])
     better = delta > 0 and p < ALPHA
     worse = delta < 0 and p < ALPHA
-    word = "better" if better else "worse" if worse else "not significantly different"
+    word = "better than" if better else "worse than" if worse else "not significantly different from"
     sentence = (
-        f"The tuned model is {word} than the base on {comparison['n']} held-out examples: {metric} "
+        f"The tuned model is {word} the base on {comparison['n']} held-out examples: {metric} "
         f"{row['a']:.3f} -> {row['b']:.3f} ({delta:+.3f}, 95% CI {lo:+.3f} to {hi:+.3f}), "
         f"paired p = {p:.2g}."
     )
