@@ -27,5 +27,9 @@ def test_config_starts_with_its_command_and_parses(path: Path) -> None:
         from tunelab.serve.config import load_serve_config
 
         assert load_serve_config(path).max_batch >= 1
+    elif path.name == "sweep.yaml":
+        from tunelab.jobs.sweep import expand, load_sweep
+
+        assert len(expand(load_sweep(path))) == 8
     else:
         load_config(path)

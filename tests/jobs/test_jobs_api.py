@@ -230,3 +230,14 @@ def test_schemathesis_finds_no_server_error_in_the_jobs_routes(service: Service,
         if j.status in ("queued", "running", "paused", "validating_files"):
             c.fine_tuning.jobs.cancel(j.id)
     assert ops >= 11 and len(seen) >= 100 and any(s < 300 for s in seen), (ops, sorted(set(seen)))
+
+
+def test_a_licence_the_policy_refuses_fails_the_job_at_the_audit(service: Service, tmp_path: Path) -> None:
+    c = service.client()
+    f = _upload(c, write_jsonl(tmp_path / "nc.jsonl", chat_rows(12)))
+    job = c.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id,
+                                    extra_body={"tunelab": {**FAST, "licence": "CC-BY-NC-4.0"}})  # fmt: skip
+    done = service.wait(job.id, ("succeeded", "failed"))
+    assert done.status == "failed" and done.error.code == "audit_failed"
+    assert "CC-BY-NC-4.0" in done.error.message and done.fine_tuned_model is None
+    assert any(e.level == "error" for e in c.fine_tuning.jobs.list_events(job.id, limit=100))

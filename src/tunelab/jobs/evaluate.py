@@ -44,7 +44,7 @@ def evaluate_job(run_dir: Path) -> dict[str, Any]:
     cfg = load_config(run_dir / "config.yaml")
     job = json.loads((run_dir / "job.json").read_text())
     x = job["tunelab"]
-    path = run_dir / "data" / "eval.jsonl"
+    path = cfg.data.eval[0] if cfg.data.eval else run_dir / "data" / "eval.jsonl"
     items = read_eval_file(path, "generation")
     labels = labels_of(items)
     if labels:

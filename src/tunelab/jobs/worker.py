@@ -151,11 +151,7 @@ class Worker:
                 self.jobs.event(jid, f"Resuming training from the checkpoint at step {found.step}")
             elif json.loads((run_dir / "job.json").read_text())["tunelab"].get("force"):
                 args.append("--force")
-            if self.cfg.jobs.launcher == "torchrun":
-                cmd = [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                       str(self.cfg.jobs.nproc_per_node), "-m", "tunelab", *args]  # fmt: skip
-            else:
-                cmd = [py, "-m", "tunelab", *args]
+            cmd = self._training_command(args)
         else:
             cmd = [py, "-m", "tunelab.jobs.evaluate", str(run_dir)]
         log = open(run_dir / "worker.log", "ab")  # noqa: SIM115
@@ -165,6 +161,21 @@ class Worker:
         (run_dir / "worker.pid").write_text(str(proc.pid))
         self.tasks[jid] = Task(jid, phase, proc, log)
         self.log(f"{jid}: {phase} started (pid {proc.pid})")
+
+    def _training_command(self, args: list[str]) -> list[str]:
+        j = self.cfg.jobs
+        py = sys.executable
+        torchrun = [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(j.nproc_per_node),
+                    "-m", "tunelab", *args]  # fmt: skip
+        local = [py, "-m", "tunelab", *args]
+        if j.launcher == "torchrun":
+            return torchrun
+        if j.launcher == "template":
+            import shlex
+
+            inner = shlex.join(torchrun if j.template_torchrun else local)
+            return ["/bin/sh", "-c", (j.launch_template or "{cmd}").replace("{cmd}", inner)]
+        return local
 
     def _poll(self, jid: str) -> None:
         task = self.tasks[jid]

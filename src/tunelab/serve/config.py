@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from tunelab.errors import ConfigError
 from tunelab.serve.guards import GuardConfig
@@ -22,10 +22,20 @@ class JobsConfig(BaseModel):
     dir: str | None = None  # uploaded files and job run directories (default $TUNELAB_HOME/jobs)
     max_file_bytes: int = Field(512 * 1024 * 1024, ge=1024)  # per upload, for keys without their own limit
     max_queued_jobs: int = Field(16, ge=1)  # queued + running jobs per key, for keys without their own limit
-    # how the worker starts training: local (one process) or torchrun (DDP over nproc_per_node processes)
-    launcher: Literal["local", "torchrun"] = "local"
+    # how the worker starts training: local (one process), torchrun (DDP over nproc_per_node processes), or
+    # template: `launch_template` with {cmd} replaced by the (torchrun or local) command, shell-quoted, e.g.
+    # "srun --nodes 1 --gres gpu:2 {cmd}" to run each job's training as a step of a Slurm allocation
+    launcher: Literal["local", "torchrun", "template"] = "local"
     nproc_per_node: int = Field(2, ge=1)
+    launch_template: str | None = None
+    template_torchrun: bool = False  # template: wrap the torchrun command rather than the local one
     poll_s: float = Field(0.5, gt=0, le=10)  # how often the worker looks for work and for cancels
+
+    @model_validator(mode="after")
+    def _template(self) -> JobsConfig:
+        if self.launcher == "template" and (not self.launch_template or "{cmd}" not in self.launch_template):
+            raise ValueError("launcher: template needs launch_template holding {cmd}")
+        return self
 
 
 def lean_weights(quantize: str) -> str | None:
