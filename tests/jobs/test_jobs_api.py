@@ -241,3 +241,29 @@ def test_a_licence_the_policy_refuses_fails_the_job_at_the_audit(service: Servic
     assert done.status == "failed" and done.error.code == "audit_failed"
     assert "CC-BY-NC-4.0" in done.error.message and done.fine_tuned_model is None
     assert any(e.level == "error" for e in c.fine_tuning.jobs.list_events(job.id, limit=100))
+
+
+def test_a_dpo_job_on_openai_preference_rows(service: Service, tmp_path: Path) -> None:
+    topics = ["business", "sport", "politics", "entertainment", "tech"]
+    rows = [
+        {"input": {"messages": [{"role": "user", "content": f"Topic? {chat_rows(1, i)[0]['messages'][0]['content']}"}]},
+         "preferred_output": [{"role": "assistant", "content": topics[i % 5]}],
+         "non_preferred_output": [{"role": "assistant", "content": topics[(i + 1) % 5]}]}
+        for i in range(24)
+    ]  # fmt: skip
+    c = service.client()
+    f = _upload(c, write_jsonl(tmp_path / "prefs.jsonl", rows))
+    assert f.tunelab["kind"] == "preference" and f.tunelab["records"] == 24
+    job = c.fine_tuning.jobs.create(
+        model="tiny-llama", training_file=f.id, seed=2,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "batch_size": 4}}},
+        extra_body={"tunelab": FAST},
+    )  # fmt: skip
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.2
+    done = service.wait(job.id, ("succeeded", "failed"))
+    assert done.status == "succeeded", done.error
+    assert done.tunelab["comparison"]["n"] == 2  # 24 rows: 2 held out (grouped by prompt), scored on the chosen answer
+    bad = [dict(rows[0]), *rows[1:3]]
+    bad[0]["preferred_output"] = [{"role": "user", "content": "x"}]
+    with pytest.raises(openai.BadRequestError, match=r"line 1, field preferred_output\.role"):
+        _upload(c, write_jsonl(tmp_path / "bad-prefs.jsonl", bad))

@@ -26,7 +26,8 @@ def test_launchers_build_the_commands_they_say(tmp_path: Path) -> None:
     assert tr[6:] == ["-m", "tunelab", *args]
     t = _worker(tmp_path, "{launcher: template, launch_template: 'srun --gres gpu:2 {cmd}', template_torchrun: true}")
     cmd = t._training_command(args)
-    assert cmd[:2] == ["/bin/sh", "-c"] and cmd[2].startswith("srun --gres gpu:2 ") and "torch.distributed.run" in cmd[2]
+    assert cmd[:2] == ["/bin/sh", "-c"] and cmd[2].startswith("srun --gres gpu:2 ")
+    assert "torch.distributed.run" in cmd[2]
     with pytest.raises(ConfigError, match="launch_template"):
         _worker(tmp_path, "{launcher: template}")
 

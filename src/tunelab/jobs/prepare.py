@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from tunelab.data.formats import Rejected
 from tunelab.data.tasks import datacard_path
 from tunelab.fsutil import atomic_write_bytes, atomic_write_text
 
@@ -48,14 +49,15 @@ def split(lines: list[bytes], seed: int) -> tuple[list[bytes], list[bytes]]:
     return [ln for i, ln in enumerate(lines) if i not in held], [ln for i, ln in enumerate(lines) if i in held]
 
 
-def as_eval(line: bytes) -> bytes:
+def as_eval(line: bytes, n: int) -> bytes:
     """An eval item from a training line: a preference pair's prompt with its chosen answer as reference."""
     obj = json.loads(line)
     if "preferred_output" in obj or "chosen" in obj:
         from tunelab.data.preferences import parse_preference
 
-        p = parse_preference(line, "eval", 0)
-        return json.dumps({"id": getattr(p, "id", None), "messages": p.conversation(p.chosen)}).encode()  # type: ignore[union-attr]
+        p = parse_preference(line, "held-out", n)
+        assert not isinstance(p, Rejected)  # the upload was validated
+        return json.dumps({"id": p.id, "messages": p.conversation(p.chosen)}).encode()
     return line
 
 
@@ -79,7 +81,7 @@ def prepare(
     eval_path = None
     if held:
         eval_path = data / "eval.jsonl"
-        atomic_write_bytes(eval_path, b"\n".join(as_eval(x) for x in held) + b"\n")
+        atomic_write_bytes(eval_path, b"\n".join(as_eval(x, i) for i, x in enumerate(held, start=1)) + b"\n")
         _card(eval_path, spec, eval_file or train_file)
     return {"train": str(data / "train.jsonl"), "eval": str(eval_path) if eval_path else None,
             "train_records": len(train), "eval_records": len(held), "how": how}  # fmt: skip
