@@ -267,3 +267,22 @@ def test_a_dpo_job_on_openai_preference_rows(service: Service, tmp_path: Path) -
     bad[0]["preferred_output"] = [{"role": "user", "content": "x"}]
     with pytest.raises(openai.BadRequestError, match=r"line 1, field preferred_output\.role"):
         _upload(c, write_jsonl(tmp_path / "bad-prefs.jsonl", bad))
+
+
+def test_per_key_limits_on_queued_jobs_and_file_size(service: Service, tmp_path: Path) -> None:
+    service.key("small", "--max-queued-jobs", "1", "--max-file-bytes", "2048")
+    c = service.client("small")
+    big = write_jsonl(tmp_path / "big.jsonl", chat_rows(40))
+    assert big.stat().st_size > 2048
+    with pytest.raises(openai.APIStatusError) as e:
+        _upload(c, big)
+    assert e.value.status_code == 413 and e.value.body["code"] == "file_too_large"
+    f = _upload(c, write_jsonl(tmp_path / "small.jsonl", chat_rows(5)))
+    first = c.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id,
+                                      extra_body={"tunelab": {**FAST, "max_steps": 5000}})  # fmt: skip
+    with pytest.raises(openai.RateLimitError, match="already has 1 jobs"):
+        c.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id, extra_body={"tunelab": FAST})
+    c.fine_tuning.jobs.cancel(first.id)
+    second = c.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id, extra_body={"tunelab": FAST})
+    assert second.status == "queued"
+    c.fine_tuning.jobs.cancel(second.id)
