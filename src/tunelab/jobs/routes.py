@@ -294,19 +294,20 @@ async def resume_job(request: Request, job_id: str) -> dict[str, Any]:
     return _move(request, job_id, ("paused",), "queued", "resume")
 
 
-@jobs_router.get("/v1/fine_tuning/jobs/{job_id}/events")
-async def job_events(request: Request, job_id: str) -> dict[str, Any]:
+def _job_list(request: Request, job_id: str, what: str, default: int, most: int) -> dict[str, Any]:
     _, svc, key = _svc(request)
     j = _own_job(svc, key, job_id)
     q = request.query_params
-    data, more = svc.jobs.events(j.id, after=q.get("after"), limit=_limit(q.get("limit"), 20, 1000))
-    return {"object": "list", "data": data, "has_more": more}
+    lister = svc.jobs.events if what == "events" else svc.jobs.checkpoints
+    data, more = lister(j.id, after=q.get("after"), limit=_limit(q.get("limit"), default, most))
+    return _page(data, more)
+
+
+@jobs_router.get("/v1/fine_tuning/jobs/{job_id}/events")
+async def job_events(request: Request, job_id: str) -> dict[str, Any]:
+    return _job_list(request, job_id, "events", 20, 1000)
 
 
 @jobs_router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
 async def job_checkpoints(request: Request, job_id: str) -> dict[str, Any]:
-    _, svc, key = _svc(request)
-    j = _own_job(svc, key, job_id)
-    q = request.query_params
-    data, more = svc.jobs.checkpoints(j.id, after=q.get("after"), limit=_limit(q.get("limit"), 10, 100))
-    return _page(data, more)
+    return _job_list(request, job_id, "checkpoints", 10, 100)
