@@ -1,8 +1,10 @@
-"""Exact resume of jobs: kill -9 of the whole server mid-job, and pause/resume, both end with the adapter an
-uninterrupted run of the same job gives, tensor for tensor."""
+"""Exact resume of jobs: kill -9 of the whole server mid-job, kill -9 of its worker alone, and pause/resume
+all end with the adapter an uninterrupted run of the same job gives, tensor for tensor."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,7 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 @pytest.mark.slow
-def test_kill9_of_the_server_and_pause_both_resume_to_the_uninterrupted_adapter(
+def test_kill9_of_the_server_or_the_worker_and_pause_resume_to_the_uninterrupted_adapter(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "home").mkdir()
@@ -64,6 +66,16 @@ def test_kill9_of_the_server_and_pause_both_resume_to_the_uninterrupted_adapter(
         assert any(m.startswith("The worker restarted") for m in msgs)
         assert any(m.startswith("Resuming training from the checkpoint at step") for m in msgs)
 
+        worker_killed = _job(c, fid)  # now the worker alone: the server starts it again, the job goes on
+        wdir = Path(worker_killed.tunelab["run_dir"])
+        _first_checkpoint(wdir)
+        assert svc.proc is not None
+        [worker] = [int(p) for p in Path(f"/proc/{svc.proc.pid}/task/{svc.proc.pid}/children").read_text().split()]
+        os.kill(worker, signal.SIGKILL)
+        assert svc.wait(worker_killed.id, ("succeeded", "failed")).status == "succeeded"
+        msgs = [e.message for e in c.fine_tuning.jobs.list_events(worker_killed.id, limit=1000)]
+        assert any(m.startswith("Resuming training from the checkpoint at step") for m in msgs)
+
         paused = _job(c, fid)
         pdir = Path(paused.tunelab["run_dir"])
         svc.wait(paused.id, ("running",))
@@ -79,5 +91,6 @@ def test_kill9_of_the_server_and_pause_both_resume_to_the_uninterrupted_adapter(
         ref = _adapter(Path(reference.tunelab["run_dir"]))
         assert _same(_adapter(run_dir), ref), "the job killed mid-way ended with another adapter"
         assert _same(_adapter(pdir), ref), "the paused job ended with another adapter"
+        assert _same(_adapter(wdir), ref), "the job whose worker was killed ended with another adapter"
     finally:
         svc.stop()

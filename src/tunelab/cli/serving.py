@@ -101,17 +101,51 @@ def serve(
 def _start_worker(config: Path | None, store: str | None) -> Any:
     """`tunelab worker` as a child that dies with this process, however it goes (a crash of training never
     reaches the API; a kill -9 of the server takes the worker and its training along, and the next start
-    resumes the job)."""
-    import subprocess
-
-    from tunelab.jobs.worker import _die_with_parent
-
+    resumes the job), started again if it exits while the server runs."""
     cmd = [sys.executable, "-m", "tunelab", "worker"]
     if config is not None:
         cmd += ["--config", str(config)]
     if store:
         cmd += ["--store", store]
-    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    return _Supervised(cmd)
+
+
+class _Supervised:
+    """A child process kept running: restarted (after 2 s) whenever it exits, until `terminate()`."""
+
+    def __init__(self, cmd: list[str]) -> None:
+        import threading
+
+        self.cmd, self.stopping = cmd, threading.Event()
+        self.proc = self._spawn()
+        threading.Thread(target=self._watch, name="tunelab-worker-watch", daemon=True).start()
+
+    def _spawn(self) -> Any:
+        import subprocess
+
+        from tunelab.jobs.worker import _die_with_parent
+
+        return subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+
+    def _watch(self) -> None:
+        while not self.stopping.is_set():
+            rc = self.proc.wait()
+            if self.stopping.wait(2.0):
+                return
+            print(f"tunelab worker exited ({rc}); starting it again", file=sys.stderr, flush=True)
+            self.proc = self._spawn()
+
+    def terminate(self) -> None:
+        self.stopping.set()
+        self.proc.terminate()
+
+    def wait(self, timeout: float) -> None:
+        import subprocess
+
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
 @app.command()

@@ -92,17 +92,23 @@ class Worker:
             self._start(job)
         try:
             while not should_stop():
-                for jid in list(self.tasks):
-                    self._poll(jid)
-                while len(self.tasks) < self.cfg.jobs.concurrency:
-                    claimed = self.jobs.claim(set(self.tasks))
-                    if claimed is None:
-                        break
-                    self._start(claimed)
+                try:
+                    self._tick()
+                except Exception as e:  # a busy store, a full disk: say so and try again, do not drop the jobs
+                    self.log(f"worker: {type(e).__name__}: {e} (retrying)")
                 time.sleep(self.cfg.jobs.poll_s)
         finally:
             for jid in list(self.tasks):
                 self._stop_children(self.tasks.pop(jid))
+
+    def _tick(self) -> None:
+        for jid in list(self.tasks):
+            self._poll(jid)
+        while len(self.tasks) < self.cfg.jobs.concurrency:
+            claimed = self.jobs.claim(set(self.tasks))
+            if claimed is None:
+                break
+            self._start(claimed)
 
     # --- one job ------------------------------------------------------------------------------------------
 
