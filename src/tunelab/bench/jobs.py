@@ -93,7 +93,7 @@ def bench_jobs(
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        log("killed the server (SIGKILL) after the second job's first checkpoint; starting it again")
+        log("killed the server (SIGKILL) after the third job's first checkpoint; starting it again")
         proc = _start(cmd, env, url, out / "serve-2.log")
         c = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=120)
         again = _wait(c, second.id)
