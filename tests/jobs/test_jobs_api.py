@@ -286,3 +286,20 @@ def test_per_key_limits_on_queued_jobs_and_file_size(service: Service, tmp_path:
     second = c.fine_tuning.jobs.create(model="tiny-llama", training_file=f.id, extra_body={"tunelab": FAST})
     assert second.status == "queued"
     c.fine_tuning.jobs.cancel(second.id)
+
+
+def test_jobs_and_files_page_with_after_and_limit(service: Service, finished: dict[str, Any]) -> None:
+    c = service.client()
+    everything = [j.id for j in c.fine_tuning.jobs.list(limit=100)]
+    assert len(everything) >= 3 and len(set(everything)) == len(everything)
+    first = c.fine_tuning.jobs.list(limit=1)
+    assert [j.id for j in first.data] == everything[:1] and first.has_more
+    assert [j.id for j in c.fine_tuning.jobs.list(limit=1)] == everything  # the SDK follows `after`
+    assert [j.id for j in c.fine_tuning.jobs.list(after=everything[0], limit=2).data] == everything[1:3]
+    created = [j.created_at for j in c.fine_tuning.jobs.list(limit=100)]
+    assert created == sorted(created, reverse=True)
+    files = [f.id for f in c.files.list()]
+    assert [f.id for f in c.files.list(limit=1)] == files
+    assert [f.id for f in c.files.list(order="asc")] == files[::-1]
+    with pytest.raises(openai.BadRequestError, match="limit"):
+        c.fine_tuning.jobs.list(limit=0)
