@@ -47,8 +47,8 @@ def serve(
     import uvicorn
 
     from tunelab.errors import ConfigError
-    from tunelab.jobs.service import create_app
     from tunelab.serve.config import load_serve_config
+    from tunelab.ui.app import create_app
 
     adapters = {}
     for a in adapter or []:

@@ -327,6 +327,16 @@ class JobStore:
         ]  # fmt: skip
         return out, len(rows) > limit
 
+    def events_since(self, jid: str, n: int = 0, limit: int = 500) -> list[tuple[int, dict[str, Any]]]:
+        """(row number, event) of the events after row `n`, oldest first: what a live page has not shown yet."""
+        rows = self._q(
+            "SELECT n, id, created_at, level, type, message, data FROM job_events WHERE job_id = ? AND n > ? "
+            "ORDER BY n LIMIT ?",
+            (jid, n, limit),
+        )
+        return [(k, {"id": i, "created_at": t, "level": lv, "type": ty, "message": m,
+                     "data": json.loads(d) if d else None}) for k, i, t, lv, ty, m, d in rows]  # fmt: skip
+
     def add_checkpoint(self, jid: str, step: int, name: str, path: str, metrics: dict[str, Any]) -> bool:
         with self.store._tx() as db:
             cur = db.execute(

@@ -1,0 +1,1 @@
+"""The web app `tunelab serve` serves at `/`: server-rendered pages over the jobs service (no build step)."""
