@@ -34,6 +34,14 @@ def _render(name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
                                                             "frame-ancestors 'none'"})  # fmt: skip
 
 
+_REFUSALS = {404: ("Not found", "There is no such run."), 403: ("Refused", "This form is not from this page.")}
+
+
+def _refuse(status: int, who: ApiKey | None = None, csrf: str | None = None) -> HTMLResponse:
+    title, message = _REFUSALS[status]
+    return _render("error.html", status, title=title, message=message, who=who, csrf=csrf)
+
+
 def _ctx(request: Request) -> tuple[JobsService, bytes]:
     svc: JobsService = request.app.state.jobs
     return svc, session.secret(jobs_dir(svc.cfg))
@@ -77,7 +85,7 @@ async def signout(request: Request) -> Response:
     _, sec = _ctx(request)
     form = await request.form()
     if who is None or not session.csrf_ok(str(form.get("csrf") or ""), who[1], sec):
-        return _render("error.html", 403, title="Refused", message="This form is not from this page.", who=None)
+        return _refuse(403)
     r = RedirectResponse("/signin", status_code=303)
     r.delete_cookie(session.COOKIE, path="/")
     return r
@@ -122,8 +130,7 @@ async def run_page(request: Request, job_id: str) -> Response:
     svc, sec = _ctx(request)
     j = _own(svc, who[0], job_id)
     if j is None:
-        return _render("error.html", 404, title="Not found", message="There is no such run.", who=who[0],
-                       csrf=session.csrf_token(who[1], sec))  # fmt: skip
+        return _refuse(404, who[0], session.csrf_token(who[1], sec))
     events = [e for _, e in svc.jobs.events_since(j.id, 0, limit=100_000)]
     curve = _curve(events)
     steps = int(j.spec["hyperparameters"]["steps"])
@@ -142,9 +149,9 @@ async def cancel(request: Request, job_id: str) -> Response:
     form = await request.form()
     j = _own(svc, who[0], job_id)
     if j is None:
-        return _render("error.html", 404, title="Not found", message="There is no such run.", who=who[0])
+        return _refuse(404, who[0])
     if not session.csrf_ok(str(form.get("csrf") or ""), who[1], sec):
-        return _render("error.html", 403, title="Refused", message="This form is not from this page.", who=who[0])
+        return _refuse(403, who[0])
     if svc.jobs.transition(j.id, ACTIVE, status="cancelled", finished_at=int(time.time())):
         svc.jobs.event(j.id, "Job cancelled from the web page")
     return RedirectResponse(f"/runs/{j.id}", status_code=303)
