@@ -53,6 +53,11 @@ def _atomic_write(path: str | Path, parts: Iterable[bytes]) -> None:
     _fsync_dir(path.parent)
 
 
+def atomic_write_parts(path: str | Path, parts: Iterable[bytes]) -> None:
+    """Stream `parts` into `path` atomically: a reader sees the old file or the whole new one."""
+    _atomic_write(path, parts)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     _atomic_write(path, [data])
 

@@ -4,22 +4,18 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import random
-import time
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
-from tunelab.errors import DataError
+from tunelab.jobs import actions
 from tunelab.jobs import files as upload
-from tunelab.jobs.paths import files_dir, run_dir
-from tunelab.jobs.prepare import HELD_OUT_MAX, HELD_OUT_MIN_RECORDS
+from tunelab.jobs.paths import files_dir
 from tunelab.jobs.service import JobsService, owner_filter
-from tunelab.jobs.spec import JobCreate, model_name, resolve
-from tunelab.jobs.store import ACTIVE, FileRow, JobRow, new_id
+from tunelab.jobs.spec import JobCreate
+from tunelab.jobs.store import ACTIVE, FileRow, JobRow
 from tunelab.serve.protocol import ApiError
 from tunelab.serve.state import ServerState, state_of
 from tunelab.serve.store import ApiKey
@@ -55,13 +51,6 @@ def file_object(f: FileRow) -> dict[str, Any]:
             "tunelab": {"kind": f.kind, "records": f.records, "sha256": f.sha256, "audit": f.audit}}  # fmt: skip
 
 
-def _own_file(svc: JobsService, key: ApiKey, fid: str) -> FileRow:
-    f = svc.jobs.file(fid)
-    if f is None or (not key.admin and f.owner != key.id):
-        raise ApiError(404, f"no such file: {fid}", param="file_id", code="file_not_found", type="not_found_error")
-    return f
-
-
 UPLOAD_SCHEMA = {
     "requestBody": {
         "required": True,
@@ -89,45 +78,10 @@ async def create_file(request: Request) -> dict[str, Any]:
     if size is not None and size.isdigit() and int(size) > limit + 64 * 1024:
         raise ApiError(413, f"the file is larger than this key's limit of {limit} bytes", param="file",
                        code="file_too_large")  # fmt: skip
-    directory = files_dir(state.cfg)
-    up = await upload.receive(request.headers.get("content-type", ""), request.stream(), directory, limit)
-    try:
-        purpose = up.fields.get("purpose", "")
-        if purpose not in upload.UPLOAD_PURPOSES:
-            raise ApiError(400, f"purpose must be one of {', '.join(upload.UPLOAD_PURPOSES)} (got {purpose!r})",
-                           param="purpose")  # fmt: skip
-        try:
-            checked = await asyncio.to_thread(upload.validate, up.path, up.filename)
-        except DataError as e:
-            parts = (f"line {e.line}" if e.line else "", f"field {e.field}" if e.field else "")
-            where = ", ".join(x for x in parts if x)
-            raise ApiError(400, f"invalid file {up.filename}: {where + ': ' if where else ''}{e.message}",
-                           param=e.field or "file", code="invalid_file") from None  # fmt: skip
-        fid = new_id("file")
-        final = directory / f"{fid}.jsonl"
-        audit = await asyncio.to_thread(_audit, up.path, checked.kind)
-        os.replace(up.path, final)
-    except BaseException:
-        up.path.unlink(missing_ok=True)
-        raise
-    row = FileRow(fid, key.id, purpose, up.filename, up.bytes, int(time.time()), str(final), up.sha256,
-                  checked.kind, checked.records, audit)  # fmt: skip
-    svc.jobs.add_file(row)
+    up = await upload.receive(request.headers.get("content-type", ""), request.stream(), files_dir(state.cfg), limit)
+    row = await asyncio.to_thread(actions.add_file, state, svc, key, up.path, filename=up.filename,
+                                  purpose=up.fields.get("purpose", ""), size=up.bytes, sha256=up.sha256)  # fmt: skip
     return file_object(row)
-
-
-def _audit(path: Path, kind: str) -> dict[str, Any] | None:
-    """tunelab's data audit of a chat file (schema, duplicates, PII, diversity), summed up for the file object."""
-    if kind != "chat":
-        return None
-    import tempfile
-
-    from tunelab.data.audit import run_audit
-    from tunelab.data.licence import DataPolicy
-
-    with tempfile.TemporaryDirectory(prefix="tunelab-upload-audit-") as d:
-        r = run_audit([path], [], Path(d), policy=DataPolicy(), keep_records=False, workers=1).report
-    return {k: r.get(k) for k in ("records_valid", "quarantined", "duplicates", "pii", "warnings")}
 
 
 @files_router.get("/v1/files")
@@ -145,13 +99,13 @@ async def list_files(request: Request) -> dict[str, Any]:
 @files_router.get("/v1/files/{file_id}")
 async def retrieve_file(request: Request, file_id: str) -> dict[str, Any]:
     _, svc, key = _svc(request)
-    return file_object(_own_file(svc, key, file_id))
+    return file_object(actions.own_file(svc, key, file_id))
 
 
 @files_router.get("/v1/files/{file_id}/content")
 async def file_content(request: Request, file_id: str) -> Any:
     _, svc, key = _svc(request)
-    f = _own_file(svc, key, file_id)
+    f = actions.own_file(svc, key, file_id)
     media = "text/csv" if f.path.endswith(".csv") else "application/jsonl"
     return FileResponse(f.path, media_type=media, filename=f.filename)
 
@@ -159,7 +113,7 @@ async def file_content(request: Request, file_id: str) -> Any:
 @files_router.delete("/v1/files/{file_id}")
 async def delete_file(request: Request, file_id: str) -> dict[str, Any]:
     _, svc, key = _svc(request)
-    f = _own_file(svc, key, file_id)
+    f = actions.own_file(svc, key, file_id)
     if svc.jobs.file_in_use(f.id):
         raise ApiError(409, "a job that has not finished uses this file; cancel it first", param="file_id",
                        code="file_in_use")  # fmt: skip
@@ -191,65 +145,10 @@ def job_object(j: JobRow) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _own_job(svc: JobsService, key: ApiKey, jid: str) -> JobRow:
-    j = svc.jobs.job(jid)
-    if j is None or (not key.admin and j.owner != key.id):
-        raise ApiError(404, f"no such fine-tuning job: {jid}", param="fine_tuning_job_id", code="job_not_found",
-                       type="not_found_error")  # fmt: skip
-    return j
-
-
-def _training_records(n: int, has_validation: bool) -> int:
-    """What trains: the file, less the held-out split when no validation file was given (prepare.split)."""
-    if has_validation or n < HELD_OUT_MIN_RECORDS:
-        return n
-    return n - max(1, min(HELD_OUT_MAX, n // 10))
-
-
 @jobs_router.post("/v1/fine_tuning/jobs")
 async def create_job(request: Request, body: JobCreate) -> dict[str, Any]:
     state, svc, key = _svc(request)
-    host = state.host
-    if body.model != host.name:
-        raise ApiError(404, f"model {body.model!r} cannot be fine-tuned here; this server fine-tunes {host.name!r}",
-                       param="model", code="model_not_found")  # fmt: skip
-    mtype = body.method_type()
-    want = "preference" if mtype == "dpo" else "chat"
-    files: dict[str, FileRow] = {}
-    for param, fid in (("training_file", body.training_file), ("validation_file", body.validation_file)):
-        if fid is None:
-            continue
-        f = svc.jobs.file(fid)
-        if f is None or (not key.admin and f.owner != key.id):
-            raise ApiError(400, f"file {fid!r} does not exist", param=param, code="invalid_file")
-        if f.purpose != "fine-tune":
-            raise ApiError(400, f"file {fid!r} has purpose {f.purpose!r}, not 'fine-tune'", param=param,
-                           code="invalid_file")  # fmt: skip
-        if f.kind != want:
-            raise ApiError(400, f"file {fid!r} holds {f.kind} records; method {mtype!r} trains on {want} records",
-                           param=param, code="invalid_file")  # fmt: skip
-        files[param] = f
-    quota = key.max_queued_jobs or state.cfg.jobs.max_queued_jobs
-    if svc.jobs.active_jobs(key.id) >= quota:
-        raise ApiError(429, f"this key already has {quota} jobs queued or running", code="quota_exceeded",
-                       type="rate_limit_exceeded")  # fmt: skip
-    n_train = _training_records(files["training_file"].records or 0, body.validation_file is not None)
-    jid = new_id("ftjob")
-    seed = body.seed if body.seed is not None else random.SystemRandom().randrange(2**31)
-    spec: dict[str, Any] = {
-        "id": jid, "model": body.model, "base_spec": state.cfg.model, "owner_name": key.name,
-        "training_file": body.training_file, "validation_file": body.validation_file,
-        "method": {"type": mtype}, "hyperparameters": resolve(body, n_train), "suffix": body.suffix, "seed": seed,
-        "metadata": body.metadata, "tunelab": body.tunelab.model_dump(),
-        "fine_tuned_model": model_name(host.name, key.name, body.suffix, jid),
-    }  # fmt: skip
-    job = JobRow(jid, key.id, key.name, int(time.time()), spec, "queued", "train", str(run_dir(state.cfg, jid)))
-    svc.jobs.add_job(job)
-    svc.jobs.event(jid, f"Created fine-tuning job: {jid}")
-    svc.jobs.event(jid, f"Validating training file: {body.training_file}")
-    svc.jobs.event(jid, f"Job queued: {spec['hyperparameters']['steps']} steps of {n_train} training records",
-                   data=spec["hyperparameters"])  # fmt: skip
-    return job_object(svc.jobs.job(jid) or job)
+    return job_object(actions.create_job(state, svc, key, body))
 
 
 @jobs_router.get("/v1/fine_tuning/jobs")
@@ -265,18 +164,12 @@ async def list_jobs(request: Request) -> dict[str, Any]:
 @jobs_router.get("/v1/fine_tuning/jobs/{job_id}")
 async def retrieve_job(request: Request, job_id: str) -> dict[str, Any]:
     _, svc, key = _svc(request)
-    return job_object(_own_job(svc, key, job_id))
+    return job_object(actions.own_job(svc, key, job_id))
 
 
 def _move(request: Request, job_id: str, frm: tuple[str, ...], to: str, verb: str) -> dict[str, Any]:
     _, svc, key = _svc(request)
-    j = _own_job(svc, key, job_id)
-    extra: dict[str, Any] = {"finished_at": int(time.time())} if to == "cancelled" else {}
-    if not svc.jobs.transition(j.id, frm, status=to, **extra):
-        raise ApiError(400, f"cannot {verb} a job that is {j.status}", param="fine_tuning_job_id",
-                       code="invalid_job_state")  # fmt: skip
-    svc.jobs.event(j.id, {"cancelled": "Job cancelled", "paused": "Job paused", "queued": "Job resumed"}[to])
-    return job_object(svc.jobs.job(j.id) or j)
+    return job_object(actions.move_job(svc, key, job_id, frm, to, verb))
 
 
 @jobs_router.post("/v1/fine_tuning/jobs/{job_id}/cancel")
@@ -296,7 +189,7 @@ async def resume_job(request: Request, job_id: str) -> dict[str, Any]:
 
 def _job_list(request: Request, job_id: str, what: str, default: int, most: int) -> dict[str, Any]:
     _, svc, key = _svc(request)
-    j = _own_job(svc, key, job_id)
+    j = actions.own_job(svc, key, job_id)
     q = request.query_params
     lister = svc.jobs.events if what == "events" else svc.jobs.checkpoints
     data, more = lister(j.id, after=q.get("after"), limit=_limit(q.get("limit"), default, most))
