@@ -8,13 +8,18 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+# the uploader's own statement that they hold the rights to the data (the web page's "I own this"); the datacard
+# records who said so, and a policy that wants more removes it from `allowed_licences`
+OWNED = "LicenseRef-Owned"
+
+
 class DataPolicy(BaseModel):
     """What the audit gate accepts. Unknown keys are errors (a typo must not silently relax a gate)."""
 
     model_config = ConfigDict(extra="forbid")
 
     allowed_licences: list[str] = Field(
-        default_factory=lambda: ["Apache-2.0", "MIT", "BSD-3-Clause", "BSD-2-Clause", "CC0-1.0", "CC-BY-4.0"]
+        default_factory=lambda: ["Apache-2.0", "MIT", "BSD-3-Clause", "BSD-2-Clause", "CC0-1.0", "CC-BY-4.0", OWNED]
     )
     unknown_licence: Literal["warn", "fail"] = "warn"
     fail_on_contamination: bool = True

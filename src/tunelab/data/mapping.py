@@ -223,6 +223,7 @@ def example(row: dict[str, str], m: Mapping) -> dict[str, Any] | tuple[str, str]
 class Converted:
     records: int
     quarantined: int
+    rows: list[int]  # the uploaded row (line) each written example came from
 
 
 def convert(path: Path, filename: str, s: Sniffed, m: Mapping | None, out: Path, quarantine: Path) -> Converted:
@@ -237,7 +238,7 @@ def convert(path: Path, filename: str, s: Sniffed, m: Mapping | None, out: Path,
         if m.input == m.answer_column():
             raise DataError("the input and the answer must be different columns", file=filename, field="output")
     bad: list[bytes] = []
-    good = [0]
+    kept: list[int] = []
 
     def examples() -> Iterator[bytes]:
         src: Iterator[tuple[int, dict[str, Any]]]
@@ -255,16 +256,16 @@ def convert(path: Path, filename: str, s: Sniffed, m: Mapping | None, out: Path,
                 bad.append(json.dumps({"file": filename, "line": n, "field": ex[0], "reason": ex[1], "raw": row},
                                       ensure_ascii=False).encode() + b"\n")  # fmt: skip
             else:
-                good[0] += 1
+                kept.append(n)
                 yield json.dumps(ex, ensure_ascii=False).encode() + b"\n"
 
     atomic_write_parts(out, examples())
-    if not good[0]:
+    if not kept:
         out.unlink(missing_ok=True)
         raise DataError("no row could become an example: every row lacks its input or its answer",
                         file=filename, field=(m.input if m else "file"))  # fmt: skip
     atomic_write_parts(quarantine, bad)
-    return Converted(good[0], len(bad))
+    return Converted(len(kept), len(bad), kept)
 
 
 def _checked(obj: dict[str, Any], filename: str, line: int) -> dict[str, Any] | tuple[str, str]:

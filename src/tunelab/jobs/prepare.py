@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from tunelab.data.formats import Rejected
-from tunelab.data.tasks import datacard_path
+from tunelab.data.tasks import datacard_path, read_datacard
 from tunelab.fsutil import atomic_write_bytes, atomic_write_text
 
 HELD_OUT_MAX = 200
@@ -34,8 +34,13 @@ def _input_of(line: bytes) -> str:
 
 def split(lines: list[bytes], seed: int) -> tuple[list[bytes], list[bytes]]:
     """(train, held out): about a tenth (at most 200) held out, chosen by a seeded hash of each input."""
+    held = held_out_indices(lines, seed)
+    return [ln for i, ln in enumerate(lines) if i not in held], [ln for i, ln in enumerate(lines) if i in held]
+
+
+def held_out_indices(lines: list[bytes], seed: int) -> set[int]:
     if len(lines) < HELD_OUT_MIN_RECORDS:
-        return lines, []
+        return set()
     want = max(1, min(HELD_OUT_MAX, len(lines) // 10))
     groups: dict[str, list[int]] = {}
     for i, ln in enumerate(lines):
@@ -46,7 +51,7 @@ def split(lines: list[bytes], seed: int) -> tuple[list[bytes], list[bytes]]:
         if len(held) >= want:
             break
         held.update(groups[k])
-    return [ln for i, ln in enumerate(lines) if i not in held], [ln for i, ln in enumerate(lines) if i in held]
+    return held
 
 
 def as_eval(line: bytes, n: int) -> bytes:
@@ -89,11 +94,16 @@ def prepare(
 
 def _card(path: Path, spec: dict[str, Any], f: dict[str, Any]) -> None:
     lic = spec["tunelab"].get("licence")
-    card = {
+    up = read_datacard(Path(f["path"])) if datacard_path(Path(f["path"])).is_file() else None
+    card: dict[str, Any] = {
         "name": f["filename"],
         "source": f"uploaded to the jobs API as {f['id']} by {spec['owner_name']}",
         "sha256_of_upload": f["sha256"],
     }
+    if up:  # what the uploader said of the data: its licence, where it came from, who owns it
+        card["uploaded_with"] = up
+        if up.get("licence"):
+            card["licence"] = up["licence"]
     if lic:
         card["licence"] = {"id": lic}
     atomic_write_text(datacard_path(path), yaml.safe_dump(card, sort_keys=False))
