@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
 # the uploader's own statement that they hold the rights to the data (the web page's "I own this"); the datacard
 # records who said so, and a policy that wants more removes it from `allowed_licences`
 OWNED = "LicenseRef-Owned"

@@ -64,7 +64,8 @@ def export_ab(a_dir: Path, b_dir: Path, out: Path, *, n: int | None = None, seed
     }
 
 
-def import_ab(ab_dir: Path, ratings: Path, *, resamples: int = 10_000, seed: int = 0) -> dict[str, Any]:
+def read_scores(ab_dir: Path, ratings: Path) -> dict[str, float]:
+    """{pair: score of B} from a ratings CSV read back through the key: 1.0 B won, 0.0 A won, 0.5 a tie."""
     key_path = ab_dir / "ab-key.json"
     if not key_path.is_file():
         raise DataError("no ab-key.json: export the pairs with `tunelab eval export-ab` first", file=ab_dir)
@@ -92,9 +93,18 @@ def import_ab(ab_dir: Path, ratings: Path, *, resamples: int = 10_000, seed: int
             else:
                 winner_is_a = (r == "1") == (key[pid]["response_1"] == "A")
                 scores[pid] = 0.0 if winner_is_a else 1.0
+    return scores
+
+
+def import_ab(ab_dir: Path, ratings: Path, *, resamples: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    scores = read_scores(ab_dir, ratings)
     if not scores:
         raise DataError("no ratings in the file", file=ratings)
-    xs = list(scores.values())
+    return summarise(list(scores.values()), resamples=resamples, seed=seed)
+
+
+def summarise(xs: list[float], *, resamples: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    """Win rate of B over A (ties half) with a bootstrap CI, and the sign test on the decisive ratings."""
     b_wins, a_wins = sum(1 for x in xs if x == 1.0), sum(1 for x in xs if x == 0.0)
     lo, hi = paired_bootstrap_ci([0.0] * len(xs), xs, resamples=resamples, seed=seed)
     return {
@@ -107,6 +117,26 @@ def import_ab(ab_dir: Path, ratings: Path, *, resamples: int = 10_000, seed: int
         "p_value": mcnemar_exact(a_wins, b_wins),  # the sign test on decisive ratings
         "test": "two-sided sign test on decisive ratings (ties count half in the rate)",
     }
+
+
+def agreement(raters: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """How far raters agree, pair by pair of raters on the pairs both rated: the share of equal ratings and
+    Cohen's kappa (agreement beyond what their own rating frequencies give by chance); the mean over rater pairs."""
+    names = sorted(raters)
+    rows: list[dict[str, Any]] = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            common = sorted(set(raters[a]) & set(raters[b]))
+            if not common:
+                continue
+            xa, xb = [raters[a][p] for p in common], [raters[b][p] for p in common]
+            po = sum(1 for x, y in zip(xa, xb, strict=True) if x == y) / len(common)
+            cats = (0.0, 0.5, 1.0)
+            pe = sum((xa.count(c) / len(xa)) * (xb.count(c) / len(xb)) for c in cats)
+            kappa = (po - pe) / (1 - pe) if pe < 1 else (1.0 if po == 1 else 0.0)
+            rows.append({"a": a, "b": b, "pairs": len(common), "agreement": po, "kappa": kappa})
+    mean = {k: sum(float(r[k]) for r in rows) / len(rows) for k in ("agreement", "kappa")} if rows else None
+    return {"pairs_of_raters": rows, "mean": mean}
 
 
 def _page(pairs: list[dict[str, str]]) -> str:

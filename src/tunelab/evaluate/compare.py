@@ -112,6 +112,16 @@ def _pair(
     return ids
 
 
+# metrics where a smaller number is the better one (by their last name part); every other metric: larger is better
+LOWER_IS_BETTER = frozenset({"over_refusal", "injection_obeyed", "flip", "gap", "unparsed", "perplexity", "loss"})
+
+
+def higher_is_better(metric: str) -> bool:
+    """Which way is better for `metric` (latencies and the names in LOWER_IS_BETTER go down)."""
+    last = metric.rsplit(".", 1)[-1]
+    return not (metric.startswith("latency.") and "tokens_per_s" not in last) and last not in LOWER_IS_BETTER
+
+
 def _is_binary(xs: list[float]) -> bool:
     return all(x in (0.0, 1.0) for x in xs)
 

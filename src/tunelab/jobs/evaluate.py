@@ -18,6 +18,7 @@ from tunelab.config import load_config
 from tunelab.evaluate.command import model_info, write_eval
 from tunelab.evaluate.compare import ALPHA, compare_runs
 from tunelab.evaluate.items import EvalItem, EvalSet, read_eval_file
+from tunelab.evaluate.probes import run_probes
 from tunelab.evaluate.run import EvalParams, evaluate_items
 from tunelab.fsutil import atomic_write_json
 from tunelab.progress import Reporter
@@ -67,9 +68,13 @@ def evaluate_job(run_dir: Path) -> dict[str, Any]:
             model.eval()
             rep.event("eval_start", side=side, items=min(len(items), params.limit or len(items)), task=evset.kind)
             res = evaluate_items(model, tok, evset, params, rep, side)
+            probes = None
+            if x.get("probes"):  # the same probe sets on both sides: compare pairs them item by item
+                rep.event("info", message=f"probes on the {side} model: {', '.join(x['probes'])}")
+                probes = run_probes(model, tok, list(x["probes"]), evset, batch=params.batch_size, seed=params.seed)
             adapter = run_dir / "model" if side == "tuned" and cfg.method.kind == "lora" else None
             out[side] = run_dir / "eval" / side
-            write_eval(out[side], res, evset, params, model_info(cfg.model.name, resolved, adapter))
+            write_eval(out[side], res, evset, params, model_info(cfg.model.name, resolved, adapter), probes)
             del model
         comparison = compare_runs(out["base"], out["tuned"], seed=int(job["seed"]))
         atomic_write_json(run_dir / "eval" / "comparison.json", comparison)

@@ -28,7 +28,7 @@
       "step " + xs[xs.length - 1] + ": " + ys[ys.length - 1].toFixed(4);
   }
   draw();
-  if (!window.EventSource) return;
+  if (!window.EventSource || script.getAttribute("data-active") !== "1") return;  // finished: nothing to follow
   var events = document.getElementById("events");
   var src = new EventSource("/runs/" + encodeURIComponent(run) + "/stream?after=0");
   var seen = {};
@@ -48,9 +48,14 @@
     li.textContent = e.message;  // text, never HTML
     events.insertBefore(li, events.firstChild);
   };
+  src.addEventListener("eta", function (m) {
+    document.getElementById("eta").textContent = JSON.parse(m.data).eta || "";
+  });
   src.addEventListener("end", function (m) {
     var st = JSON.parse(m.data).status, el = document.getElementById("status");
     el.textContent = st; el.className = "status status-" + st;
     src.close();
+    document.getElementById("eta").textContent = "";
+    if (st === "succeeded") window.location.reload();  // the comparison and the links to the next steps
   });
 })();
