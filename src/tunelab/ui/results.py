@@ -16,9 +16,10 @@ from tunelab.errors import DataError
 from tunelab.evaluate.compare import ALPHA, higher_is_better
 from tunelab.jobs import actions
 from tunelab.jobs.service import owner_filter
+from tunelab.jobs.store import JobRow
 from tunelab.serve.protocol import ApiError
 from tunelab.ui.pages import own_run, run_row
-from tunelab.ui.web import Refused, need, render
+from tunelab.ui.web import Refused, Visitor, need, render
 
 router = APIRouter(include_in_schema=False)
 SHOWN = 200
@@ -83,10 +84,7 @@ def differing(run_dir: Path, show: str, text: str) -> tuple[list[dict[str, Any]]
     return out, total
 
 
-@router.get("/runs/{job_id}/compare")
-async def compare_page(request: Request, job_id: str) -> Response:
-    v = need(request)
-    j = own_run(v, job_id)
+def comparison_context(v: Visitor, j: JobRow, show: str, text: str) -> dict[str, Any]:
     run_dir = Path(j.run_dir)
     cmp = _load(run_dir, "eval/comparison.json")
     verdict = (j.result or {}).get("comparison") or _load(run_dir, "eval/verdict.json")
@@ -94,17 +92,22 @@ async def compare_page(request: Request, job_id: str) -> Response:
         raise Refused(404, "This run has no comparison yet: it appears once training and the evaluation finish.")
     rows = [{**r, "change": _change(r), "explain": EXPLAIN.get(r["metric"].rsplit(".", 1)[-1], ""),
              "section": r["metric"].split(".", 1)[0] if "." in r["metric"] else ""} for r in cmp["paired"]]  # fmt: skip
-    task = [r for r in rows if not r["section"]]
-    probes = [r for r in rows if r["section"]]
     latency = [r for r in cmp.get("run_level") or [] if r["metric"].startswith("latency.request_")
                or r["metric"].startswith("latency.ttft_")]  # fmt: skip
-    q = request.query_params
-    show, text = q.get("show", "all"), (q.get("q") or "").strip()[:200]
     diff, total = differing(run_dir, show, text)
-    return render("compare.html", v, title=f"Compare: {j.id}", run=run_row(v.svc, j), verdict=verdict, task=task,
-                  probes=probes, worse=[r for r in rows if r["change"] == "worse"], latency=latency,
-                  n=cmp["n"], examples=diff[:SHOWN], n_shown=len(diff), n_differ=total, show=show, q=text,
-                  alpha=ALPHA)  # fmt: skip
+    return {"title": f"Compare: {j.id}", "run": run_row(v.svc, j), "verdict": verdict,
+            "task": [r for r in rows if not r["section"]], "probes": [r for r in rows if r["section"]],
+            "worse": [r for r in rows if r["change"] == "worse"], "latency": latency, "n": cmp["n"],
+            "examples": diff[:SHOWN], "n_shown": len(diff), "n_differ": total, "show": show, "q": text,
+            "alpha": ALPHA}  # fmt: skip
+
+
+@router.get("/runs/{job_id}/compare")
+async def compare_page(request: Request, job_id: str) -> Response:
+    v = need(request)
+    j = own_run(v, job_id)
+    q = request.query_params
+    return render("compare.html", v, **comparison_context(v, j, q.get("show", "all"), (q.get("q") or "").strip()[:200]))
 
 
 @router.get("/compare")
