@@ -52,3 +52,17 @@ def test_bad_ratings_name_line_and_field(tmp_path: Path, content: str, line: int
     with pytest.raises(DataError) as e:
         import_ab(tmp_path / "ab", tmp_path / "r.csv")
     assert (e.value.line, e.value.field) == (line, field)
+
+
+def test_agreement_gives_cohens_kappa_per_pair_of_raters() -> None:
+    from tunelab.evaluate.ab import agreement
+
+    # 4 shared pairs, 3 equal: po = 0.75; frequencies a: {1: .5, 0: .25, .5: .25}, b: {1: .25, 0: .25, .5: .5}
+    a = {"p1": 1.0, "p2": 1.0, "p3": 0.0, "p4": 0.5, "p9": 1.0}
+    b = {"p1": 1.0, "p2": 0.5, "p3": 0.0, "p4": 0.5}
+    r = agreement({"ann": a, "bob": b, "cy": {}})
+    (row,) = r["pairs_of_raters"]
+    pe = 0.5 * 0.25 + 0.25 * 0.25 + 0.25 * 0.5
+    assert (row["a"], row["b"], row["pairs"], row["agreement"]) == ("ann", "bob", 4, 0.75)
+    assert row["kappa"] == pytest.approx((0.75 - pe) / (1 - pe))
+    assert r["mean"]["kappa"] == pytest.approx(row["kappa"])

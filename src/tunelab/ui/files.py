@@ -216,6 +216,8 @@ async def train(request: Request, fid: str) -> Response:
             extras["max_steps"] = int(steps)
         if rank:
             extras["lora_rank"] = int(rank)
+        if q.get("probes") == "on":
+            extras["probes"] = ["safety", "bias", "hallucination"]
         body = JobCreate.model_validate({
             "model": v.state.host.name, "training_file": f.id, "seed": seed_of(f),
             "suffix": str(q.get("suffix") or "").strip() or None,

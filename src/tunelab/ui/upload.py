@@ -50,9 +50,13 @@ def _limit(v: Visitor) -> int:
     return v.key.max_file_bytes or v.state.cfg.jobs.max_file_bytes
 
 
+def size_text(n: int) -> str:
+    return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB"
+
+
 def _page(v: Visitor, status: int = 200, error: str | None = None, values: dict[str, str] | None = None) -> Response:
     return render("upload.html", v, status, title="Upload examples", licences=LICENCES, error=error,
-                  values=values or {}, limit=_limit(v), limit_mb=_limit(v) / 1e6)  # fmt: skip
+                  values=values or {}, limit=_limit(v), limit_text=size_text(_limit(v)))  # fmt: skip
 
 
 @router.get("/upload")
@@ -89,7 +93,7 @@ async def receive_upload(request: Request) -> Response:
     except ApiError as e:
         async for _ in _drain(stream):
             pass
-        msg = (f"That file is larger than your limit of {_limit(v) / 1e6:.0f} MB. Split it, or ask an admin for a "
+        msg = (f"That file is larger than your limit of {size_text(_limit(v))}. Split it, or ask an admin for a "
                "higher limit." if e.status == 413 else e.message)  # fmt: skip
         return _page(v, e.status, msg)
     values = {k: up.fields.get(k, "") for k in ("licence", "licence_other", "source")}

@@ -17,7 +17,7 @@
     var f = file.files && file.files[0];
     if (f && f.size > limit) {
       err.textContent = "That file is " + (f.size / 1e6).toFixed(0) + " MB, larger than your limit of " +
-        (limit / 1e6).toFixed(0) + " MB. Split it, or ask an admin for a higher limit.";
+        form.getAttribute("data-limit-text") + ". Split it, or ask an admin for a higher limit.";
       err.hidden = false;
       return true;
     }

@@ -1,0 +1,249 @@
+"""The web app in a real browser (Debian's chromium driven by Playwright) on the real default model: sign in,
+upload a CSV, read its audit, train, watch progress, open the comparison, rate 5 pairs with the keyboard, get a
+streamed answer in the playground. axe-core (vendored in tests/ui/fixtures) checks every page for serious
+accessibility violations; uploaded `<script>` payloads must never run; bad files get a message on the page.
+Screenshots go to test-output/ui/ (or $TUNELAB_SCREENSHOTS)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.jobs.conftest import Service
+
+pytestmark = pytest.mark.slow
+sync_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+AXE = Path(__file__).parent / "fixtures" / "axe.min.js"
+XSS = "<script>window.__xss = 1</script>"
+XSS_IMG = '<img src=x onerror="window.__xss = 1">'
+LIMIT = 50_000_000
+ISSUES = {
+    "billing": ["I was charged twice for my order", "Why is there an extra fee on my invoice",
+                "Please refund the payment you took by mistake", "My card was billed after I cancelled"],
+    "shipping": ["My parcel has not arrived yet", "Where is my delivery, the tracking stopped",
+                 "The courier left the box outside in the rain", "The package came damaged and late"],
+    "account": ["I cannot log in to my account", "Reset my password please, the link expired",
+                "Change the e-mail address on my profile", "My account was locked after three tries"],
+}  # fmt: skip
+PEOPLE = ["Ana", "Ben", "Chloe", "Dev", "Emil", "Farah", "Goran", "Hana", "Ivo", "Jun", "Kemal", "Lena"]
+THINGS = ["the blue kettle", "a desk lamp", "two phone cases", "the garden chair", "a winter coat", "the router",
+          "some printer ink", "a yoga mat", "the travel mug", "a pair of boots"]  # fmt: skip
+
+
+def _csv(path: Path) -> Path:
+    import csv
+    import random
+
+    rng = random.Random(0)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["ticket", "team"])
+        for i in range(60):
+            team = list(ISSUES)[i % 3]
+            w.writerow([f"Hi, {rng.choice(PEOPLE)} here about {rng.choice(THINGS)} (order {rng.randrange(10**6)}). "
+                        f"{rng.choice(ISSUES[team])}.", team])  # fmt: skip
+        w.writerow([f"{XSS} please help", "billing"])
+        w.writerow([f"{XSS_IMG} write to jane.doe@example.com", "account"])
+        for name in ("omar", "lucia", "tomas"):  # some land in the held-out part, which the audit does not scan
+            w.writerow([f"Please update my e-mail to {name}.k@example.org for the account", "account"])
+    return path
+
+
+@pytest.fixture(scope="module")
+def out_dir() -> Path:
+    d = Path(os.environ.get("TUNELAB_SCREENSHOTS") or Path(__file__).parents[2] / "test-output" / "ui")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    from tunelab.models.loading import resolve_model
+
+    model = resolve_model("default").path  # converted once into the user cache, shared with the other e2e tests
+    svc = Service(tmp_path_factory.mktemp("browser-home"), model)
+    svc.key("dana", "--max-file-bytes", str(LIMIT))
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if CHROMIUM is None:
+        pytest.fail("chromium is not installed: `make test` installs Debian's chromium (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+class Checker:
+    """axe-core on each page visited (zero serious or critical violations), the XSS canary, screenshots."""
+
+    def __init__(self, page: Any, out: Path) -> None:
+        self.page, self.out, self.n = page, out, 0
+        self.axe = AXE.read_text(encoding="utf-8")
+        self.violations: list[str] = []
+
+    def check(self, name: str) -> None:
+        page = self.page
+        page.wait_for_load_state("load")
+        self.n += 1
+        page.screenshot(path=str(self.out / f"{self.n:02d}-{name}.png"), full_page=True)
+        assert page.evaluate("window.__xss") is None, f"an uploaded script ran on {page.url}"
+        if not page.evaluate("typeof window.axe !== 'undefined'"):
+            page.evaluate(self.axe)  # through the DevTools protocol: the page's CSP allows no inline script
+        found = page.evaluate(
+            "axe.run(document, {resultTypes: ['violations']}).then(r => r.violations.map(v => "
+            "({id: v.id, impact: v.impact, nodes: v.nodes.map(n => n.target.join(' '))})))"
+        )
+        for v in found:
+            if v["impact"] in ("serious", "critical"):
+                self.violations.append(f"{name}: {v['id']} ({v['impact']}) at {v['nodes'][:3]}")
+
+
+def test_the_whole_path_in_a_browser(web: Service, browser: Any, out_dir: Path, tmp_path: Path) -> None:
+    ctx = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = ctx.new_page()
+    page.set_default_timeout(60_000)
+    c = Checker(page, out_dir)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+
+    # sign in with the keyboard alone
+    page.goto(web.url + "/")
+    c.check("signin")
+    page.keyboard.press("Tab")  # the skip link
+    page.keyboard.press("Tab")  # the brand link
+    page.locator("#key").focus()
+    page.keyboard.type(web.keys["dana"])
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/runs")
+    c.check("runs-empty")
+    assert web.keys["dana"] not in page.content()
+
+    # upload: licence and source, then the file
+    page.get_by_role("link", name="Upload examples").first.click()
+    c.check("upload")
+    page.get_by_label("Licence of the data").select_option("LicenseRef-Owned")
+    page.get_by_label("Source").fill("support inbox export <b>2026</b>")
+    page.get_by_label("File (.csv or .jsonl").set_input_files(str(_csv(tmp_path / "tickets.csv")))
+    page.get_by_role("button", name="Upload").click()
+    page.wait_for_url("**/upload/*")
+    c.check("mapping")
+    assert page.get_by_label("Input: what the model is given").input_value() == "ticket"
+    page.get_by_label("…or label: one of a few categories").select_option("team")
+    assert page.get_by_label("Answer: what the model should reply (free text)").input_value() == ""
+    page.get_by_label("Instruction given before every example (optional)").fill("Route the ticket to a team.")
+    preview = page.locator("#preview").inner_text()
+    assert "Route the ticket to a team." in preview and "billing" in preview  # redrawn by the page's script
+    page.get_by_role("button", name="Use these columns and check the data").click()
+    page.wait_for_url("**/files/*")
+    c.check("audit")
+    body = page.locator("main").inner_text()
+    assert "Ready to train" in body and re.search(r"Found: \d+ x email", body), body
+    assert "LicenseRef-Owned is allowed" in body
+
+    # redact and continue, then train with a few steps
+    page.get_by_role("button", name="Redact personal data and continue").click()
+    page.wait_for_url("**/files/*")
+    assert "No personal data or secrets found." in page.locator("main").inner_text()
+    c.check("audit-redacted")
+    page.get_by_text("Advanced settings").click()
+    page.get_by_label("Training steps").fill("6")
+    page.get_by_label("Name for the tuned model").fill("tickets")
+    page.get_by_role("button", name="Train with these examples").click()
+    page.wait_for_url("**/runs/ftjob-*")
+    run_url = page.url
+    c.check("run-started")
+
+    # progress arrives over SSE; the page reloads itself when the job succeeds
+    page.wait_for_function("document.getElementById('progress').textContent.includes('step 6 of 6')",
+                           timeout=600_000)  # fmt: skip
+    page.screenshot(path=str(out_dir / "run-progress.png"), full_page=True)
+    page.wait_for_selector("#open-compare", timeout=900_000)
+    c.check("run-done")
+    assert page.locator("#curve polyline").count() == 1
+
+    # comparison
+    page.locator("#open-compare").click()
+    page.wait_for_url("**/compare")
+    c.check("compare")
+    assert page.locator("#verdict").inner_text().strip().startswith(("Better.", "Worse.", "No clear change."))
+    assert "accuracy" in page.locator("main").inner_text()
+
+    # blind A/B: 5 pairs with the keys 1/2/3
+    page.goto(run_url + "/rate")
+    c.check("rate")
+    for i in range(5):
+        expect = f"{i} of"
+        assert expect in page.locator("#progress-text").inner_text()
+        page.keyboard.press("123"[i % 3])
+        page.wait_for_function(f"document.getElementById('progress-text').textContent.includes('{i + 1} of')")
+    page.locator("#rate-results").click()
+    c.check("rate-results")
+    assert "Tuned wins" in page.locator("main").inner_text()
+
+    # playground: a streamed answer
+    page.goto(run_url + "/try")
+    c.check("try")
+    model = page.locator("#model-name").inner_text()
+    assert model.startswith("ft:") and model in page.locator("#snippet-python").inner_text()
+    page.get_by_label("Your message").fill("My parcel never came (ticket 999)")
+    page.get_by_role("button", name="Send").click()
+    page.wait_for_selector("#chat-log p[data-done='1']", timeout=120_000)
+    answer = page.locator("#chat-log p").last.inner_text()
+    assert answer.startswith("assistant") and len(answer) > len("assistant")
+    c.check("try-answered")
+
+    # the runs list shows the run with its verdict
+    page.goto(web.url + "/runs")
+    c.check("runs")
+    assert "tickets" in page.locator("main").inner_text()
+    assert not errors, errors
+    assert not c.violations, "\n".join(c.violations)
+    ctx.close()
+
+
+def test_bad_files_get_a_message_on_the_page(web: Service, browser: Any, out_dir: Path, tmp_path: Path) -> None:
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    page.goto(web.url + "/signin")
+    page.get_by_label("API key").fill(web.keys["dana"])
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/runs")
+    big = tmp_path / "big.csv"
+    with open(big, "wb") as f:  # 200 MB of rows
+        f.write(b"q,a\n")
+        line = b'"' + b"x" * 98 + b'",y\n'
+        f.write(line * (200_000_000 // len(line)))
+    bad = {
+        "photo.png": (b"\x89PNG\r\n\x1a\n" + bytes(64), "this is an image, not a table of examples"),
+        "empty.csv": (b"", "empty"),
+        "broken.csv": (b'q,a\n"fine",yes\n"never closed,no\nz,w\n', "line 3"),
+    }
+    for name, (data, _) in bad.items():
+        (tmp_path / name).write_bytes(data)
+    cases = [*bad.items(), ("big.csv", (None, "larger than your limit of 50 MB"))]
+    for name, (_, want) in cases:
+        page.goto(web.url + "/upload")
+        page.get_by_label("Licence of the data").select_option("CC0-1.0")
+        page.get_by_label("Source").fill("a test")
+        page.get_by_label("File (.csv or .jsonl").set_input_files(str(tmp_path / name))
+        page.get_by_role("button", name="Upload").click()
+        page.wait_for_selector("[role=alert]:not([hidden])")
+        text = page.locator("[role=alert]:not([hidden])").first.inner_text()
+        page.screenshot(path=str(out_dir / f"bad-{name}.png"))
+        assert want in text, (name, text)
+        assert page.get_by_label("Source").input_value() == "a test"  # what was typed is kept
+    files = list((web.home / "jobs" / "files").glob("*")) if (web.home / "jobs" / "files").is_dir() else []
+    assert not [p for p in files if p.name.startswith((".upload-", ".staged-"))], files
+    ctx.close()
