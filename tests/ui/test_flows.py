@@ -17,6 +17,7 @@ import pytest
 from tests.jobs.conftest import Service, httpx
 
 XSS = "<script>alert('x')</script>"
+OPEN: list[httpx.Client] = []  # closed when the module's server stops
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +29,14 @@ def web(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     svc.key("root", "--admin")
     svc.start()
     yield svc
+    for c in OPEN:
+        c.close()
     svc.stop()
 
 
 def _signin(svc: Service, who: str) -> tuple[httpx.Client, str]:
     b = httpx.Client(base_url=svc.url, timeout=60)
+    OPEN.append(b)
     assert b.post("/signin", data={"key": svc.keys[who]}).status_code == 303
     m = re.search(r'name="csrf" value="([0-9a-f]+)"', b.get("/upload").text)
     assert m
@@ -181,6 +185,7 @@ def test_the_admin_makes_a_key_shown_once_and_revokes_it(web: Service) -> None:
     assert key.group(1) not in root.get("/admin/keys").text
     kid = key.group(1).split("-")[1]
     e = httpx.Client(base_url=web.url)
+    OPEN.append(e)
     assert e.post("/signin", data={"key": key.group(1)}).status_code == 303
     assert root.post(f"/admin/keys/{kid}/revoke", data={"csrf": "0" * 32}).status_code == 403
     assert root.post(f"/admin/keys/{kid}/revoke", data={"csrf": csrf}).status_code == 303
