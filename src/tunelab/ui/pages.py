@@ -103,12 +103,13 @@ def _eta(j: JobRow) -> str | None:
 async def run_page(request: Request, job_id: str) -> Response:
     v = need(request)
     j = own_run(v, job_id)
-    events = [e for _, e in v.svc.jobs.events_since(j.id, 0, limit=100_000)]
+    rows = v.svc.jobs.events_since(j.id, 0, limit=100_000)
+    events = [e for _, e in rows]
     curve = _curve(events)
     return render("run.html", v, title=f"Run {j.id}", run=run_row(v.svc, j), job=j,
                   steps=int(j.spec["hyperparameters"]["steps"]), step=curve[-1][0] if curve else 0,
                   curve=curve, active=j.status in ACTIVE, eta=_eta(j), events=events[-30:][::-1],
-                  comparison=(j.result or {}).get("comparison"))  # fmt: skip
+                  comparison=(j.result or {}).get("comparison"), after=rows[-1][0] if rows else 0)  # fmt: skip
 
 
 @router.post("/runs/{job_id}/cancel")

@@ -30,7 +30,7 @@
   draw();
   if (!window.EventSource || script.getAttribute("data-active") !== "1") return;  // finished: nothing to follow
   var events = document.getElementById("events");
-  var src = new EventSource("/runs/" + encodeURIComponent(run) + "/stream?after=0");
+  var src = new EventSource("/runs/" + encodeURIComponent(run) + "/stream?after=" + encodeURIComponent(script.getAttribute("data-after") || "0"));
   var seen = {};
   src.onmessage = function (m) {
     var e = JSON.parse(m.data);
