@@ -110,94 +110,138 @@ class Checker:
                 self.violations.append(f"{name}: {v['id']} ({v['impact']}) at {v['nodes'][:3]}")
 
 
-def test_the_whole_path_in_a_browser(web: Service, browser: Any, out_dir: Path, tmp_path: Path) -> None:
+def tab_to(page: Any, target: str, most: int = 80) -> None:
+    """Press Tab until the focused element has the id `target` (or that text): every control on the way is
+    reachable by keyboard, in the page's order."""
+    for _ in range(most):
+        page.keyboard.press("Tab")
+        now = page.evaluate("[document.activeElement.id, (document.activeElement.textContent || '').trim()]")
+        if target in now:
+            return
+    raise AssertionError(f"{target!r} is not reachable with Tab on {page.url}")
+
+
+def test_the_whole_path_in_a_browser_by_keyboard(web: Service, browser: Any, out_dir: Path, tmp_path: Path) -> None:
     ctx = browser.new_context(viewport={"width": 1200, "height": 900})
     page = ctx.new_page()
     page.set_default_timeout(60_000)
     c = Checker(page, out_dir)
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    expect = sync_api.expect  # polls in Playwright's own world: the page's CSP allows no eval
+    keys = page.keyboard
 
-    # sign in with the keyboard alone
+    # sign in
     page.goto(web.url + "/")
     c.check("signin")
-    page.keyboard.press("Tab")  # the skip link
-    page.keyboard.press("Tab")  # the brand link
-    page.locator("#key").focus()
-    page.keyboard.type(web.keys["dana"])
-    page.keyboard.press("Enter")
+    tab_to(page, "key")
+    keys.type(web.keys["dana"])
+    keys.press("Enter")
     page.wait_for_url("**/runs")
     c.check("runs-empty")
     assert web.keys["dana"] not in page.content()
 
-    # upload: licence and source, then the file
-    page.get_by_role("link", name="Upload examples").first.click()
+    # upload: licence and source, then the file (its chooser opened with the space bar)
+    tab_to(page, "Upload examples")
+    keys.press("Enter")
+    page.wait_for_url("**/upload")
     c.check("upload")
-    page.get_by_label("Licence of the data").select_option("LicenseRef-Owned")
-    page.get_by_label("Source").fill("support inbox export <b>2026</b>")
-    page.get_by_label("File (.csv or .jsonl").set_input_files(str(_csv(tmp_path / "tickets.csv")))
-    page.get_by_role("button", name="Upload").click()
+    tab_to(page, "licence")
+    keys.press("ArrowDown")  # the first choice: "I own this data"
+    assert page.locator("#licence").input_value() == "LicenseRef-Owned"
+    tab_to(page, "source")
+    keys.type("support inbox export <b>2026</b>")
+    tab_to(page, "file")
+    with page.expect_file_chooser() as chooser:
+        keys.press("Space")
+    chooser.value.set_files(str(_csv(tmp_path / "tickets.csv")))
+    tab_to(page, "Upload")
+    keys.press("Enter")
     page.wait_for_url("**/upload/*")
     c.check("mapping")
-    assert page.get_by_label("Input: what the model is given").input_value() == "ticket"
-    page.get_by_label("…or label: one of a few categories").select_option("team")
-    assert page.get_by_label("Answer: what the model should reply (free text)").input_value() == ""
-    page.get_by_label("Instruction given before every example (optional)").fill("Route the ticket to a team.")
+
+    # columns: the label column by arrow keys; the preview follows
+    assert page.locator("#input").input_value() == "ticket"
+    tab_to(page, "label")
+    keys.press("ArrowDown")
+    keys.press("ArrowDown")  # (none) -> ticket -> team
+    assert page.locator("#label").input_value() == "team"
+    assert page.locator("#output").input_value() == ""  # the page cleared the free-text answer
+    tab_to(page, "system")
+    keys.type("Route the ticket to a team.")
     preview = page.locator("#preview").inner_text()
     assert "Route the ticket to a team." in preview and "billing" in preview  # redrawn by the page's script
-    page.get_by_role("button", name="Use these columns and check the data").click()
+    tab_to(page, "use-columns")
+    keys.press("Enter")
     page.wait_for_url("**/files/*")
     c.check("audit")
     body = page.locator("main").inner_text()
     assert "Ready to train" in body and re.search(r"Found: \d+ x email", body), body
     assert "LicenseRef-Owned is allowed" in body
 
-    # redact and continue, then train with a few steps
-    page.get_by_role("button", name="Redact personal data and continue").click()
+    # redact and continue, then train with a few steps (the advanced settings opened by keyboard)
+    tab_to(page, "redact")
+    keys.press("Enter")
     page.wait_for_url("**/files/*")
     assert "No personal data or secrets found." in page.locator("main").inner_text()
     c.check("audit-redacted")
-    page.get_by_text("Advanced settings").click()
-    page.get_by_label("Training steps").fill("6")
-    page.get_by_label("Name for the tuned model").fill("tickets")
-    page.get_by_role("button", name="Train with these examples").click()
+    tab_to(page, "suffix")
+    keys.type("tickets")
+    tab_to(page, "advanced")
+    keys.press("Enter")
+    tab_to(page, "steps")
+    keys.type("6")
+    tab_to(page, "train")
+    keys.press("Enter")
     page.wait_for_url("**/runs/ftjob-*")
     run_url = page.url
     c.check("run-started")
 
     # progress arrives over SSE; the page reloads itself when the job succeeds
-    expect = sync_api.expect  # polls in Playwright's own world: the page's CSP allows no eval
     expect(page.locator("#progress")).to_contain_text("step 6 of 6", timeout=600_000)
     page.screenshot(path=str(out_dir / "run-progress.png"), full_page=True)
     page.wait_for_selector("#open-compare", timeout=900_000)
     c.check("run-done")
     assert page.locator("#curve polyline").count() == 1
 
-    # comparison
-    page.locator("#open-compare").click()
+    # comparison, and its filter by keyboard
+    tab_to(page, "open-compare")
+    keys.press("Enter")
     page.wait_for_url("**/compare")
     c.check("compare")
     assert page.locator("#verdict").inner_text().strip().startswith(("Better.", "Worse.", "No clear change."))
     assert "accuracy" in page.locator("main").inner_text()
+    tab_to(page, "q")
+    keys.type("no such words anywhere")
+    expect(page.locator("#shown-count")).to_have_text("0 shown.")
 
     # blind A/B: 5 pairs with the keys 1/2/3
-    page.goto(run_url + "/rate")
+    tab_to(page, "to-rate")
+    keys.press("Enter")
+    page.wait_for_url("**/rate")
     c.check("rate")
     for i in range(5):
         expect(page.locator("#progress-text")).to_contain_text(f"{i} of")
-        page.keyboard.press("123"[i % 3])
+        keys.press("123"[i % 3])
         expect(page.locator("#progress-text")).to_contain_text(f"{i + 1} of")
-    page.locator("#rate-results").click()
+    tab_to(page, "rate-results")
+    keys.press("Enter")
+    page.wait_for_url("**/results")
     c.check("rate-results")
     assert "Tuned wins" in page.locator("main").inner_text()
 
     # playground: a streamed answer
-    page.goto(run_url + "/try")
+    page.goto(run_url)
+    tab_to(page, "open-try")
+    keys.press("Enter")
+    page.wait_for_url("**/try")
     c.check("try")
     model = page.locator("#model-name").inner_text()
     assert model.startswith("ft:") and model in page.locator("#snippet-python").inner_text()
-    page.get_by_label("Your message").fill("My parcel never came (ticket 999)")
-    page.get_by_role("button", name="Send").click()
+    tab_to(page, "message")
+    keys.type("My parcel never came (ticket 999)")
+    tab_to(page, "send")
+    keys.press("Enter")
     page.wait_for_selector("#chat-log p[data-done='1']", timeout=120_000)
     answer = page.locator("#chat-log p").last.inner_text()
     assert answer.startswith("assistant") and len(answer) > len("assistant")
