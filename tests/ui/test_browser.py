@@ -275,6 +275,12 @@ def test_bad_files_get_a_message_on_the_page(web: Service, browser: Any, out_dir
     }
     for name, (data, _) in bad.items():
         (tmp_path / name).write_bytes(data)
+    page.goto(web.url + "/upload")  # a file dropped on the form becomes the form's file
+    dt = page.evaluate_handle("() => { const d = new DataTransfer(); d.items.add(new File([''], 'dropped.csv')); "
+                              "return d; }")  # fmt: skip
+    page.dispatch_event("#upload-form", "drop", {"dataTransfer": dt})
+    assert page.locator("#size-error").inner_text() == "That file is empty."
+    assert page.evaluate("document.getElementById('file').files[0].name") == "dropped.csv"
     cases = [*bad.items(), ("big.csv", (None, "larger than your limit of 50 MB"))]
     for name, (_, want) in cases:
         page.goto(web.url + "/upload")

@@ -30,5 +30,13 @@
     return false;
   }
   file.addEventListener("change", tooBig);
+  // a file dropped anywhere on the form is the file to upload (the input stays the keyboard's way in)
+  form.addEventListener("dragover", function (e) { e.preventDefault(); form.classList.add("dropping"); });
+  form.addEventListener("dragleave", function () { form.classList.remove("dropping"); });
+  form.addEventListener("drop", function (e) {
+    e.preventDefault();
+    form.classList.remove("dropping");
+    if (e.dataTransfer && e.dataTransfer.files.length) { file.files = e.dataTransfer.files; tooBig(); }
+  });
   form.addEventListener("submit", function (e) { if (tooBig()) { e.preventDefault(); file.focus(); } });
 })();
