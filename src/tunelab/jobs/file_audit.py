@@ -9,9 +9,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.tasks import datacard_path, read_datacard
+from tunelab.data.tasks import read_datacard
 from tunelab.fsutil import atomic_write_json, atomic_write_jsonl
-from tunelab.jobs.prepare import held_out_indices
+from tunelab.jobs.prepare import held_out_indices, iter_lines
 from tunelab.jobs.store import FileRow
 
 MAX_LENGTH = 1024  # TunelabExtras.max_length's default: what a job started from the page trains with
@@ -33,18 +33,19 @@ def run_file_audit(f: FileRow, tokenizer: Any, rows: list[int] | None = None, *,
     from tunelab.data.licence import DataPolicy
 
     out = audit_dir(f)
-    lines = [ln for ln in Path(f.path).read_bytes().splitlines() if ln.strip()]
-    h = held_out_indices(lines, seed_of(f))
-    index = {"train": [i for i in range(len(lines)) if i not in h], "held-out": sorted(h)}
-    train, held = [lines[i] for i in index["train"]], [lines[i] for i in index["held-out"]]
-    card = read_datacard(Path(f.path)) if datacard_path(Path(f.path)).is_file() else None
+    src = Path(f.path)
+    h = held_out_indices(iter_lines(src), seed_of(f))
+    index: dict[str, list[int]] = {"train": [], "held-out": []}
+    card = read_datacard(src)
     with tempfile.TemporaryDirectory(prefix="tunelab-file-audit-") as d:
         tp, ep = Path(d) / "train.jsonl", Path(d) / "held-out.jsonl"
-        tp.write_bytes(b"\n".join(train) + b"\n")
-        if held:
-            ep.write_bytes(b"\n".join(held) + b"\n")
-        r = run_audit([tp], [ep] if held else [], out, policy=policy or DataPolicy(), tokenizer=tokenizer,
+        with open(tp, "wb") as to_train, open(ep, "wb") as to_held:  # one pass: each line to its side
+            for i, ln in enumerate(iter_lines(src)):
+                (to_held if i in h else to_train).write(ln + b"\n")
+                index["held-out" if i in h else "train"].append(i)
+        r = run_audit([tp], [ep] if h else [], out, policy=policy or DataPolicy(), tokenizer=tokenizer,
                       max_length=MAX_LENGTH, keep_records=False, workers=1, datacard=card).report  # fmt: skip
+    train, held = index["train"], index["held-out"]
     r["split"] = {"seed": seed_of(f), "train": len(train), "held_out": len(held)}
     q = out / "quarantine.jsonl"
     found = [json.loads(x) for x in q.read_text().splitlines() if x.strip()] if q.is_file() else []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,16 @@ HELD_OUT_MIN_RECORDS = 20  # below this every record trains and the comparison i
 
 
 def _lines(path: Path) -> list[bytes]:
-    return [ln for ln in path.read_bytes().splitlines() if ln.strip()]
+    return list(iter_lines(path))
+
+
+def iter_lines(path: Path) -> Iterator[bytes]:
+    """The non-empty lines of a JSONL file, streamed."""
+    with open(path, "rb") as f:
+        for ln in f:
+            ln = ln.rstrip(b"\r\n")
+            if ln.strip():
+                yield ln
 
 
 def _input_of(line: bytes) -> str:
@@ -38,16 +48,18 @@ def split(lines: list[bytes], seed: int) -> tuple[list[bytes], list[bytes]]:
     return [ln for i, ln in enumerate(lines) if i not in held], [ln for i, ln in enumerate(lines) if i in held]
 
 
-def held_out_indices(lines: list[bytes], seed: int) -> set[int]:
-    if len(lines) < HELD_OUT_MIN_RECORDS:
-        return set()
-    want = max(1, min(HELD_OUT_MAX, len(lines) // 10))
-    groups: dict[str, list[int]] = {}
+def held_out_indices(lines: Iterable[bytes], seed: int) -> set[int]:
+    """Which lines (by index) are held out; streams, keeping one digest per distinct input."""
+    groups: dict[bytes, list[int]] = {}
+    n = 0
     for i, ln in enumerate(lines):
-        groups.setdefault(_input_of(ln), []).append(i)
-    order = sorted(groups, key=lambda k: hashlib.sha256(f"{seed}\0{k}".encode()).digest())
+        groups.setdefault(hashlib.sha256(f"{seed}\0{_input_of(ln)}".encode()).digest(), []).append(i)
+        n = i + 1
+    if n < HELD_OUT_MIN_RECORDS:
+        return set()
+    want = max(1, min(HELD_OUT_MAX, n // 10))
     held: set[int] = set()
-    for k in order:
+    for k in sorted(groups):
         if len(held) >= want:
             break
         held.update(groups[k])
