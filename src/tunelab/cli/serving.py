@@ -354,3 +354,49 @@ def usage(
             f"{r['key_id'] or '-':<10} {r['key_name'] or '-':<16} {r['model'] or '-':<28} {r['requests']:>6} req "
             f"{r['prompt_tokens']:>9} in {r['completion_tokens']:>9} out  cost {r['cost']:.4f}"
         )
+
+
+@app.command()
+def ui(
+    model: Annotated[str | None, typer.Option(help="Local model dir or .gguf (default: bundled).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    config: Annotated[Path | None, typer.Option(help="serve.yaml (see configs/serve.yaml).")] = None,
+    store: Annotated[str | None, typer.Option(help="SQLite file for keys and usage.")] = None,
+    open_browser: Annotated[bool, typer.Option("--open/--no-open", help="Open the web app in a browser.")] = True,
+) -> None:
+    """The web app (what `tunelab serve` serves at /), opened in your browser. The first time, when no key
+    exists yet, an admin key is made and printed once: sign in with it."""
+    import threading
+
+    from tunelab.serve.config import load_serve_config
+    from tunelab.serve.store import Store
+
+    cfg = load_serve_config(config, port=port, store=store)
+    s = Store(cfg.store)
+    try:
+        if not s.list_keys():
+            _, key = s.create_key("admin", admin=True)
+            print(f"No key existed, so an admin key was made. Sign in with it (it is shown only now):\n  {key}")
+    finally:
+        s.close()
+    url = f"http://{cfg.host}:{cfg.port}/"
+    print(f"web app: {url}", flush=True)
+    if open_browser:
+        threading.Thread(target=_open_when_up, args=(url,), name="tunelab-open", daemon=True).start()
+    serve(model=model, adapter=None, host=None, port=port, config=config, store=store, engine=None, backend=None,
+          quantize=None, worker=True)  # fmt: skip
+
+
+def _open_when_up(url: str, wait_s: float = 300) -> None:
+    import time
+    import urllib.request
+    import webbrowser
+
+    deadline = time.time() + wait_s
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url + "health", timeout=2):
+                webbrowser.open(url)
+                return
+        except OSError:
+            time.sleep(0.5)
