@@ -314,18 +314,19 @@ class JobStore:
 
     def events(self, jid: str, *, after: str | None = None, limit: int = 20) -> tuple[list[dict[str, Any]], bool]:
         """Newest first, as OpenAI lists them; `after` is the last event id of the previous page."""
-        cond, args = ("AND n < COALESCE((SELECT n FROM job_events WHERE id = ?), -1)", (after,)) if after else ("", ())
-        rows = self._q(
-            f"SELECT id, created_at, level, type, message, data FROM job_events WHERE job_id = ? {cond} "
-            "ORDER BY n DESC LIMIT ?",
-            (jid, *args, limit + 1),
-        )
+        rows = self._page_rows("job_events", "id, created_at, level, type, message, data", jid, after, limit)
         out = [
             {"id": i, "object": "fine_tuning.job.event", "created_at": t, "level": lv, "type": ty, "message": m,
              "data": json.loads(d) if d else None}
             for i, t, lv, ty, m, d in rows[:limit]
         ]  # fmt: skip
         return out, len(rows) > limit
+
+    def _page_rows(self, table: str, cols: str, jid: str, after: str | None, limit: int) -> list[tuple[Any, ...]]:
+        """A page of a job's rows of `table`, newest first, after the row `after`; limit + 1 rows (has_more)."""
+        cond, args = (f"AND n < COALESCE((SELECT n FROM {table} WHERE id = ?), -1)", (after,)) if after else ("", ())
+        return self._q(f"SELECT {cols} FROM {table} WHERE job_id = ? {cond} ORDER BY n DESC LIMIT ?",
+                       (jid, *args, limit + 1))  # fmt: skip
 
     def events_since(self, jid: str, n: int = 0, limit: int = 500) -> list[tuple[int, dict[str, Any]]]:
         """(row number, event) of the events after row `n`, oldest first: what a live page has not shown yet."""
@@ -347,13 +348,7 @@ class JobStore:
             return cur.rowcount == 1
 
     def checkpoints(self, jid: str, *, after: str | None = None, limit: int = 10) -> tuple[list[dict[str, Any]], bool]:
-        cond, args = ("AND n < COALESCE((SELECT n FROM job_checkpoints WHERE id = ?), -1)", (after,)) if after else (
-            "", ())  # fmt: skip
-        rows = self._q(
-            f"SELECT id, created_at, step, name, metrics FROM job_checkpoints WHERE job_id = ? {cond} "
-            "ORDER BY n DESC LIMIT ?",
-            (jid, *args, limit + 1),
-        )
+        rows = self._page_rows("job_checkpoints", "id, created_at, step, name, metrics", jid, after, limit)
         out = [
             {"id": i, "object": "fine_tuning.job.checkpoint", "created_at": t, "fine_tuned_model_checkpoint": name,
              "fine_tuning_job_id": jid, "metrics": json.loads(m), "step_number": step}
