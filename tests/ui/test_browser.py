@@ -181,8 +181,9 @@ def test_the_whole_path_in_a_browser_by_keyboard(web: Service, browser: Any, out
 
     # redact and continue, then train with a few steps (the advanced settings opened by keyboard)
     tab_to(page, "redact")
+    original = page.url
     keys.press("Enter")
-    page.wait_for_url("**/files/*")
+    page.wait_for_url(lambda u: "/files/" in u and u != original)  # the redacted copy's own page
     assert "No personal data or secrets found." in page.locator("main").inner_text()
     c.check("audit-redacted")
     tab_to(page, "suffix")
@@ -238,6 +239,9 @@ def test_the_whole_path_in_a_browser_by_keyboard(web: Service, browser: Any, out
     c.check("try")
     model = page.locator("#model-name").inner_text()
     assert model.startswith("ft:") and model in page.locator("#snippet-python").inner_text()
+    # tried as it was trained: the instruction the examples began with is sent first, and in the snippets
+    assert page.locator("#system").input_value() == "Route the ticket to a team."
+    assert '"Route the ticket to a team."' in page.locator("#snippet-curl").inner_text()
     tab_to(page, "message")
     keys.type("My parcel never came (ticket 999)")
     tab_to(page, "send")

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 
+from tunelab.data.tasks import read_datacard
 from tunelab.fsutil import atomic_write_text
 from tunelab.jobs.store import JobRow
 from tunelab.serve.completions import complete
@@ -34,16 +35,26 @@ def _served(v: Visitor, job_id: str) -> JobRow:
     return j
 
 
+def _instruction(v: Visitor, j: JobRow) -> str:
+    """The instruction the training examples began with (the upload's column choice), so the model is tried as
+    it was trained: without it, a tuned model is asked something it never saw."""
+    f = v.svc.jobs.file(j.spec["training_file"])
+    card = read_datacard(Path(f.path)) if f else None
+    cols = (card or {}).get("columns")
+    return str(cols.get("system") or "") if isinstance(cols, dict) else ""
+
+
 def _usage(v: Visitor) -> list[dict[str, Any]]:
     rows = v.state.store.usage_summary(v.state.cfg.prices)
     return rows if v.key.admin else [r for r in rows if r["key_id"] == v.key.id]
 
 
 def _try_page(v: Visitor, request: Request, j: JobRow, messages: list[dict[str, str]], error: str | None = None,
-              status: int = 200) -> Response:  # fmt: skip
+              status: int = 200, system: str | None = None) -> Response:  # fmt: skip
     base_url = str(request.base_url).rstrip("/") + "/v1"
     return render("try.html", v, status, title=f"Try {j.fine_tuned_model}", run=run_row(v.svc, j),
                   model=j.fine_tuned_model, base_url=base_url, messages=messages, error=error,
+                  system=_instruction(v, j) if system is None else system,
                   usage=[r for r in _usage(v) if r["model"] == j.fine_tuned_model],
                   has_card=(Path(j.run_dir) / "model" / "README.md").is_file(),
                   has_report=(Path(j.run_dir) / "eval" / "comparison.json").is_file())  # fmt: skip
@@ -94,18 +105,18 @@ async def try_no_script(request: Request, job_id: str) -> Response:
         history = json.loads(str(q.get("history") or "[]"))
     except ValueError:
         history = []
-    text = str(q.get("message") or "").strip()
+    text, system = str(q.get("message") or "").strip(), str(q.get("system") or "").strip()
     messages = [m for m in history if isinstance(m, dict)][-2 * MAX_TURNS :]
     if not text:
-        return _try_page(v, request, j, messages, "Type a message first.", 400)
+        return _try_page(v, request, j, messages, "Type a message first.", 400, system)
     messages.append({"role": "user", "content": text})
+    sent = [{"role": "system", "content": system}, *messages] if system else messages
     try:
-        body = _chat_body(j, messages, False)
-        out = await complete(v.state, _as_key(request, v), body, True)
+        out = await complete(v.state, _as_key(request, v), _chat_body(j, sent, False), True)
     except ApiError as e:
-        return _try_page(v, request, j, messages, e.message, e.status)
+        return _try_page(v, request, j, messages, e.message, e.status, system)
     messages.append({"role": "assistant", "content": out["choices"][0]["message"]["content"]})
-    return _try_page(v, request, j, messages)
+    return _try_page(v, request, j, messages, system=system)
 
 
 @router.get("/runs/{job_id}/model-card")

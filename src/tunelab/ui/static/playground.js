@@ -13,6 +13,10 @@
     log.appendChild(p);
     return p;
   }
+  function withInstruction() {
+    var sys = document.getElementById("system").value.trim();
+    return sys ? [{ role: "system", content: sys }].concat(history) : history;
+  }
   form.addEventListener("submit", function (e) {
     if (!window.fetch || !window.TextDecoder) return;  // the form posts; the answer comes in one piece
     e.preventDefault();
@@ -25,7 +29,7 @@
     var out = line("assistant", ""), answer = "", send = document.getElementById("send");
     send.disabled = true;
     fetch(url, { method: "POST", headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
-                 body: JSON.stringify({ messages: history }), credentials: "same-origin" })
+                 body: JSON.stringify({ messages: withInstruction() }), credentials: "same-origin" })
       .then(function (res) {
         if (!res.ok) return res.json().then(function (j) { throw new Error(j.error ? j.error.message : res.statusText); });
         var reader = res.body.getReader(), dec = new TextDecoder(), buf = "";
