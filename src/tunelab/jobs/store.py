@@ -146,19 +146,18 @@ class JobStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        with store._tx() as db:
+        with store.transaction() as db:
             for stmt in SCHEMA.split(";"):
                 if stmt.strip():
                     db.execute(stmt)
 
     def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self.store._lock:
-            return self.store._db.execute(sql, args).fetchall()
+        return self.store.query(sql, args)
 
     # --- files --------------------------------------------------------------------------------------------
 
     def add_file(self, f: FileRow) -> None:
-        with self.store._tx() as db:
+        with self.store.transaction() as db:
             db.execute(
                 f"INSERT INTO files ({_FILE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (f.id, f.owner, f.purpose, f.filename, f.bytes, f.created_at, f.path, f.sha256, f.kind, f.records,
@@ -185,7 +184,7 @@ class JobStore:
         return [_file(r) for r in rows[:limit]], len(rows) > limit
 
     def delete_file(self, fid: str) -> None:
-        with self.store._tx() as db:
+        with self.store.transaction() as db:
             db.execute("DELETE FROM files WHERE id = ?", (fid,))
 
     def file_in_use(self, fid: str) -> bool:
@@ -198,7 +197,7 @@ class JobStore:
     # --- jobs ---------------------------------------------------------------------------------------------
 
     def add_job(self, j: JobRow) -> None:
-        with self.store._tx() as db:
+        with self.store.transaction() as db:
             db.execute(
                 "INSERT INTO jobs (id, owner, owner_name, created_at, spec, status, phase, run_dir) "
                 "VALUES (?,?,?,?,?,?,?,?)",
@@ -244,14 +243,14 @@ class JobStore:
             return
         sets = ", ".join(f"{k} = ?" for k in values)
         args = [json.dumps(v) if k in _JSON_JOB and v is not None else v for k, v in values.items()]
-        with self.store._tx() as db:
+        with self.store.transaction() as db:
             db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*args, jid))
 
     def transition(self, jid: str, frm: tuple[str, ...], **values: Any) -> bool:
         """Set `values` only if the job's status is one of `frm` (atomic); True if it was."""
         sets = ", ".join(f"{k} = ?" for k in values)
         args = [json.dumps(v) if k in _JSON_JOB and v is not None else v for k, v in values.items()]
-        with self.store._tx() as db:
+        with self.store.transaction() as db:
             cur = db.execute(
                 f"UPDATE jobs SET {sets} WHERE id = ? AND status IN ({','.join('?' * len(frm))})", (*args, jid, *frm)
             )
@@ -259,7 +258,7 @@ class JobStore:
 
     def claim(self, exclude: set[str]) -> JobRow | None:
         """The oldest queued job, now running (one transaction: two workers never take the same job)."""
-        with self.store._tx() as db:
+        with self.store.transaction() as db:
             rows = db.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY n").fetchall()
             ids = [r[0] for r in rows if r[0] not in exclude]
             if not ids:
@@ -305,7 +304,7 @@ class JobStore:
     # --- events and checkpoints ---------------------------------------------------------------------------
 
     def event(self, jid: str, message: str, *, level: str = "info", type: str = "message", data: Any = None) -> None:
-        with self.store._tx() as db:
+        with self.store.transaction() as db:
             db.execute(
                 "INSERT INTO job_events (id, job_id, created_at, level, type, message, data) VALUES (?,?,?,?,?,?,?)",
                 (new_id("ftevent"), jid, int(time.time()), level, type, message,
@@ -339,7 +338,7 @@ class JobStore:
                      "data": json.loads(d) if d else None}) for k, i, t, lv, ty, m, d in rows]  # fmt: skip
 
     def add_checkpoint(self, jid: str, step: int, name: str, path: str, metrics: dict[str, Any]) -> bool:
-        with self.store._tx() as db:
+        with self.store.transaction() as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO job_checkpoints (id, job_id, created_at, step, name, path, metrics) "
                 "VALUES (?,?,?,?,?,?,?)",
