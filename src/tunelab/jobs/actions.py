@@ -13,7 +13,7 @@ from tunelab.data.tasks import datacard_path
 from tunelab.errors import DataError
 from tunelab.jobs import files as upload
 from tunelab.jobs.paths import files_dir, run_dir
-from tunelab.jobs.prepare import HELD_OUT_MAX, HELD_OUT_MIN_RECORDS
+from tunelab.jobs.prepare import held_out_count
 from tunelab.jobs.service import JobsService
 from tunelab.jobs.spec import JobCreate, model_name, resolve
 from tunelab.jobs.store import FileRow, JobRow, new_id
@@ -93,9 +93,7 @@ def _audit(path: Path, kind: str) -> dict[str, Any] | None:
 
 def training_records(n: int, has_validation: bool) -> int:
     """What trains: the file, less the held-out split when no validation file was given (prepare.split)."""
-    if has_validation or n < HELD_OUT_MIN_RECORDS:
-        return n
-    return n - max(1, min(HELD_OUT_MAX, n // 10))
+    return n if has_validation else n - held_out_count(n)
 
 
 def create_job(state: ServerState, svc: JobsService, key: ApiKey, body: JobCreate) -> JobRow:

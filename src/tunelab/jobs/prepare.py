@@ -48,6 +48,11 @@ def split(lines: list[bytes], seed: int) -> tuple[list[bytes], list[bytes]]:
     return [ln for i, ln in enumerate(lines) if i not in held], [ln for i, ln in enumerate(lines) if i in held]
 
 
+def held_out_count(n: int) -> int:
+    """How many of `n` records are held out: none below HELD_OUT_MIN_RECORDS, else a tenth (1 to HELD_OUT_MAX)."""
+    return 0 if n < HELD_OUT_MIN_RECORDS else max(1, min(HELD_OUT_MAX, n // 10))
+
+
 def held_out_indices(lines: Iterable[bytes], seed: int) -> set[int]:
     """Which lines (by index) are held out; streams, keeping one digest per distinct input."""
     groups: dict[bytes, list[int]] = {}
@@ -55,9 +60,7 @@ def held_out_indices(lines: Iterable[bytes], seed: int) -> set[int]:
     for i, ln in enumerate(lines):
         groups.setdefault(hashlib.sha256(f"{seed}\0{_input_of(ln)}".encode()).digest(), []).append(i)
         n = i + 1
-    if n < HELD_OUT_MIN_RECORDS:
-        return set()
-    want = max(1, min(HELD_OUT_MAX, n // 10))
+    want = held_out_count(n)
     held: set[int] = set()
     for k in sorted(groups):
         if len(held) >= want:
@@ -106,7 +109,7 @@ def prepare(
 
 def _card(path: Path, spec: dict[str, Any], f: dict[str, Any]) -> None:
     lic = spec["tunelab"].get("licence")
-    up = read_datacard(Path(f["path"])) if datacard_path(Path(f["path"])).is_file() else None
+    up = read_datacard(Path(f["path"]))
     card: dict[str, Any] = {
         "name": f["filename"],
         "source": f"uploaded to the jobs API as {f['id']} by {spec['owner_name']}",

@@ -79,7 +79,8 @@ def checks(f: FileRow, r: dict[str, Any], quarantined: list[dict[str, Any]]) -> 
     nq = len(quarantined)
     reasons: dict[str, int] = {}
     for q in quarantined:
-        reasons[str(q["reason"]).split(" (")[0]] = reasons.get(str(q["reason"]).split(" (")[0], 0) + 1
+        why = str(q["reason"]).split(" (")[0]
+        reasons[why] = reasons.get(why, 0) + 1
     out.append(check("Set aside", "good" if nq == 0 else "warn" if nq <= max(1, (f.records or 0) // 20) else "bad",
                      "No row was set aside." if not nq else f"{nq} row{'s' * (nq > 1)} set aside, not to train: " +
                      "; ".join(f"{n} x {k}" for k, n in sorted(reasons.items(), key=lambda x: -x[1])) + ".",

@@ -91,8 +91,7 @@ async def receive_upload(request: Request) -> Response:
     try:
         up = await upload.receive(request.headers.get("content-type", ""), stream, d, _limit(v))
     except ApiError as e:
-        async for _ in _drain(stream):
-            pass
+        await _drain(stream)
         msg = (f"That file is larger than your limit of {size_text(_limit(v))}. Split it, or ask an admin for a "
                "higher limit." if e.status == 413 else e.message)  # fmt: skip
         return _page(v, e.status, msg)
@@ -119,14 +118,14 @@ async def receive_upload(request: Request) -> Response:
     return redirect(f"/upload/{sid}")
 
 
-async def _drain(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _drain(stream: AsyncIterator[bytes]) -> None:
+    """Read and drop the rest of a refused body (up to DRAIN_MAX bytes)."""
     n = 0
     with contextlib.suppress(Exception):
         async for chunk in stream:
             n += len(chunk)
             if n > DRAIN_MAX:
                 return
-            yield b""
 
 
 def _say(e: DataError) -> str:

@@ -15,7 +15,6 @@ from starlette.datastructures import FormData
 
 from tunelab.jobs.paths import jobs_dir
 from tunelab.jobs.service import JobsService
-from tunelab.serve.protocol import ApiError
 from tunelab.serve.state import ServerState, state_of
 from tunelab.serve.store import ApiKey
 from tunelab.ui import session
@@ -46,13 +45,9 @@ class Visitor:
     key: ApiKey
     raw: str  # the key itself: never rendered, only used to check CSRF tokens and to call the API as this key
     csrf: str
+    secret: bytes  # the per-install CSRF secret, read once per request
     svc: JobsService
     state: ServerState
-
-
-def secret(request: Request) -> bytes:
-    svc: JobsService = request.app.state.jobs
-    return session.secret(jobs_dir(svc.cfg))
 
 
 def visitor(request: Request) -> Visitor | None:
@@ -60,7 +55,9 @@ def visitor(request: Request) -> Visitor | None:
     found = session.signed_in(request, state.store)
     if found is None:
         return None
-    return Visitor(found[0], found[1], session.csrf_token(found[1], secret(request)), request.app.state.jobs, state)
+    svc: JobsService = request.app.state.jobs
+    sec = session.secret(jobs_dir(svc.cfg))
+    return Visitor(found[0], found[1], session.csrf_token(found[1], sec), sec, svc, state)
 
 
 def need(request: Request) -> Visitor:
@@ -78,12 +75,8 @@ def need_admin(request: Request) -> Visitor:
 
 
 def check_csrf(v: Visitor, sent: Any) -> None:
-    if not session.csrf_ok(str(sent or ""), v.raw, secret_of(v)):
+    if not session.csrf_ok(str(sent or ""), v.raw, v.secret):
         raise Refused(403, "This form is not from this page (its token is missing or stale): reload and try again.")
-
-
-def secret_of(v: Visitor) -> bytes:
-    return session.secret(jobs_dir(v.svc.cfg))
 
 
 async def form(request: Request, v: Visitor) -> FormData:
@@ -99,10 +92,6 @@ def render(name: str, v: Visitor | None, status: int = 200, **ctx: Any) -> HTMLR
 
 def redirect(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
-
-
-def api_message(e: ApiError) -> str:
-    return e.message
 
 
 def install(app: Any) -> None:
