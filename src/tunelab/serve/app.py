@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.serve.config import ServeConfig
-from tunelab.serve.guards import load_classifier
+from tunelab.serve.guards import load_rule
 from tunelab.serve.host import Host
 from tunelab.serve.limits import Limiter
 from tunelab.serve.metrics import Metrics
@@ -40,9 +40,8 @@ def create_app(
     without, the caller runs `host.engine.run()` (`tunelab serve` runs it on the main thread: faster, see
     `Engine.run`). Routes under a prefix in `own_body_limit` check the size of their bodies themselves
     (file uploads stream to disk with a limit of their own)."""
-    for g in [cfg.guards, *cfg.model_guards.values()]:  # a classifier that cannot load fails now, not per request
-        if g.injection.action != "off" and g.injection.classifier:
-            load_classifier(g.injection.classifier_model)
+    for g in [cfg.guards, *cfg.model_guards.values()]:  # a guard model that cannot load fails now, not per request
+        load_rule(g.injection)
     host = host or Host(cfg)
     store = store or Store(cfg.store)
     state = ServerState(cfg, host, store, Limiter(store), Metrics(host.engine, collectors), catalog)

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from tunelab.errors import ModelError
 from tunelab.serve.engine import QueueFull
-from tunelab.serve.guards import Decision, GuardConfig, check_input, check_output
+from tunelab.serve.guards import Decision, GuardConfig, check_chat, check_input, check_output
 from tunelab.serve.host import Host
 from tunelab.serve.protocol import ApiError, ChatRequest, CompletionRequest, new_id, now, usage
 from tunelab.serve.state import ServerState
@@ -57,7 +57,8 @@ async def complete(state: ServerState, request: Request, body: ChatRequest | Com
             )
         if adapter:
             await asyncio.to_thread(host.ensure_adapter, adapter)
-        out_filter = (lambda text: guard_output(text, gcfg, decisions)) if output_guarded(gcfg) else None
+        guarded = protected(body, request)
+        out_filter = (lambda text: guard_output(text, gcfg, decisions, guarded)) if output_guarded(gcfg) else None
         streams = [Stream(host, body, prompt, max_new, adapter, i, out_filter, metrics) for i in range(body.n)]
         for s in streams:
             s.submit()
@@ -146,30 +147,38 @@ async def complete(state: ServerState, request: Request, body: ChatRequest | Com
 
 
 def guard_input(body: ChatRequest | CompletionRequest, cfg: GuardConfig, decisions: list[Decision]) -> bool:
-    """Run the input guards on the user-supplied text (user turns, or the prompt), redacting in place."""
-    blocked = False
+    """Run the input guards on the conversation, each message read in its role (`guards.check_chat`: user
+    turns, tool results and earlier assistant turns are scanned; system prompts are trusted), or on the
+    prompt; redacting user turns in place."""
     if isinstance(body, ChatRequest):
-        for m in body.messages:
-            if m.role != "user":
-                continue
-            text, ds, b = check_input(m.text(), cfg)
+        texts, ds, blocked = check_chat([(m.role, m.text()) for m in body.messages], cfg)
+        for m, text in zip(body.messages, texts, strict=True):
             if text != m.text():
                 m.content = text
-            decisions.extend(ds)
-            blocked = blocked or b
     else:
         text, ds, blocked = check_input(body.prompt_text(), cfg)
         body.prompt = text
-        decisions.extend(ds)
+    decisions.extend(ds)
     return blocked
 
 
+def protected(body: ChatRequest | CompletionRequest, request: Request) -> list[str]:
+    """What the reply must not echo: the request's system and developer prompts, and the caller's key."""
+    out = (
+        [m.text() for m in body.messages if m.role in ("system", "developer")] if isinstance(body, ChatRequest) else []
+    )
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        out.append(auth[7:].strip())
+    return out
+
+
 def output_guarded(cfg: GuardConfig) -> bool:
-    return cfg.pii_output.action != "off" or cfg.moderation_output.action != "off"
+    return any(g.action != "off" for g in (cfg.pii_output, cfg.moderation_output, cfg.leakage))
 
 
-def guard_output(text: str, cfg: GuardConfig, decisions: list[Decision]) -> tuple[str, bool]:
-    out, ds, blocked = check_output(text, cfg)
+def guard_output(text: str, cfg: GuardConfig, decisions: list[Decision], guarded: list[str]) -> tuple[str, bool]:
+    out, ds, blocked = check_output(text, cfg, guarded)
     for d in ds:  # one decision per guard and request, however often the text was checked while streaming
         if not any(x.guard == d.guard and x.detail == d.detail for x in decisions):
             decisions.append(d)
@@ -180,12 +189,9 @@ def prompt_ids(host: Host, body: ChatRequest | CompletionRequest, chat: bool) ->
     from tunelab.models.chat import encode_prompt
 
     if isinstance(body, ChatRequest):
-        msgs = []
-        for m in body.messages:
-            role = "system" if m.role == "developer" else m.role
-            if role == "tool":
-                raise ApiError(400, "tool messages are not supported", param="messages")
-            msgs.append({"role": role, "content": m.text()})
+        # a tool's result goes to the template as a "tool" turn (ChatML and most templates render it; one
+        # that cannot is the 400 below); tool calls themselves are not generated
+        msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
         try:
             ids = encode_prompt(host.tok, msgs)
         except Exception as e:
@@ -197,4 +203,3 @@ def prompt_ids(host: Host, body: ChatRequest | CompletionRequest, chat: bool) ->
     if not ids:
         raise ApiError(400, "the prompt is empty", param="messages" if chat else "prompt")
     return ids
-

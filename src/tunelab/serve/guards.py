@@ -1,17 +1,24 @@
 """Guards on what goes into and comes out of a served model; `tunelab guard scan` runs the same offline.
 
-- injection (input): weighted phrase rules for prompt injection and jailbreak attempts ("ignore the previous
-  instructions", "you are now DAN", role markers smuggled into content, "reveal your system prompt"...),
-  whose score is 1 - prod(1 - w) over the rules that fire; and, unless `classifier: false`, a small local
-  classifier (`injection_model`: hashed n-grams, well under a millisecond) whose probability is shifted so that
-  the threshold it was trained for maps to 0.5. The injection score is the higher of the two, flagged at
-  `threshold`.
+- injection (input): by default the learned guard (`tunelab.guard.model`: the default model's first layers with
+  a LoRA adapter trained by `tunelab guard train`), reading each message *as what it is*: a user turn as a
+  possible direct injection or jailbreak, a tool result or an earlier assistant turn as untrusted data where an
+  instruction aimed at the model is an (indirect) injection; system and developer messages are trusted and not
+  scanned. Weighted phrase rules ("ignore the previous instructions", "you are now DAN", role markers, "reveal
+  your system prompt"...) still run first, fast, but do not decide alone: their score is one input of the
+  calibrated probability (`a + b * model + c * rules`, fitted on held-out data), and the model decides. The
+  threshold is the guard's own (chosen for FPR <= 2% on held-out benign texts) unless `threshold` is set.
+  `engine: ngram` keeps the first classifier (`injection_model`: hashed n-grams; the higher of its score and
+  the rules'); `classifier: false` is the rules alone.
 - pii (input and output): the data audit's detectors (e-mail, phone, cards with Luhn, IBAN checksum, IPs,
   national ids, keys and tokens); `redact` replaces findings with typed placeholders.
 - moderation (output, and input if asked): categories from phrase lexicons (violence, self-harm, weapons,
   drugs, hate, sexual content involving minors); the categories a deployment cares about are configurable.
-Each guard has an action: block (the request is refused with a 400 `content_filter` error), redact, or
-flag (served, and the decision logged). Every decision goes to the ledger.
+- leakage (output): the request's system/developer prompt, the caller's API key, or a configured secret echoed
+  back in the reply (`tunelab.serve.leakage`).
+Each guard has an action: block (the request is refused with a 400 `content_filter` error, or the reply ends
+with finish_reason `content_filter`), redact, or flag (served, and the decision logged). Every decision goes
+to the ledger.
 """
 
 from __future__ import annotations
@@ -19,8 +26,10 @@ from __future__ import annotations
 import math
 import re
 import zipfile
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -28,6 +37,10 @@ from tunelab.data.pii import find_pii, redact
 from tunelab.errors import ConfigError
 from tunelab.serve import injection_model
 from tunelab.serve.injection_model import InjectionModel
+from tunelab.serve.leakage import leaks, mask
+
+if TYPE_CHECKING:
+    from tunelab.guard.model import LearnedGuard
 
 Action = Literal["block", "redact", "flag", "off"]
 
@@ -105,10 +118,14 @@ _MODERATION: dict[str, re.Pattern[str]] = {  # lowercase, run on the lowercased 
 class GuardRule(BaseModel):
     model_config = {"extra": "forbid"}
     action: Action = "flag"
-    threshold: float = Field(0.5, ge=0.0, le=1.0)  # injection only
-    classifier: bool = True  # injection only: the local classifier as well as the rules
-    classifier_model: str | None = None  # injection only: a file from `tunelab guard train` (default: shipped)
+    # injection only: the score that flags; None = the learned guard's calibrated threshold (0.5 otherwise)
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    classifier: bool = True  # injection only: a model as well as the rules (false: the rules alone)
+    engine: Literal["learned", "ngram"] = "learned"  # injection only: which model
+    # injection only: a guard directory (learned) or .npz file (ngram) from `tunelab guard train`; None: shipped
+    classifier_model: str | None = None
     categories: list[str] | None = None  # moderation only: None = all
+    secrets: list[str] = Field(default_factory=list)  # leakage only: strings a reply must never contain
 
 
 class GuardConfig(BaseModel):
@@ -118,6 +135,7 @@ class GuardConfig(BaseModel):
     pii_output: GuardRule = Field(default_factory=lambda: GuardRule(action="redact"))
     moderation_input: GuardRule = Field(default_factory=lambda: GuardRule(action="flag"))
     moderation_output: GuardRule = Field(default_factory=lambda: GuardRule(action="flag"))
+    leakage: GuardRule = Field(default_factory=lambda: GuardRule(action="redact"))
 
 
 @dataclass
@@ -142,7 +160,7 @@ def rule_score(text: str) -> tuple[float, list[str]]:
 
 
 def classifier_score(text: str, model: str | None = None) -> float:
-    """The classifier's probability, shifted on the logit scale so that its own threshold becomes 0.5."""
+    """The n-gram classifier's probability, shifted on the logit scale so that its own threshold becomes 0.5."""
     m = load_classifier(model)
     t = min(max(m.threshold, 1e-6), 1 - 1e-6)  # a threshold of 0 or 1 (a degenerate training) stays finite
     z = m.logit(text) - math.log(t / (1 - t))
@@ -150,7 +168,7 @@ def classifier_score(text: str, model: str | None = None) -> float:
 
 
 def load_classifier(model: str | None = None) -> InjectionModel:
-    """The classifier at `model` (default: the shipped one), loaded once; ConfigError if it cannot be read."""
+    """The n-gram classifier at `model` (default: the shipped one), loaded once; ConfigError if unreadable."""
     try:
         return injection_model.load(model)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
@@ -158,15 +176,85 @@ def load_classifier(model: str | None = None) -> InjectionModel:
                           field="classifier_model") from None  # fmt: skip
 
 
-def injection_score(text: str, rule: GuardRule | None = None) -> tuple[float, list[str], float | None]:
-    """(score, rules that fired, classifier's shifted score or None when it is off) under `rule`'s settings
-    (default: rules and the shipped classifier)."""
-    score, fired = rule_score(text)
-    clf = None
-    if rule is None or rule.classifier:
-        clf = classifier_score(text, rule.classifier_model if rule else None)
-        score = max(score, clf)
-    return score, fired, clf
+def load_learned(model: str | None = None) -> LearnedGuard:
+    """The learned guard at `model` (default: the shipped one), loaded once; ConfigError if it cannot load."""
+    from tunelab.errors import ModelError
+    from tunelab.guard.model import cached
+
+    try:
+        return cached(model)
+    except (OSError, ValueError, KeyError, ModelError) as e:
+        raise ConfigError(
+            f"cannot load the learned guard ({e}); `engine: ngram` serves with the first guard instead",
+            file=model,
+            field="classifier_model",
+        ) from None
+
+
+def load_rule(rule: GuardRule) -> None:
+    """Load what `rule`'s injection guard needs now (a server fails at start, not on its first request)."""
+    if rule.action != "off" and rule.classifier:
+        (load_learned if rule.engine == "learned" else load_classifier)(rule.classifier_model)
+
+
+def threshold_of(rule: GuardRule) -> float:
+    if rule.threshold is not None:
+        return rule.threshold
+    return load_learned(rule.classifier_model).threshold if rule.classifier and rule.engine == "learned" else 0.5
+
+
+# learned scores of recent (model, role, text): a conversation's earlier turns are not scored again
+_SEEN: OrderedDict[tuple[str | None, str, str], float] = OrderedDict()
+_SEEN_MAX = 4096
+
+
+def _learned_raw(texts: Sequence[str], roles: Sequence[str], model: str | None) -> list[float]:
+    keys = [(model, r, t) for t, r in zip(texts, roles, strict=True)]
+    todo = [k for k in dict.fromkeys(keys) if k not in _SEEN]
+    if todo:
+        raw = load_learned(model).raw([k[2] for k in todo], [k[1] for k in todo])
+        for k, v in zip(todo, raw, strict=True):
+            _SEEN[k] = v
+            if len(_SEEN) > _SEEN_MAX:
+                _SEEN.popitem(last=False)
+    out = []
+    for k in keys:
+        _SEEN.move_to_end(k)
+        out.append(_SEEN[k])
+    return out
+
+
+def injection_scores(
+    texts: Sequence[str], roles: Sequence[str] | None = None, rule: GuardRule | None = None
+) -> list[tuple[float, list[str], float | None]]:
+    """For each text read in its role ("user", "tool", "assistant"): (score, rules that fired, the model's own
+    probability with no rule firing, or None when there is no model) under `rule`'s settings (default: the
+    rules and the shipped learned guard). One batch for all texts."""
+    rule = rule or GuardRule()
+    roles = list(roles) if roles is not None else ["user"] * len(texts)
+    ruled = [rule_score(t) for t in texts]
+    if not rule.classifier:
+        return [(sc, fired, None) for sc, fired in ruled]
+    if rule.engine == "ngram":
+        out: list[tuple[float, list[str], float | None]] = []
+        for t, (sc, fired) in zip(texts, ruled, strict=True):
+            clf = classifier_score(t, rule.classifier_model)
+            out.append((max(sc, clf), fired, clf))
+        return out
+    guard = load_learned(rule.classifier_model)
+    raw = _learned_raw(texts, roles, rule.classifier_model)
+    out = []
+    for t, r, (sc, fired) in zip(texts, raw, ruled, strict=True):
+        ng = guard.ngram.logit(t)
+        out.append((guard.probability(r, sc, ng), fired, guard.probability(r, 0.0, ng)))
+    return out
+
+
+def injection_score(
+    text: str, rule: GuardRule | None = None, role: str = "user"
+) -> tuple[float, list[str], float | None]:
+    """`injection_scores` for one text."""
+    return injection_scores([text], [role], rule)[0]
 
 
 def _injection_detail(score: float, rules: list[str], clf: float | None) -> dict[str, Any]:
@@ -179,40 +267,87 @@ def moderation(text: str, categories: list[str] | None = None) -> list[str]:
     return [c for c, pat in _MODERATION.items() if (categories is None or c in categories) and pat.search(text)]
 
 
-def scan(text: str, rule: GuardRule | None = None) -> dict[str, Any]:
-    """What `tunelab guard scan` prints for one text (all guards, no actions; `rule`: the injection guard's
-    threshold and classifier settings)."""
+def scan(text: str, rule: GuardRule | None = None, role: str = "user") -> dict[str, Any]:
+    """What `tunelab guard scan` prints for one text read in `role` (all guards, no actions; `rule`: the
+    injection guard's threshold and model settings)."""
+    return scan_many([text], rule, [role])[0]
+
+
+def scan_many(
+    texts: Sequence[str], rule: GuardRule | None = None, roles: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """`scan` for several texts, their injection scores in one batch."""
     rule = rule or GuardRule()
-    score, rules, clf = injection_score(text, rule)
-    counts: dict[str, int] = {}
-    for f in find_pii(text):
-        counts[f.type] = counts.get(f.type, 0) + 1
-    cats = moderation(text)
-    return {
-        "injection": {"flagged": score >= rule.threshold, **_injection_detail(score, rules, clf)},
-        "pii": counts,
-        "moderation": {"flagged": bool(cats), "categories": cats},
-    }
+    roles = list(roles) if roles is not None else ["user"] * len(texts)
+    th = threshold_of(rule)
+    out = []
+    for text, role, (score, rules, clf) in zip(texts, roles, injection_scores(texts, roles, rule), strict=True):
+        counts: dict[str, int] = {}
+        for f in find_pii(text):
+            counts[f.type] = counts.get(f.type, 0) + 1
+        cats = moderation(text)
+        out.append({
+            "injection": {"flagged": score >= th, "role": role, **_injection_detail(score, rules, clf)},
+            "pii": counts,
+            "moderation": {"flagged": bool(cats), "categories": cats},
+        })  # fmt: skip
+    return out
+
+
+# how each chat role is read by the injection guard: system/developer are trusted (not scanned); a tool's
+# output and an earlier assistant turn sent back by the client are data the model reads
+SCAN_ROLE = {"user": "user", "tool": "tool", "function": "tool", "assistant": "tool"}
+
+
+def check_chat(messages: Sequence[tuple[str, str]], cfg: GuardConfig) -> tuple[list[str], list[Decision], bool]:
+    """(each message's text to send on, decisions, blocked?) for a conversation of (role, text): the injection
+    guard on every untrusted message in its role, PII and moderation on the user's turns."""
+    decisions: list[Decision] = []
+    blocked = False
+    texts = [t for _, t in messages]
+    scanned = [i for i, (role, _) in enumerate(messages) if role in SCAN_ROLE]
+    if cfg.injection.action != "off" and scanned:
+        th = threshold_of(cfg.injection)
+        roles = [SCAN_ROLE[messages[i][0]] for i in scanned]
+        for i, (score, rules, clf) in zip(
+            scanned, injection_scores([texts[i] for i in scanned], roles, cfg.injection), strict=True
+        ):
+            if score >= th:
+                detail = {**_injection_detail(score, rules, clf), "role": messages[i][0], "message": i}
+                decisions.append(Decision("injection", cfg.injection.action, detail))
+                blocked = blocked or cfg.injection.action == "block"
+    for i, (role, text) in enumerate(messages):
+        if role != "user":
+            continue
+        texts[i], b = _pii(text, "pii_input", cfg.pii_input, decisions)
+        blocked = _moderation(text, "moderation_input", cfg.moderation_input, decisions) or b or blocked
+    return texts, decisions, blocked
 
 
 def check_input(text: str, cfg: GuardConfig) -> tuple[str, list[Decision], bool]:
     """(text to send on, decisions, blocked?) for one request's user-supplied text."""
-    decisions: list[Decision] = []
-    blocked = False
-    if cfg.injection.action != "off":
-        score, rules, clf = injection_score(text, cfg.injection)
-        if score >= cfg.injection.threshold:
-            decisions.append(Decision("injection", cfg.injection.action, _injection_detail(score, rules, clf)))
-            blocked = cfg.injection.action == "block"
-    out, b = _pii(text, "pii_input", cfg.pii_input, decisions)
-    return out, decisions, _moderation(text, "moderation_input", cfg.moderation_input, decisions) or b or blocked
+    texts, decisions, blocked = check_chat([("user", text)], cfg)
+    return texts[0], decisions, blocked
 
 
-def check_output(text: str, cfg: GuardConfig) -> tuple[str, list[Decision], bool]:
-    """(text to send back, decisions, blocked?) for the model's answer so far."""
+def check_output(text: str, cfg: GuardConfig, protected: Sequence[str] = ()) -> tuple[str, list[Decision], bool]:
+    """(text to send back, decisions, blocked?) for the model's answer so far; `protected`: the request's
+    system prompts and the caller's key, which the reply must not echo (with `leakage.secrets`)."""
     decisions: list[Decision] = []
-    out, blocked = _pii(text, "pii_output", cfg.pii_output, decisions)
-    return out, decisions, _moderation(text, "moderation_output", cfg.moderation_output, decisions) or blocked
+    out, blocked = _leakage(text, cfg.leakage, [*protected, *cfg.leakage.secrets], decisions)
+    out, b = _pii(out, "pii_output", cfg.pii_output, decisions)
+    return out, decisions, _moderation(out, "moderation_output", cfg.moderation_output, decisions) or b or blocked
+
+
+def _leakage(text: str, rule: GuardRule, protected: list[str], decisions: list[Decision]) -> tuple[str, bool]:
+    if rule.action == "off" or not protected:
+        return text, False
+    found = leaks(text, protected)
+    if not found:
+        return text, False
+    kinds = sorted({k for _, _, k in found})
+    decisions.append(Decision("leakage", rule.action, {"kinds": kinds}))
+    return (mask(text, found) if rule.action == "redact" else text), rule.action == "block"
 
 
 def _pii(text: str, guard: str, rule: GuardRule, decisions: list[Decision]) -> tuple[str, bool]:
@@ -235,6 +370,54 @@ def _moderation(text: str, guard: str, rule: GuardRule, decisions: list[Decision
         return False
     decisions.append(Decision(guard, rule.action, {"categories": cats}))
     return rule.action == "block"
+
+
+def messages_of(line: str) -> list[tuple[str, str]] | None:
+    """A JSONL line's conversation as (role, text), or None when the line is not one."""
+    import json
+
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    msgs = obj.get("messages") if isinstance(obj, dict) else None
+    if not isinstance(msgs, list):
+        return None
+    out = []
+    for m in msgs:
+        if isinstance(m, dict) and isinstance(m.get("content"), str):
+            out.append((str(m.get("role", "user")), str(m["content"])))
+    return out
+
+
+def scan_lines(lines: Sequence[str], rule: GuardRule | None = None, role: str = "user") -> list[dict[str, Any]]:
+    """`scan` for each line of a file: a line with `messages` is a conversation, whose untrusted messages are
+    scanned in their roles and whose highest injection score is reported (with that message's role and index);
+    any other line is one text read in `role`."""
+    units: list[tuple[int, int | None, str, str]] = []  # (line, message index, role, text)
+    for k, line in enumerate(lines):
+        msgs = messages_of(line)
+        if msgs is None:
+            units.append((k, None, role, text_of(line)))
+            continue
+        scanned = [(i, SCAN_ROLE[r], t) for i, (r, t) in enumerate(msgs) if r in SCAN_ROLE]
+        units += [(k, i, r, t) for i, r, t in scanned] or [(k, None, role, "")]
+    rows = scan_many([u[3] for u in units], rule, [u[2] for u in units])
+    out: list[dict[str, Any] | None] = [None] * len(lines)
+    for (k, i, _, _), row in zip(units, rows, strict=True):
+        if i is not None:
+            row["injection"]["message"] = i
+        prev = out[k]
+        if prev is None:
+            out[k] = row
+            continue
+        if row["injection"]["score"] > prev["injection"]["score"]:
+            prev["injection"] = row["injection"]
+        for t, c in row["pii"].items():
+            prev["pii"][t] = prev["pii"].get(t, 0) + c
+        cats = sorted(set(prev["moderation"]["categories"]) | set(row["moderation"]["categories"]))
+        prev["moderation"] = {"flagged": bool(cats), "categories": cats}
+    return [r for r in out if r is not None]
 
 
 def text_of(line: str) -> str:

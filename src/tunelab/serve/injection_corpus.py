@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import yaml
 
@@ -451,7 +451,7 @@ def build(*, with_fragments: bool = True) -> tuple[list[Item], dict[str, int]]:
         benign_train = [it.text for it in items if it.split == "train" and not it.attack]
         items += [Item(t, False, "fragments", "train") for t in fragments(benign_train, 400, 13)]
         items += [Item(t, False, "bbc_fragments", "test") for t in fragments(bbc[:180], 300, 17)]
-    return _drop_leaks(_dedup(items))
+    return drop_leaks(_dedup(items))
 
 
 def _dedup(items: list[Item]) -> list[Item]:
@@ -466,11 +466,25 @@ def _dedup(items: list[Item]) -> list[Item]:
     return out
 
 
-def _drop_leaks(items: list[Item]) -> tuple[list[Item], dict[str, int]]:
+class _Split(Protocol):
+    @property
+    def text(self) -> str: ...
+    @property
+    def split(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+
+
+S = TypeVar("S", bound=_Split)
+
+
+def drop_leaks(items: list[S]) -> tuple[list[S], dict[str, int]]:
+    """The items without the held-out ones (any split but "train") that near-duplicate a training text (MinHash
+    Jaccard >= 0.5), and how many were dropped per source."""
     from tunelab.data.minhash import near_duplicate_clusters
 
     train = [it for it in items if it.split == "train"]
-    test = [it for it in items if it.split == "test"]
+    test = [it for it in items if it.split != "train"]
     pairs = near_duplicate_clusters([it.text for it in train + test], threshold=0.5)
     leaked = {i - len(train) for i, kept, _ in pairs if i >= len(train) and kept < len(train)}
     dropped = Counter(test[i].source for i in leaked)

@@ -18,7 +18,8 @@ import hashlib
 import math
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -36,6 +37,17 @@ from tunelab.serve.injection_model import (
     span_norm,
     spans,
 )
+
+
+class Labelled(Protocol):
+    """What fitting reads of a corpus item (`injection_corpus.Item`, `guard.dataset.GuardItem`)."""
+
+    @property
+    def text(self) -> str: ...
+    @property
+    def attack(self) -> bool: ...
+    @property
+    def source(self) -> str: ...
 
 
 class _Batch:
@@ -73,7 +85,7 @@ class _Batch:
         return out.scatter_reduce(0, self.owner, span, reduce="amax", include_self=True) + b
 
 
-def _weights(items: list[Item]) -> torch.Tensor:
+def _weights(items: Sequence[Labelled]) -> torch.Tensor:
     size = Counter((it.source, it.attack) for it in items)
     raw = np.array([1.0 / math.sqrt(size[(it.source, it.attack)]) for it in items])
     lab = np.array([it.attack for it in items])
@@ -82,7 +94,7 @@ def _weights(items: list[Item]) -> torch.Tensor:
     return torch.from_numpy(raw).float()
 
 
-def fit(items: list[Item], *, l2: float = 3e-7, steps: int = 300, lr: float = 0.05, window: int = WINDOW,
+def fit(items: Sequence[Labelled], *, l2: float = 3e-7, steps: int = 300, lr: float = 0.05, window: int = WINDOW,
         pool: str = POOL, prior: float = PRIOR) -> tuple[np.ndarray, float]:  # fmt: skip
     """(weights [DIM], bias) fitted to `items`."""
     batch = _Batch([it.text for it in items], window, pool, prior)

@@ -1,0 +1,288 @@
+"""`tunelab guard train`: fit the learned guard with tunelab's own training engine, calibrate it, measure it.
+
+1. The corpus (`dataset.build`): each training text becomes one example, `Template.example`: the role's
+   question, the text (a window of at most `window` tokens: the one holding the injected payload when there is
+   one, else a seeded one), and the label token. Sources are capped at `per_source` texts each, so that the
+   938 plain harmful questions or the 650 in-the-wild jailbreaks do not make up the whole corpus.
+2. The base: the default model cut after `layers` layers (`model.cut_base`); a LoRA adapter on every linear
+   layer, trained by `train.engine.train` (packing, bf16 where the CPU has it, seeded step plan, checkpoints).
+3. Calibration on the `calib` split: Platt scaling of the raw score together with the phrase rules' score
+   (`a + b * raw + c * rules`, so a rule hit raises the score and the model decides), then the lowest
+   threshold whose FPR on calib's benign texts is at most `target_fpr`.
+4. The `test` split is scored once; the figures go into the manifest, never into a choice.
+
+The same corpus, settings and seed give the same adapter up to float rounding in the thread count's
+reductions, and the same decisions (`tests/guard/test_train.py` trains twice on a small corpus and compares).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tunelab.evaluate.metrics import detection_rates, threshold_at_fpr, tpr_at_fpr
+from tunelab.fsutil import atomic_dir, atomic_write_json, sha256_file
+from tunelab.guard.dataset import GuardItem, build, corpus_sha256, summary
+from tunelab.guard.model import NGRAM_FILE, QUESTIONS, WINDOW, LearnedGuard, Template, cut_base
+from tunelab.progress import Reporter
+from tunelab.serve.injection_model import WINDOW as NGRAM_WINDOW
+from tunelab.serve.injection_model import InjectionModel
+from tunelab.serve.injection_train import fit as fit_ngram
+
+
+@dataclass
+class GuardTrainSettings:
+    layers: int = 3
+    window: int = WINDOW
+    stride: int = WINDOW  # windows side by side at inference (3/4 overlap cost 30% more time for no gain)
+    r: int = 16
+    alpha: int = 32
+    lr: float = 5e-4
+    steps: int = 1000
+    batch: int = 16
+    per_source: int = 400
+    target_fpr: float = 0.02
+    ngram_steps: int = 300
+    seed: int = 0
+    threads: int | None = None
+
+
+def _crop(
+    ids: list[int], offsets: list[tuple[int, int]], item: GuardItem, window: int, rng: random.Random
+) -> list[int]:
+    if len(ids) <= window:
+        return ids
+    if item.span is not None:
+        first = next((k for k, (_, e) in enumerate(offsets) if e > item.span[0]), 0)
+        last = next((k for k, (s, _) in enumerate(offsets) if s >= item.span[1]), len(ids))
+        lo, hi = max(0, last - window), min(first, len(ids) - window)
+        start = rng.randint(lo, hi) if lo <= hi else first
+    elif item.attack:
+        start = 0  # a jailbreak's framing starts it
+    else:
+        start = rng.randint(0, len(ids) - window)
+    return ids[start : start + window]
+
+
+def training_items(items: list[GuardItem], per_source: int, seed: int) -> list[GuardItem]:
+    """The train split with each (source, role, class) capped at `per_source` texts (a seeded sample)."""
+    groups: dict[tuple[str, str, bool], list[GuardItem]] = defaultdict(list)
+    for it in items:
+        if it.split == "train":
+            groups[(it.source, it.role, it.attack)].append(it)
+    rng = random.Random(seed)
+    out: list[GuardItem] = []
+    for key in sorted(groups):
+        g = groups[key]
+        out += g if len(g) <= per_source else rng.sample(g, per_source)
+    return out
+
+
+def encode(tok: Any, template: Template, items: list[GuardItem], window: int, seed: int) -> list[Any]:
+    from tunelab.models.chat import Encoded
+
+    rng = random.Random(seed)
+    enc = tok([it.text for it in items], add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for it, ids, offs in zip(items, enc["input_ids"], enc["offset_mapping"], strict=True):
+        content = _crop(list(ids), [tuple(o) for o in offs], it, window, rng)
+        x, y = template.example(it.role, content, it.attack)
+        out.append(Encoded(x, y))
+    return out
+
+
+def fit_platt(
+    raw: list[float], rules: list[float], labels: list[bool], ngram: list[float] | None = None
+) -> dict[str, float]:
+    """Logistic regression of the label on (raw, rules, ngram), each class weighing the same: {a, b, c, d}."""
+    import torch
+
+    ng = ngram if ngram is not None else [0.0] * len(raw)
+    x = torch.tensor([[r, q, n] for r, q, n in zip(raw, rules, ng, strict=True)], dtype=torch.float64)
+    y = torch.tensor(labels, dtype=torch.float64)
+    pos = max(1.0, float(y.sum()))
+    neg = max(1.0, float(len(y) - y.sum()))
+    w = torch.where(y > 0, 0.5 / pos, 0.5 / neg)
+    p = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([p], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        z = p[0] + x @ p[1:]
+        loss = (torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none") * w).sum()
+        loss = loss + 1e-4 * (p[1:] ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    a, b, c, d = (float(v) for v in p.detach())
+    return {"a": a, "b": b, "c": c, "d": d}
+
+
+def reliability(probs: list[float], labels: list[bool], bins: int = 10) -> list[dict[str, Any]]:
+    """Per probability bin: the mean predicted probability, the observed attack rate, the count."""
+    rows = []
+    for k in range(bins):
+        lo, hi = k / bins, (k + 1) / bins
+        idx = [i for i, p in enumerate(probs) if lo <= p < hi or (k == bins - 1 and p == 1.0)]
+        if idx:
+            rows.append({
+                "bin": f"{lo:.1f}-{hi:.1f}",
+                "n": len(idx),
+                "mean_predicted": sum(probs[i] for i in idx) / len(idx),
+                "observed": sum(labels[i] for i in idx) / len(idx),
+            })  # fmt: skip
+    return rows
+
+
+def ece(rows: list[dict[str, Any]]) -> float:
+    """Expected calibration error over the reliability bins."""
+    n = sum(r["n"] for r in rows)
+    return sum(r["n"] * abs(r["mean_predicted"] - r["observed"]) for r in rows) / max(1, n)
+
+
+def features(guard: LearnedGuard, items: list[GuardItem]) -> tuple[list[float], list[float], list[float]]:
+    """(raw model scores, rules' scores, n-gram logits) of the items."""
+    f = guard.features([it.text for it in items], [it.role for it in items])
+    return [x[0] for x in f], [x[1] for x in f], [x[2] for x in f]
+
+
+def score_items(guard: LearnedGuard, items: list[GuardItem]) -> list[float]:
+    """The calibrated probability for each item."""
+    return [guard.probability(*f) for f in zip(*features(guard, items), strict=True)]
+
+
+def goal_figures(items: list[GuardItem], probs: list[float], threshold: float) -> dict[str, Any]:
+    """The issue's figures on one split: TPR at FPR <= 2% (threshold chosen on these scores, as the figure is
+    defined) overall and on indirect injections, and at the given (serving) threshold the hard negatives' FPR."""
+    y = [it.attack for it in items]
+    at2 = tpr_at_fpr(probs, y, 0.02)
+    ind = [i for i, it in enumerate(items) if it.indirect or not it.attack]
+    ind_at2 = tpr_at_fpr([probs[i] for i in ind], [y[i] for i in ind], 0.02)
+    fresh = [i for i, it in enumerate(items) if it.source.endswith(":fresh") or not it.attack]
+    fresh_at2 = tpr_at_fpr([probs[i] for i in fresh], [y[i] for i in fresh], 0.02)
+    hard = [probs[i] for i, it in enumerate(items) if it.hard_negative]
+    served = detection_rates(probs, y, threshold)
+    ind_served = detection_rates([probs[i] for i in ind], [y[i] for i in ind], threshold)
+    return {
+        "n": len(items),
+        "attacks": sum(y),
+        "indirect_attacks": sum(it.indirect for it in items),
+        "hard_negatives": len(hard),
+        "tpr_at_fpr2": at2["tpr"],
+        "indirect_tpr_at_fpr2": ind_at2["tpr"],
+        "hard_negative_fpr": sum(p >= threshold for p in hard) / max(1, len(hard)),
+        # injections built from `indirect.FRESH`, written before the final training and scored once
+        "fresh_indirect_tpr_at_fpr2": fresh_at2["tpr"],
+        "at_serving_threshold": {**served, "indirect_tpr": ind_served["tpr"], "threshold": threshold},
+    }
+
+
+def by_source(items: list[GuardItem], probs: list[float], threshold: float) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for it, p in zip(items, probs, strict=True):
+        row = out.setdefault(f"{it.source} [{it.role}] ({'attack' if it.attack else 'benign'})", {"n": 0, "flagged": 0})
+        row["n"] += 1
+        row["flagged"] += p >= threshold
+    return dict(sorted(out.items()))
+
+
+def train_guard(out: Path, settings: GuardTrainSettings | None = None, *, reporter: Reporter | None = None,
+                items: list[GuardItem] | None = None, base: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train, calibrate and measure a guard; write it to `out` (adapter + guard.json) atomically. `items`
+    (default: the full corpus) and `base` (default: the default model) are for tests."""
+    from peft import PeftModel
+
+    from tunelab.config import RunConfig
+    from tunelab.models.loading import load_tokenizer, resolve_model
+    from tunelab.train.engine import _write_adapter, train
+
+    s = settings or GuardTrainSettings()
+    rep = reporter or Reporter(quiet=True)
+    t0 = time.perf_counter()
+    dropped: dict[str, int] = {}
+    if items is None:
+        items, dropped = build()
+    resolved = resolve_model(base)
+    tok = load_tokenizer(resolved.path)
+    template = Template.of(tok, QUESTIONS)
+    chosen = training_items(items, s.per_source, s.seed)
+    examples = encode(tok, template, chosen, s.window, s.seed)
+    rep.info(f"guard corpus: {len(chosen)} training texts ({sum(it.attack for it in chosen)} attacks)")
+    cfg = RunConfig.model_validate({
+        "method": {"kind": "lora", "r": s.r, "alpha": s.alpha},
+        "optimizer": {"lr": s.lr},
+        "schedule": {"kind": "cosine", "warmup_steps": 20},
+        "batch": {"size": s.batch, "max_tokens": 4096},
+        "train": {"max_steps": s.steps, "seed": s.seed, "threads": s.threads},
+    })  # fmt: skip
+    model = cut_base(resolved.path, s.layers)
+    res = train(model, examples, cfg, rep, pad_id=int(tok.pad_token_id or 0))
+    rep.info("fitting the n-gram classifier on the same texts")
+    w, bias = fit_ngram(chosen, steps=s.ngram_steps)
+    ngram = InjectionModel(w, bias, 0.5, NGRAM_WINDOW, {"trained_with": "tunelab.serve.injection_train.fit"})
+    with atomic_dir(out) as tmp:
+        _write_adapter(res.model, tmp)
+        ngram.save(tmp / NGRAM_FILE)
+        merged = PeftModel.from_pretrained(cut_base(resolved.path, s.layers), str(tmp)).merge_and_unload().eval()
+        meta: dict[str, Any] = {
+            "base": {"model": base or "default", "layers": s.layers, "weights_sha256": _weights_sha(resolved.path)},
+            "window": s.window,
+            "stride": s.stride,
+            "questions": QUESTIONS,
+            "calibration": {"a": 0.0, "b": 1.0, "c": 0.0},
+            "threshold": 0.5,
+        }
+        guard = LearnedGuard(merged, tok, meta, ngram)
+        calib = [it for it in items if it.split == "calib"]
+        test = [it for it in items if it.split == "test"]
+        feats_c = features(guard, calib)
+        meta["calibration"] = fit_platt(*feats_c[:2], [it.attack for it in calib], feats_c[2])
+        probs_c = [guard.probability(*f) for f in zip(*feats_c, strict=True)]
+        meta["threshold"] = threshold_at_fpr(probs_c, [it.attack for it in calib], s.target_fpr)
+        probs_t = score_items(guard, test)
+        rel = reliability(probs_t, [it.attack for it in test])
+        meta["manifest"] = {
+            "kind": f"default model cut after {s.layers} layers, LoRA r={s.r} on every linear layer, label-token "
+            "scoring (yes/no), max over windows; a hashed word 1-2-gram logistic regression fitted on the same "
+            "texts; Platt-calibrated together with the phrase rules' score",
+            "settings": asdict(s),
+            "trained_with": "tunelab.train.engine.train",
+            "precision": res.precision,
+            "final_loss": res.curve[-1]["loss"],
+            "loss_by_tenth": _tenths([row["loss"] for row in res.curve]),
+            "train_tokens_per_s": res.tokens_per_s,
+            "examples": len(examples),
+            "corpus": summary(items),
+            "corpus_sha256": corpus_sha256(items),
+            "near_duplicates_dropped_from_held_out": dropped,
+            "threshold": {"value": meta["threshold"], "chosen_by": f"calib split, benign FPR <= {s.target_fpr}"},
+            "calib": detection_rates(probs_c, [it.attack for it in calib], meta["threshold"]),
+            "test": goal_figures(test, probs_t, meta["threshold"]),
+            "test_by_source": by_source(test, probs_t, meta["threshold"]),
+            "reliability_test": rel,
+            "ece_test": ece(rel),
+            "train_seconds": round(time.perf_counter() - t0, 1),
+        }
+        atomic_write_json(tmp / "guard.json", meta)
+    return meta
+
+
+def _tenths(losses: list[float]) -> list[float]:
+    """The mean training loss over each tenth of the steps: the curve, in short."""
+    n = len(losses)
+    parts = [losses[k * n // 10 : (k + 1) * n // 10] for k in range(10)]
+    return [round(sum(p) / len(p), 4) for p in parts if p]
+
+
+def _weights_sha(path: Path) -> str:
+    files = sorted(path.glob("*.safetensors"))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()
