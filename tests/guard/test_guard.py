@@ -67,6 +67,9 @@ def test_a_long_text_scores_as_its_highest_window(tiny_model_dir: Path, tiny_tok
     got = g.raw([text, "short one"], ["tool", "user"])
     assert got[0] == pytest.approx(max(expected), abs=1e-4)
     assert g.raw(["short one"], ["user"])[0] == pytest.approx(got[1], abs=1e-4)  # batched = alone
+    both = g.raw([text, "short one", "a third, longer one than that"], ["tool"] * 3)  # one batch, padded rows
+    alone = [g.raw([t], ["tool"])[0] for t in (text, "short one", "a third, longer one than that")]
+    assert both == pytest.approx(alone, abs=1e-4)
     assert g.raw([text], ["user"])[0] != pytest.approx(got[0], abs=1e-6)  # the role changes the question
 
 

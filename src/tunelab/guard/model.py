@@ -142,6 +142,11 @@ class LearnedGuard:
         self.direction = (head[self.template.yes] - head[self.template.no]).detach().to(torch.float32)
         self.decoder = model.get_decoder()
         self.dtype = next(model.parameters()).dtype
+        self._prefix_kv: dict[str, list[tuple[Any, Any]]] = {}
+        import inspect
+
+        params = inspect.signature(self.decoder.forward).parameters  # transformers 5 renamed past_key_values
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     @property
     def threshold(self) -> float:
@@ -152,38 +157,62 @@ class LearnedGuard:
         return [list(e) for e in enc]
 
     def raw(self, texts: Sequence[str], roles: Sequence[str] | None = None, *, batch_tokens: int = 8192) -> list[float]:
-        """Each text's raw score: max over its windows of logit(yes) - logit(no)."""
+        """Each text's raw score: max over its windows of logit(yes) - logit(no). The role's question (the same
+        for every window) is run once and kept as a key/value cache that each window continues from."""
         import torch
 
-        roles = list(roles) if roles is not None else ["user"] * len(texts)
-        rows: list[tuple[int, list[int]]] = []
+        roles = [r if r in self.template.prefix else "user" for r in (roles or ["user"] * len(texts))]
+        rows: list[tuple[str, int, list[int]]] = []  # (role, text index, window + suffix)
         for i, (ids, role) in enumerate(zip(self.content_ids(texts), roles, strict=True)):
-            pre = self.template.prefix[role if role in self.template.prefix else "user"]
             for s, e in windows(len(ids), self.window, self.stride):
-                rows.append((i, pre + ids[s:e] + self.template.suffix))
+                rows.append((role, i, ids[s:e] + self.template.suffix))
         best = [-math.inf] * len(texts)
-        rows.sort(key=lambda r: len(r[1]))
+        rows.sort(key=lambda r: (r[0], len(r[2])))
         k = 0
         with torch.inference_mode():
             while k < len(rows):
-                width = len(rows[k][1])
-                j = k
-                while j < len(rows) and (j - k + 1) * max(width, len(rows[j][1])) <= max(batch_tokens, width):
-                    width = max(width, len(rows[j][1]))
+                role, width, j = rows[k][0], len(rows[k][2]), k
+                while (j < len(rows) and rows[j][0] == role
+                       and (j - k + 1) * max(width, len(rows[j][2])) <= max(batch_tokens, width)):  # fmt: skip
+                    width = max(width, len(rows[j][2]))
                     j += 1
                 chunk = rows[k:j]
-                ids_t = torch.full((len(chunk), width), self.tok.pad_token_id or 0, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for r, (_, seq) in enumerate(chunk):
-                    ids_t[r, : len(seq)] = torch.tensor(seq)
-                    mask[r, : len(seq)] = 1
-                kw = {} if bool(mask.all()) else {"attention_mask": mask}
-                hidden = self.decoder(input_ids=ids_t, use_cache=False, **kw).last_hidden_state
-                last = hidden[torch.arange(len(chunk)), mask.sum(1) - 1].to(torch.float32)
-                for (i, _), v in zip(chunk, (last @ self.direction).tolist(), strict=True):
-                    best[i] = max(best[i], float(v))
+                for (_, i, _), v in zip(chunk, self._score_rows(role, [r[2] for r in chunk], width), strict=True):
+                    best[i] = max(best[i], v)
                 k = j
         return best
+
+    def _prefix(self, role: str) -> list[tuple[Any, Any]]:
+        """The role's question as each layer's (keys, values), computed once."""
+        import torch
+
+        if role not in self._prefix_kv:
+            out = self.decoder(input_ids=torch.tensor([self.template.prefix[role]]), use_cache=True)
+            cache = getattr(out, "cache", None) or out.past_key_values
+            self._prefix_kv[role] = [(layer.keys, layer.values) for layer in cache.layers]
+        return self._prefix_kv[role]
+
+    def _score_rows(self, role: str, seqs: list[list[int]], width: int) -> list[float]:
+        """yes-minus-no at the last token of each row, the rows continuing the role's cached question."""
+        import torch
+        from transformers.cache_utils import DynamicCache
+
+        n, p = len(seqs), len(self.template.prefix[role])
+        ids_t = torch.full((n, width), self.tok.pad_token_id or 0, dtype=torch.long)
+        mask = torch.ones((n, p + width), dtype=torch.long)
+        for r, seq in enumerate(seqs):
+            ids_t[r, : len(seq)] = torch.tensor(seq)
+            mask[r, p + len(seq) :] = 0
+        cache = DynamicCache(
+            ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in self._prefix(role)],
+            config=self.model.config,
+        )
+        pos = torch.arange(p, p + width).expand(n, width)
+        hidden = self.decoder(
+            input_ids=ids_t, attention_mask=mask, position_ids=pos, use_cache=True, **{self._cache_arg: cache}
+        ).last_hidden_state
+        last = hidden[torch.arange(n), torch.tensor([len(q) for q in seqs]) - 1].to(torch.float32)
+        return [float(v) for v in (last @ self.direction).tolist()]
 
     def features(self, texts: Sequence[str], roles: Sequence[str] | None = None) -> list[tuple[float, float, float]]:
         """(raw, rules' score, n-gram logit) for each text: what `probability` combines."""
