@@ -466,16 +466,20 @@ def _dedup(items: list[Item]) -> list[Item]:
     return out
 
 
-class _Split(Protocol):
+class Labelled(Protocol):
+    """What fitting and splitting read of a corpus item (`Item` here, `guard.dataset.GuardItem`)."""
+
     @property
     def text(self) -> str: ...
     @property
-    def split(self) -> str: ...
+    def attack(self) -> bool: ...
     @property
     def source(self) -> str: ...
+    @property
+    def split(self) -> str: ...
 
 
-S = TypeVar("S", bound=_Split)
+S = TypeVar("S", bound=Labelled)
 
 
 def drop_leaks(items: list[S]) -> tuple[list[S], dict[str, int]]:

@@ -19,13 +19,13 @@ import math
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
 from tunelab.evaluate.metrics import detection_rates, threshold_at_fpr, tpr_at_fpr
-from tunelab.serve.injection_corpus import LICENCES, Item, build, summary
+from tunelab.serve.injection_corpus import LICENCES, Item, Labelled, build, summary
 from tunelab.serve.injection_model import (
     DIM,
     POOL,
@@ -37,17 +37,6 @@ from tunelab.serve.injection_model import (
     span_norm,
     spans,
 )
-
-
-class Labelled(Protocol):
-    """What fitting reads of a corpus item (`injection_corpus.Item`, `guard.dataset.GuardItem`)."""
-
-    @property
-    def text(self) -> str: ...
-    @property
-    def attack(self) -> bool: ...
-    @property
-    def source(self) -> str: ...
 
 
 class _Batch:
