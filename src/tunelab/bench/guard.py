@@ -4,7 +4,8 @@ and never used to choose a threshold or a calibration: those come from the `cali
 
 Figures, per guard:
 - `tpr_at_fpr2`: TPR at the threshold where the test split's benign FPR is <= 2% (chosen on these scores, as the
-  figure is defined: an upper bound for a threshold fixed in advance, which `at_serving_threshold` reports);
+  figure is defined: an upper bound for a threshold fixed in advance, which each guard's `at_serving_threshold`
+  reports);
 - `indirect_tpr_at_fpr2`: the same on indirect injections (instructions inside documents and tool outputs)
   against all benign texts;
 - `hard_negative_fpr`: the share of hard benign texts (questions about injections, quoted instructions, notes for
@@ -29,7 +30,7 @@ from typing import Any
 import torch
 
 from tunelab.bench.guard_set import labelled
-from tunelab.evaluate.metrics import detection_rates, percentile, tpr_at_fpr
+from tunelab.evaluate.metrics import percentile, tpr_at_fpr
 from tunelab.fsutil import atomic_write_json
 from tunelab.guard.dataset import GuardItem, build
 from tunelab.guard.train import ece, features, goal_figures, reliability
@@ -190,10 +191,6 @@ def bench_guard(out: Path, *, repeats: int = 4, limit: int | None = None) -> dic
         "its own threshold; learned_no_rules: the same with no rule firing; v1_rules_ngram: the first guard (the "
         "higher of the rules' and the n-gram classifier's scores, flagged at 0.5); rules: the phrase rules alone. "
         "All on the test split (held-out sources and templates; the calib split chose the calibration and threshold).",
-    }
-    result["at_serving_threshold"] = {k: g["at_serving_threshold"] for k, g in guards.items()}
-    result["detection_at_threshold"] = {
-        k: detection_rates(v, [it.attack for it in test], thresholds[k]) for k, v in scored.items()
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "bench-guard.json", result)

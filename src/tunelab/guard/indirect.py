@@ -365,9 +365,7 @@ def direct(split: str, n: int, seed: int) -> Iterator[Generated]:
     them the guard learns that a short message is benign and an attack is long)."""
     rng = random.Random(seed)
     for _ in range(n):
-        yield Generated(
-            payload(split, rng), True, "tunelab:generated_direct", "user", "train" if split == "train" else "test"
-        )
+        yield Generated(payload(split, rng), True, "tunelab:generated_direct", "user", split)
 
 
 def benign_requests(split: str) -> Iterator[Generated]:

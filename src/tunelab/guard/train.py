@@ -6,13 +6,14 @@
    938 plain harmful questions or the 650 in-the-wild jailbreaks do not make up the whole corpus.
 2. The base: the default model cut after `layers` layers (`model.cut_base`); a LoRA adapter on every linear
    layer, trained by `train.engine.train` (packing, bf16 where the CPU has it, seeded step plan, checkpoints).
-3. Calibration on the `calib` split: Platt scaling of the raw score together with the phrase rules' score
-   (`a + b * raw + c * rules`, so a rule hit raises the score and the model decides), then the lowest
-   threshold whose FPR on calib's benign texts is at most `target_fpr`.
-4. The `test` split is scored once; the figures go into the manifest, never into a choice.
+3. An n-gram classifier (`injection_train.fit`) fitted on the same training texts.
+4. Calibration on the `calib` split: Platt scaling of the raw score together with the phrase rules' score and
+   the n-gram logit (`a + b * raw + c * rules + d * ngram`, so a rule hit raises the score and does not decide
+   alone), then the lowest threshold whose FPR on calib's benign texts is at most `target_fpr`.
+5. The `test` split is scored once; the figures go into the manifest, never into a choice.
 
 The same corpus, settings and seed give the same adapter up to float rounding in the thread count's
-reductions, and the same decisions (`tests/guard/test_train.py` trains twice on a small corpus and compares).
+reductions, and the same decisions (`tests/guard/test_guard.py` trains twice on a small corpus and compares).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@
   instruction aimed at the model is an (indirect) injection; system and developer messages are trusted and not
   scanned. Weighted phrase rules ("ignore the previous instructions", "you are now DAN", role markers, "reveal
   your system prompt"...) still run first, fast, but do not decide alone: their score is one input of the
-  calibrated probability (`a + b * model + c * rules`, fitted on held-out data), and the model decides. The
+  calibrated probability (`a + b * model + c * rules + d * ngram`, with the logit of an n-gram classifier
+  trained beside the model; fitted on held-out data). The
   threshold is the guard's own (chosen for FPR <= 2% on held-out benign texts) unless `threshold` is set.
   `engine: ngram` keeps the first classifier (`injection_model`: hashed n-grams; the higher of its score and
   the rules'); `classifier: false` is the rules alone.
@@ -372,33 +373,15 @@ def _moderation(text: str, guard: str, rule: GuardRule, decisions: list[Decision
     return rule.action == "block"
 
 
-def messages_of(line: str) -> list[tuple[str, str]] | None:
-    """A JSONL line's conversation as (role, text), or None when the line is not one."""
-    import json
-
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    msgs = obj.get("messages") if isinstance(obj, dict) else None
-    if not isinstance(msgs, list):
-        return None
-    out = []
-    for m in msgs:
-        if isinstance(m, dict) and isinstance(m.get("content"), str):
-            out.append((str(m.get("role", "user")), str(m["content"])))
-    return out
-
-
 def scan_lines(lines: Sequence[str], rule: GuardRule | None = None, role: str = "user") -> list[dict[str, Any]]:
     """`scan` for each line of a file: a line with `messages` is a conversation, whose untrusted messages are
     scanned in their roles and whose highest injection score is reported (with that message's role and index);
     any other line is one text read in `role`."""
     units: list[tuple[int, int | None, str, str]] = []  # (line, message index, role, text)
     for k, line in enumerate(lines):
-        msgs = messages_of(line)
-        if msgs is None:
-            units.append((k, None, role, text_of(line)))
+        msgs = read_line(line)
+        if isinstance(msgs, str):
+            units.append((k, None, role, msgs))
             continue
         scanned = [(i, SCAN_ROLE[r], t) for i, (r, t) in enumerate(msgs) if r in SCAN_ROLE]
         units += [(k, i, r, t) for i, r, t in scanned] or [(k, None, role, "")]
@@ -420,9 +403,9 @@ def scan_lines(lines: Sequence[str], rule: GuardRule | None = None, role: str = 
     return [r for r in out if r is not None]
 
 
-def text_of(line: str) -> str:
-    """The text to scan in one line of a file: a JSON object's text/prompt/content/input field or its
-    messages' contents, else the line itself."""
+def read_line(line: str) -> list[tuple[str, str]] | str:
+    """One line of a file to scan, parsed once: a JSON object's `messages` as (role, text) pairs; else the text
+    of its text/prompt/content/input field; else a JSON string, or the line itself."""
     import json
 
     line = line.rstrip("\n")
@@ -431,10 +414,11 @@ def text_of(line: str) -> str:
     except json.JSONDecodeError:
         return line
     if isinstance(obj, dict):
+        msgs = obj.get("messages")
+        if isinstance(msgs, list):
+            return [(str(m.get("role", "user")), str(m["content"])) for m in msgs
+                    if isinstance(m, dict) and isinstance(m.get("content"), str)]  # fmt: skip
         for k in ("text", "prompt", "content", "input"):
             if isinstance(obj.get(k), str):
                 return str(obj[k])
-        msgs = obj.get("messages")
-        if isinstance(msgs, list):
-            return "\n".join(str(m.get("content", "")) for m in msgs if isinstance(m, dict))
-    return line if not isinstance(obj, str) else obj
+    return obj if isinstance(obj, str) else line
