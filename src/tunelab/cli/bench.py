@@ -257,3 +257,31 @@ def bench_jobs(
           f"({r['clients']} clients while training); resume_exact {r['resume_exact']}; job {r['job_s']:.0f} s vs "
           f"direct {r['direct_s']:.0f} s: x{r['service_overhead']:.2f}")  # fmt: skip
     print(f"details: {out / 'bench-jobs.json'}")
+
+
+@bench_app.command("export")
+def bench_export(
+    out: Annotated[Path, typer.Option(help="Where bench-export.json and the exports go.")] = Path("runs/bench-export"),
+    run: Annotated[
+        Path | None, typer.Option(help="A finished run (default: the newest runs/quickstart-*, else a new one).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Parity on the first N eval items only.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """The quickstart's adapter as GGUF f16/q8_0/q4_k_m checked by llama.cpp against tunelab's model (top-1
+    agreement, accuracy deltas), and llama.cpp's single-stream tokens/s beside tunelab serve's."""
+    import json
+
+    from tunelab.bench.export import bench_export as run_bench
+
+    r = run_bench(out, run=run, limit=limit)
+    if json_:
+        print(json.dumps(r, indent=2))
+        return
+    print(f"f16 top-1 agreement {r['f16_top1_agreement']:.4f} (KL {r['f16_mean_kl']:.2e}) on {r['items']} items")
+    print(f"accuracy delta: q8_0 {r['q8_accuracy_delta']:+.1f} points, q4_k_m {r['q4_accuracy_delta']:+.1f} points")
+    for k, g in r["gates"].items():
+        print(f"  gate {k}: {'passed' if g['passed'] else 'FAILED: ' + '; '.join(g['failures'])}")
+    print(f"single stream: tunelab serve {r['tunelab_serve_tok_s']:.1f} tokens/s, llama.cpp q8_0 "
+          f"{r['llamacpp_tok_s']:.1f} tokens/s (ratio {r['ratio_tunelab_over_llamacpp']:.2f})")  # fmt: skip
+    print(f"details: {out / 'bench-export.json'}")

@@ -1,0 +1,1 @@
+"""`tunelab export`: merged safetensors, GGUF and adapters, each checked against the evaluated model."""
