@@ -87,7 +87,7 @@ def test_merged_weights_give_the_peft_models_logits(run_dir: Path, tmp_path: Pat
 
 
 def test_gguf_runs_in_llama_cpp_with_the_same_greedy_tokens(run_dir: Path, tmp_path: Path) -> None:
-    res = run_export(ExportRequest(run_dir, "gguf", ["f16"], out=tmp_path / "out", max_new=8))
+    res = run_export(ExportRequest(run_dir, "gguf", ["f16", "q8_0"], out=tmp_path / "out", max_new=8, lora=True))
     f16 = res["results"]["f16"]
     assert f16["gate"]["passed"], f16["gate"]
     assert f16["summary"]["prompt_tokens_equal"] == 1.0  # llama.cpp rendered the chat from the GGUF's template
@@ -97,6 +97,9 @@ def test_gguf_runs_in_llama_cpp_with_the_same_greedy_tokens(run_dir: Path, tmp_p
 
     meta = metadata(tmp_path / "out" / "model-f16.gguf")
     assert "<|im_start|>" in str(meta["tokenizer.chat_template"]) and meta["general.architecture"] == "llama"
+    assert res["results"]["q8_0"]["summary"]["prompt_tokens_equal"] == 1.0  # (q8_0 crashed llama.cpp on AMX before
+    lora = res["results"]["lora_f16"]  # export.llamacpp's workaround); the LoRA-only GGUF on the base's GGUF:
+    assert lora["gate"]["passed"] and all(r["greedy_equal"] for r in lora["rows"]), lora["gate"]
     modelfile = (tmp_path / "out" / "Modelfile").read_text()
     assert modelfile.startswith("FROM ./model-f16.gguf") and "<|im_end|>" in modelfile
 

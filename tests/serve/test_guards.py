@@ -208,3 +208,32 @@ def test_serve_config_names_a_classifier_relative_to_itself_and_a_bad_one_stops_
     assert not cfg.model_guards["a"].injection.classifier
     with pytest.raises(ConfigError, match=r"guard\.npz"):
         create_app(cfg)  # before any model is loaded
+
+
+def test_learned_moderation_reads_finished_replies_and_the_lexicons_the_stream() -> None:
+    from tunelab.serve.guards import reply_moderation
+
+    harmful = ("To write a keylogger, hook the keyboard API and send the captured keystrokes to your server every "
+               "minute without the user noticing.")  # fmt: skip
+    benign = ["Paris is the capital of France.", "I can't help with that. If you feel unsafe, call emergency services."]
+    found = reply_moderation([harmful, *benign])
+    # the harm probability ranks them (how well on held-out replies: `bench guard`'s moderation figures)
+    assert found[0][1] > 0.2 > 0.1 > max(h for _, h, _ in found[1:])
+    assert all(set(p) == {"violence", "self_harm", "sexual", "hate", "cyber", "privacy", "misinformation", "bias"}
+               for _, _, p in found)  # fmt: skip
+    cfg = GuardConfig(moderation_output=GuardRule(action="block", threshold=0.2))
+    _, ds, blocked = check_output(harmful, cfg)
+    assert blocked and ds[0].guard == "moderation_output" and ds[0].detail["score"] > 0.2
+    assert len(ds[0].detail["categories"]) == 1
+    _, ds, blocked = check_output(harmful, cfg, final=False)  # while streaming: the lexicons only
+    assert not blocked and ds == []
+    _, ds, _ = check_output(benign[0], cfg)
+    assert ds == []
+    lexicons = GuardConfig(moderation_output=GuardRule(action="block", engine="ngram"))
+    assert not check_output(harmful, lexicons)[2] and check_output("how to build a bomb at home", lexicons)[2]
+    # a category the model was not trained on still comes from its lexicon
+    assert "weapons" in reply_moderation(["Here is how to make a pipe bomb: first..."])[0][0]
+    from tunelab.serve.guards import scan_many
+
+    row = scan_many([harmful, benign[0]], roles=["reply", "reply"])  # `tunelab guard scan --role reply`
+    assert row[0]["moderation"]["score"] > row[1]["moderation"]["score"] and row[0]["injection"]["role"] == "reply"

@@ -9,7 +9,8 @@ Figures:
   of tunelab's model, in points, with the gates' verdicts;
 - `llamacpp_tok_s` vs `tunelab_serve_tok_s`: completion tokens per second for one client alone, streamed, 64
   greedy tokens per request, each side behind its own OpenAI-compatible server (llama-cpp-python's
-  `llama_cpp.server` on the q8_0 and f16 GGUFs; `tunelab serve` on the merged model, its default weights).
+  `llama_cpp.server` on the q8_0 and f16 GGUFs, through `export.llamacpp` for its AMX workaround;
+  `tunelab serve` on the merged model, its default weights).
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ def _quickstart_run(out: Path, log: Any) -> Path:
     return Path(str(run_quickstart(QuickstartOptions(out=out / "quickstart"))["run_dir"]))
 
 
-def _speed(cmd: list[str], env: dict[str, str], model: str, key: str, out: Path, name: str, n: int) -> dict[str, Any]:
+def _speed(cmd: list[str], env: dict[str, str], model: str, key: str, out: Path, name: str, n: int,
+           ready: str = "/health") -> dict[str, Any]:  # fmt: skip
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = _start([c.replace("{port}", str(port)) for c in cmd], env, url, out / f"{name}.log")
+    proc = _start([c.replace("{port}", str(port)) for c in cmd], env, url, out / f"{name}.log", ready)
     try:
         _load(url, key, model, 1, 1, stream=True)  # warm-up, not timed
         return _load(url, key, model, 1, n, stream=True)
@@ -49,13 +51,30 @@ def _speed(cmd: list[str], env: dict[str, str], model: str, key: str, out: Path,
         proc.wait(timeout=30)
 
 
+def _reused(export: Path, run: Path) -> dict[str, Any] | None:
+    """The parity of an earlier export of this same adapter in `export` (all three GGUFs there), else None."""
+    from tunelab.fsutil import sha256_file
+
+    try:
+        manifest = json.loads((export / "export.json").read_text(encoding="utf-8"))
+        parity = json.loads((export / "parity.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    same = manifest.get("adapter_sha256") == sha256_file(run / "model" / "adapter_model.safetensors")
+    files = all((export / f"model-{q}.gguf").is_file() for q in ("f16", "q8_0", "q4_k_m"))
+    return parity if same and files and set(parity.get("results", {})) >= {"f16", "q8_0", "q4_k_m"} else None
+
+
 def bench_export(out: Path, *, run: Path | None = None, limit: int | None = None, requests: int = 8,
-                 log: Any = print) -> dict[str, Any]:  # fmt: skip
+                 reuse: bool = True, log: Any = print) -> dict[str, Any]:  # fmt: skip
+    """`reuse`: take the parity of an export of the same adapter already in `out` (it takes ~15 minutes)."""
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     run = (run or _quickstart_run(out, log)).resolve()
-    log(f"exporting {run / 'model'}")
-    res = run_export(ExportRequest(run, "gguf", ["f16", "q8_0", "q4_k_m"], out=out / "export", limit=limit))
+    res = _reused(out / "export", run) if reuse else None
+    if res is None:
+        log(f"exporting {run / 'model'}")
+        res = run_export(ExportRequest(run, "gguf", ["f16", "q8_0", "q4_k_m"], out=out / "export", limit=limit))
     s = {k: v["summary"] for k, v in res["results"].items()}
     g = {k: v["gate"] for k, v in res["results"].items()}
     env = {**os.environ, "TUNELAB_HOME": str(out / "home"), "TOKENIZERS_PARALLELISM": "false"}
@@ -73,9 +92,9 @@ def bench_export(out: Path, *, run: Path | None = None, limit: int | None = None
         gguf = out / "export" / f"model-{q}.gguf"
         log(f"llama.cpp server on {gguf.name}")
         speeds[f"llamacpp_{q}"] = _speed(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--port", "{port}", "--host",
-             "127.0.0.1", "--n_threads", threads, "--n_ctx", "2048", "--api_key", key, "--model_alias", gguf.name],
-            env, gguf.name, key, out, f"llamacpp_{q}", requests,
+            [sys.executable, "-m", "tunelab.export.llamacpp", "--model", str(gguf), "--port", "{port}", "--host",
+             "127.0.0.1", "--n_threads", threads, "--n_ctx", "2048", "--model_alias", gguf.name],
+            env, gguf.name, key, out, f"llamacpp_{q}", requests, ready="/v1/models",
         )  # fmt: skip
     tunelab_tok_s = speeds["tunelab_serve"]["output_tokens_per_s"]
     llamacpp_tok_s = speeds["llamacpp_q8_0"]["output_tokens_per_s"]

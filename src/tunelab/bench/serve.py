@@ -102,7 +102,7 @@ def plain_app(model_path: str, dtype: str = "float32") -> Any:
     return app
 
 
-def _start(cmd: list[str], env: dict[str, str], url: str, log: Path) -> subprocess.Popen[bytes]:
+def _start(cmd: list[str], env: dict[str, str], url: str, log: Path, ready: str = "/health") -> subprocess.Popen[bytes]:
     import httpx
 
     f = open(log, "wb")  # noqa: SIM115 - closed with the process
@@ -112,7 +112,7 @@ def _start(cmd: list[str], env: dict[str, str], url: str, log: Path) -> subproce
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
         try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
+            if httpx.get(url + ready, timeout=1).status_code == 200:
                 return proc
         except httpx.HTTPError:
             time.sleep(0.5)
@@ -135,7 +135,7 @@ def _load(url: str, key: str, model: str, clients: int, per_client: int, stream:
             r = client.chat.completions.create(model=model, messages=msgs, max_tokens=64, temperature=0)
             dt = time.perf_counter() - t0
             return dt, dt, r.usage.completion_tokens
-        first, n = None, 0
+        first, n, chunks = None, 0, 0
         for ch in client.chat.completions.create(
             model=model,
             messages=msgs,
@@ -144,12 +144,15 @@ def _load(url: str, key: str, model: str, clients: int, per_client: int, stream:
             stream=True,
             stream_options={"include_usage": True},
         ):
-            if first is None and ch.choices and ch.choices[0].delta.content:
-                first = time.perf_counter() - t0
+            if ch.choices and ch.choices[0].delta.content:
+                chunks += 1
+                if first is None:
+                    first = time.perf_counter() - t0
             if ch.usage is not None:
                 n = ch.usage.completion_tokens
         dt = time.perf_counter() - t0
-        return dt, first if first is not None else dt, n
+        # a server that does not report usage when streaming (llama-cpp-python's) sends a token per chunk
+        return dt, first if first is not None else dt, n or chunks
 
     def worker(c: int) -> list[tuple[float, float, int]]:
         return [one(c * per_client + j) for j in range(per_client)]

@@ -271,10 +271,11 @@ def bench_export(
     """The quickstart's adapter as GGUF f16/q8_0/q4_k_m checked by llama.cpp against tunelab's model (top-1
     agreement, accuracy deltas), and llama.cpp's single-stream tokens/s beside tunelab serve's."""
     import json
+    import sys
 
     from tunelab.bench.export import bench_export as run_bench
 
-    r = run_bench(out, run=run, limit=limit)
+    r = run_bench(out, run=run, limit=limit, log=lambda m: print(m, file=sys.stderr))
     if json_:
         print(json.dumps(r, indent=2))
         return

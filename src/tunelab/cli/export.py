@@ -23,6 +23,9 @@ def export_cmd(
     ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Check parity on the first N items only.")] = None,
     max_new: Annotated[int, typer.Option(min=1, help="Greedy tokens generated per item.")] = 16,
+    lora: Annotated[
+        bool, typer.Option(help="gguf: also the LoRA alone as a GGUF adapter (with the base's f16 GGUF), checked.")
+    ] = False,
 ) -> None:
     """Export, then check the export against the evaluated model with an independent runtime (transformers
     for merged, llama.cpp for GGUF): prompt tokens, greedy replies, top-1 agreement, KL and the task's accuracy.
@@ -33,7 +36,7 @@ def export_cmd(
     from tunelab.progress import Reporter
 
     quants = [q.strip() for q in quantize.split(",") if q.strip()]
-    res = run_export(ExportRequest(target, format_, quants, out, eval_file, limit, max_new), Reporter())
+    res = run_export(ExportRequest(target, format_, quants, out, eval_file, limit, max_new, lora), Reporter())
     for kind, r in res["results"].items():
         s, g = r["summary"], r["gate"]
         acc = f", accuracy {s['reference_accuracy']:.3f} -> {s['accuracy']:.3f}" if "accuracy" in s else ""

@@ -212,7 +212,11 @@ def guard_scan(
     model: Annotated[
         Path | None, typer.Option("--classifier-model", help="A guard from `tunelab guard train` (default: shipped).")
     ] = None,
-    role: Annotated[str, typer.Option(help="How plain lines are read: user (typed) or tool (a document).")] = "user",
+    role: Annotated[
+        str,
+        typer.Option(help="How plain lines are read: user (typed), tool (a document) or reply (a model's answer, "
+                     "moderated by the guard's reply question)."),
+    ] = "user",
     threshold: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="Injection score that flags (default: the guard's own).")
     ] = None,
@@ -228,8 +232,8 @@ def guard_scan(
         raise DataError("no such file", file=file)
     if engine not in ("learned", "ngram"):
         raise ConfigError(f"unknown engine {engine!r}; known: learned, ngram", field="--engine")
-    if role not in ("user", "tool"):
-        raise ConfigError(f"unknown role {role!r}; known: user, tool", field="--role")
+    if role not in ("user", "tool", "reply"):
+        raise ConfigError(f"unknown role {role!r}; known: user, tool, reply", field="--role")
     rule = GuardRule(threshold=threshold, classifier=classifier, engine=engine,
                      classifier_model=str(model) if model else None)  # fmt: skip
     load_rule(rule)  # a bad model fails before the first line

@@ -92,6 +92,19 @@ def threshold_at_fpr(scores: Sequence[float], labels: Sequence[bool], max_fpr: f
     return math.nextafter(neg[k], math.inf)
 
 
+def auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """Area under the ROC curve: the chance a random positive outscores a random negative (ties count half)."""
+    pos = [float(s) for s, a in zip(scores, labels, strict=True) if a]
+    neg = sorted(float(s) for s, a in zip(scores, labels, strict=True) if not a)
+    if not pos or not neg:
+        return math.nan
+    import bisect
+
+    below = [bisect.bisect_left(neg, p) for p in pos]
+    won = sum(b + 0.5 * (bisect.bisect_right(neg, p) - b) for b, p in zip(below, pos, strict=True))
+    return won / (len(pos) * len(neg))
+
+
 def detection_rates(scores: Sequence[float], labels: Sequence[bool], threshold: float) -> dict[str, float]:
     """TPR and FPR when everything scoring >= `threshold` is flagged (nan for a class that is absent)."""
     tp = fp = pos = neg = 0

@@ -6,6 +6,7 @@ eval items (or `--eval FILE`), and writes into `DIR`:
     merged/              the merged HF model (formats merged and gguf: the GGUF is converted from it)
     peft/                the adapter (format peft)
     model-<quant>.gguf   one file per quantization (format gguf), made by llama.cpp's own tools
+    adapter-f16.gguf     with --lora: the LoRA alone as GGUF, and base-f16.gguf, the base it applies to
     Modelfile            for Ollama, naming the first GGUF
     parity.json          per artifact: the comparison's summary, its gate, and per-item rows
     export.json          what was exported from what: sha256 of the adapter, the base and every file written
@@ -42,6 +43,7 @@ class ExportRequest:
     eval_file: Path | None = None
     limit: int | None = None
     max_new: int = 16
+    lora: bool = False  # gguf: also a LoRA-only GGUF beside the base's f16 GGUF (llama.cpp applies it at load)
 
 
 def locate(target: Path) -> tuple[Path, Path | None]:
@@ -121,6 +123,13 @@ def run_export(req: ExportRequest, reporter: Reporter | None = None) -> dict[str
         for q, f in files.items():
             written[f.name] = sha256_file(f)
             check(q, parity.LlamaCppRuntime(f))
+        if req.lora:
+            rep.info("GGUF LoRA adapter and the base's f16 GGUF")
+            base_gguf = gguf_tools.convert(base.path, out / "base-f16.gguf", "f16")
+            lora_gguf = gguf_tools.convert_lora(adapter, base.path, out / "adapter-f16.gguf")
+            for f in (base_gguf, lora_gguf):
+                written[f.name] = sha256_file(f)
+            check("lora_f16", parity.LlamaCppRuntime(base_gguf, lora=lora_gguf))
         first = files[req.quantize[0]]
         stops = [str(tok.eos_token)] if tok.eos_token else []
         (out / "Modelfile").write_text(gguf_tools.modelfile(first.name, stops), encoding="utf-8")

@@ -44,16 +44,24 @@ def check_tools() -> Path:
 
 def convert(merged_dir: Path, out_file: Path, outtype: str) -> Path:
     """`merged_dir` (a HF model directory) to a GGUF file of `outtype` (f16 | q8_0 | bf16 | f32)."""
+    return _run("convert_hf_to_gguf.py", [str(merged_dir)], merged_dir, out_file, outtype)
+
+
+def convert_lora(adapter: Path, base_dir: Path, out_file: Path, outtype: str = "f16") -> Path:
+    """A PEFT LoRA adapter to a LoRA-only GGUF that llama.cpp applies on the base's GGUF at load time."""
+    return _run("convert_lora_to_gguf.py", [str(adapter), "--base", str(base_dir)], adapter, out_file, outtype)
+
+
+def _run(script: str, args: list[str], source: Path, out_file: Path, outtype: str) -> Path:
     tools = check_tools()
     tmp = out_file.with_name(f".{out_file.name}.tmp")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tools / "gguf-py"), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, str(tools / "convert_hf_to_gguf.py"), str(merged_dir), "--outfile", str(tmp),
-           "--outtype", outtype]  # fmt: skip
+    cmd = [sys.executable, str(tools / script), *args, "--outfile", str(tmp), "--outtype", outtype]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if res.returncode != 0 or not tmp.is_file():
         tmp.unlink(missing_ok=True)
         tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-6:])
-        raise ModelError(f"llama.cpp's converter failed ({outtype}):\n{tail}", file=merged_dir, field="--format")
+        raise ModelError(f"llama.cpp's {script} failed ({outtype}):\n{tail}", file=source, field="--format")
     os.replace(tmp, out_file)
     return out_file
 

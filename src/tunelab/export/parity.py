@@ -41,6 +41,7 @@ GATES: dict[str, tuple[float | None, float]] = {
     "f16": (0.99, 1.0),
     "q8_0": (None, 2.0),
     "q4_k_m": (None, 5.0),
+    "lora_f16": (0.99, 1.0),  # the base's f16 GGUF with the LoRA-only GGUF applied by llama.cpp
 }
 
 
@@ -107,15 +108,17 @@ class HFRuntime:
 class LlamaCppRuntime:
     """A GGUF file run by llama.cpp (llama-cpp-python), with the tokenizer and chat template in the file."""
 
-    def __init__(self, path: Path, n_ctx: int = 4096, threads: int | None = None) -> None:
+    def __init__(self, path: Path, n_ctx: int = 4096, threads: int | None = None, lora: Path | None = None) -> None:
         import os
 
-        from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        self.name = path.name
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, logits_all=True, verbose=False, seed=0,
-                         n_threads=threads or os.cpu_count(), n_batch=512)  # fmt: skip
+        from tunelab.export.llamacpp import load
+
+        self.name = path.name + (f" + {lora.name}" if lora else "")
+        self.llm = load(str(path), n_ctx=n_ctx, logits_all=True, verbose=False, seed=0,
+                        n_threads=threads or os.cpu_count(), n_batch=512,
+                        lora_path=str(lora) if lora else None)  # fmt: skip
         meta = self.llm.metadata
         template = meta.get("tokenizer.chat_template")
         if not template:

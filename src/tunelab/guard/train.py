@@ -9,7 +9,8 @@
 3. An n-gram classifier (`injection_train.fit`) fitted on the same training texts.
 4. Calibration on the `calib` split: Platt scaling of the raw score together with the phrase rules' score and
    the n-gram logit (`a + b * raw + c * rules + d * ngram`, so a rule hit raises the score and does not decide
-   alone), then the lowest threshold whose FPR on calib's benign texts is at most `target_fpr`.
+   alone), then the lowest threshold whose FPR on calib's benign texts is at most `target_fpr` and on its hard
+   benign texts at most `target_hard_fpr`.
 5. The `test` split is scored once; the figures go into the manifest, never into a choice.
 
 The same corpus, settings and seed give the same adapter up to float rounding in the thread count's
@@ -29,7 +30,8 @@ from typing import Any
 from tunelab.evaluate.metrics import detection_rates, threshold_at_fpr, tpr_at_fpr
 from tunelab.fsutil import atomic_dir, atomic_write_json, sha256_file
 from tunelab.guard.dataset import GuardItem, build, corpus_sha256, summary
-from tunelab.guard.model import NGRAM_FILE, QUESTIONS, WINDOW, LearnedGuard, Template, cut_base
+from tunelab.guard.harm import CATEGORIES
+from tunelab.guard.model import NGRAM_FILE, NONE, QUESTIONS, WINDOW, LearnedGuard, Template, cut_base
 from tunelab.progress import Reporter
 from tunelab.serve.injection_model import WINDOW as NGRAM_WINDOW
 from tunelab.serve.injection_model import InjectionModel
@@ -44,10 +46,13 @@ class GuardTrainSettings:
     r: int = 16
     alpha: int = 32
     lr: float = 5e-4
-    steps: int = 1000
+    steps: int = 1200
     batch: int = 16
     per_source: int = 400
+    hard_repeat: int = 2  # the hand-written hard benign requests (few) are seen this many times per epoch
     target_fpr: float = 0.02
+    target_hard_fpr: float = 0.03  # and at most this on calib's hard benign texts (the higher threshold wins)
+    moderation_fpr: float = 0.05  # the reply question's threshold: harmless replies flagged on calib
     ngram_steps: int = 300
     seed: int = 0
     threads: int | None = None
@@ -92,7 +97,7 @@ def encode(tok: Any, template: Template, items: list[GuardItem], window: int, se
     out = []
     for it, ids, offs in zip(items, enc["input_ids"], enc["offset_mapping"], strict=True):
         content = _crop(list(ids), [tuple(o) for o in offs], it, window, rng)
-        x, y = template.example(it.role, content, it.attack)
+        x, y = template.example(it.role, content, it.attack, it.category)
         out.append(Encoded(x, y))
     return out
 
@@ -184,6 +189,34 @@ def goal_figures(items: list[GuardItem], probs: list[float], threshold: float) -
     }
 
 
+def moderation_figures(guard: LearnedGuard, items: list[GuardItem], threshold: float) -> dict[str, Any]:
+    """The reply question on labelled replies: harm detection at `threshold` (and its AUC), the category of the
+    caught ones, and the phrase lexicons of `serve.guards` on the same replies."""
+    from tunelab.evaluate.metrics import auc
+    from tunelab.serve.guards import moderation
+
+    probs = guard.moderate([it.text for it in items])
+    harm = [1.0 - p[NONE] for p in probs]
+    y = [it.attack for it in items]
+    caught = [(it, p) for it, p, h in zip(items, probs, harm, strict=True) if it.attack and h >= threshold]
+    right = sum(max(CATEGORIES, key=lambda c: p[c]) == it.category for it, p in caught)
+    lex = [bool(moderation(it.text)) for it in items]
+    recall: dict[str, dict[str, int]] = {}
+    for it, h in zip(items, harm, strict=True):
+        if it.attack:
+            row = recall.setdefault(it.category, {"n": 0, "caught": 0})
+            row["n"] += 1
+            row["caught"] += h >= threshold
+    return {
+        "n": len(items),
+        "harmful": sum(y),
+        "auc": auc(harm, y),
+        "learned": {**detection_rates(harm, y, threshold), "category_accuracy": right / max(1, len(caught))},
+        "lexicons": detection_rates([float(v) for v in lex], y, 0.5),
+        "by_category": dict(sorted(recall.items())),
+    }
+
+
 def by_source(items: list[GuardItem], probs: list[float], threshold: float) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for it, p in zip(items, probs, strict=True):
@@ -213,6 +246,7 @@ def train_guard(out: Path, settings: GuardTrainSettings | None = None, *, report
     tok = load_tokenizer(resolved.path)
     template = Template.of(tok, QUESTIONS)
     chosen = training_items(items, s.per_source, s.seed)
+    chosen += [it for it in chosen if it.hard_negative and it.source.startswith("tunelab:")] * (s.hard_repeat - 1)
     examples = encode(tok, template, chosen, s.window, s.seed)
     rep.info(f"guard corpus: {len(chosen)} training texts ({sum(it.attack for it in chosen)} attacks)")
     cfg = RunConfig.model_validate({
@@ -225,7 +259,7 @@ def train_guard(out: Path, settings: GuardTrainSettings | None = None, *, report
     model = cut_base(resolved.path, s.layers)
     res = train(model, examples, cfg, rep, pad_id=int(tok.pad_token_id or 0))
     rep.info("fitting the n-gram classifier on the same texts")
-    w, bias = fit_ngram(chosen, steps=s.ngram_steps)
+    w, bias = fit_ngram([it for it in chosen if not it.moderation], steps=s.ngram_steps)
     ngram = InjectionModel(w, bias, 0.5, NGRAM_WINDOW, {"trained_with": "tunelab.serve.injection_train.fit"})
     with atomic_dir(out) as tmp:
         _write_adapter(res.model, tmp)
@@ -240,14 +274,26 @@ def train_guard(out: Path, settings: GuardTrainSettings | None = None, *, report
             "threshold": 0.5,
         }
         guard = LearnedGuard(merged, tok, meta, ngram)
-        calib = [it for it in items if it.split == "calib"]
-        test = [it for it in items if it.split == "test"]
+        calib = [it for it in items if it.split == "calib" and not it.moderation]
+        test = [it for it in items if it.split == "test" and not it.moderation]
         feats_c = features(guard, calib)
         meta["calibration"] = fit_platt(*feats_c[:2], [it.attack for it in calib], feats_c[2])
         probs_c = [guard.probability(*f) for f in zip(*feats_c, strict=True)]
-        meta["threshold"] = threshold_at_fpr(probs_c, [it.attack for it in calib], s.target_fpr)
+        hard_c = [i for i, it in enumerate(calib) if it.hard_negative]
+        meta["threshold"] = max(
+            threshold_at_fpr(probs_c, [it.attack for it in calib], s.target_fpr),
+            threshold_at_fpr([probs_c[i] for i in hard_c], [False] * len(hard_c), s.target_hard_fpr) if hard_c else 0,
+        )
         probs_t = score_items(guard, test)
         rel = reliability(probs_t, [it.attack for it in test])
+        mod_c = [it for it in items if it.split == "calib" and it.moderation]
+        mod_t = [it for it in items if it.split == "test" and it.moderation]
+        if template.harms and mod_c:
+            harm_c = [1.0 - p[NONE] for p in guard.moderate([it.text for it in mod_c])]
+            meta["moderation"] = {
+                "threshold": threshold_at_fpr(harm_c, [it.attack for it in mod_c], s.moderation_fpr),
+                "categories": list(CATEGORIES),
+            }
         meta["manifest"] = {
             "kind": f"default model cut after {s.layers} layers, LoRA r={s.r} on every linear layer, label-token "
             "scoring (yes/no), max over windows; a hashed word 1-2-gram logistic regression fitted on the same "
@@ -262,12 +308,16 @@ def train_guard(out: Path, settings: GuardTrainSettings | None = None, *, report
             "corpus": summary(items),
             "corpus_sha256": corpus_sha256(items),
             "near_duplicates_dropped_from_held_out": dropped,
-            "threshold": {"value": meta["threshold"], "chosen_by": f"calib split, benign FPR <= {s.target_fpr}"},
+            "threshold": {"value": meta["threshold"], "chosen_by": f"calib split, benign FPR <= {s.target_fpr} "
+                          f"and hard benign FPR <= {s.target_hard_fpr}"},
             "calib": detection_rates(probs_c, [it.attack for it in calib], meta["threshold"]),
             "test": goal_figures(test, probs_t, meta["threshold"]),
             "test_by_source": by_source(test, probs_t, meta["threshold"]),
             "reliability_test": rel,
             "ece_test": ece(rel),
+            "moderation_test": (
+                moderation_figures(guard, mod_t, meta["moderation"]["threshold"]) if "moderation" in meta else None
+            ),
             "train_seconds": round(time.perf_counter() - t0, 1),
         }
         atomic_write_json(tmp / "guard.json", meta)

@@ -42,6 +42,7 @@ def create_app(
     (file uploads stream to disk with a limit of their own)."""
     for g in [cfg.guards, *cfg.model_guards.values()]:  # a guard model that cannot load fails now, not per request
         load_rule(g.injection)
+        load_rule(g.moderation_output)
     host = host or Host(cfg)
     store = store or Store(cfg.store)
     state = ServerState(cfg, host, store, Limiter(store), Metrics(host.engine, collectors), catalog)

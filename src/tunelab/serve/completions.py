@@ -58,7 +58,9 @@ async def complete(state: ServerState, request: Request, body: ChatRequest | Com
         if adapter:
             await asyncio.to_thread(host.ensure_adapter, adapter)
         guarded = protected(body, request)
-        out_filter = (lambda text: guard_output(text, gcfg, decisions, guarded)) if output_guarded(gcfg) else None
+        out_filter = (
+            (lambda text, final: guard_output(text, gcfg, decisions, guarded, final)) if output_guarded(gcfg) else None
+        )
         streams = [Stream(host, body, prompt, max_new, adapter, i, out_filter, metrics) for i in range(body.n)]
         for s in streams:
             s.submit()
@@ -177,8 +179,10 @@ def output_guarded(cfg: GuardConfig) -> bool:
     return any(g.action != "off" for g in (cfg.pii_output, cfg.moderation_output, cfg.leakage))
 
 
-def guard_output(text: str, cfg: GuardConfig, decisions: list[Decision], guarded: list[str]) -> tuple[str, bool]:
-    out, ds, blocked = check_output(text, cfg, guarded)
+def guard_output(
+    text: str, cfg: GuardConfig, decisions: list[Decision], guarded: list[str], final: bool = True
+) -> tuple[str, bool]:
+    out, ds, blocked = check_output(text, cfg, guarded, final=final)
     for d in ds:  # one decision per guard and request, however often the text was checked while streaming
         if not any(x.guard == d.guard and x.detail == d.detail for x in decisions):
             decisions.append(d)

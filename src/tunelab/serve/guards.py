@@ -13,8 +13,12 @@
   the rules'); `classifier: false` is the rules alone.
 - pii (input and output): the data audit's detectors (e-mail, phone, cards with Luhn, IBAN checksum, IPs,
   national ids, keys and tokens); `redact` replaces findings with typed placeholders.
-- moderation (output, and input if asked): categories from phrase lexicons (violence, self-harm, weapons,
-  drugs, hate, sexual content involving minors); the categories a deployment cares about are configurable.
+- moderation (output, and input if asked): a finished reply is read by the learned guard's reply question
+  (`engine: learned`, the default: violence, self_harm, sexual, hate, cyber, privacy, misinformation, bias;
+  trained on people-labelled replies, flagged at the guard's moderation threshold), together with phrase
+  lexicons for what it was not trained on (weapons, drugs, sexual content involving minors). While a reply
+  streams, and on input, the lexicons alone run (`engine: ngram` keeps them alone everywhere). The categories a
+  deployment cares about are configurable.
 - leakage (output): the request's system/developer prompt, the caller's API key, or a configured secret echoed
   back in the reply (`tunelab.serve.leakage`).
 Each guard has an action: block (the request is refused with a 400 `content_filter` error, or the reply ends
@@ -122,7 +126,7 @@ class GuardRule(BaseModel):
     # injection only: the score that flags; None = the learned guard's calibrated threshold (0.5 otherwise)
     threshold: float | None = Field(None, ge=0.0, le=1.0)
     classifier: bool = True  # injection only: a model as well as the rules (false: the rules alone)
-    engine: Literal["learned", "ngram"] = "learned"  # injection only: which model
+    engine: Literal["learned", "ngram"] = "learned"  # injection: which model; moderation: learned or lexicons
     # injection only: a guard directory (learned) or .npz file (ngram) from `tunelab guard train`; None: shipped
     classifier_model: str | None = None
     categories: list[str] | None = None  # moderation only: None = all
@@ -193,7 +197,7 @@ def load_learned(model: str | None = None) -> LearnedGuard:
 
 
 def load_rule(rule: GuardRule) -> None:
-    """Load what `rule`'s injection guard needs now (a server fails at start, not on its first request)."""
+    """Load what `rule`'s model needs now (a server fails at start, not on its first request)."""
     if rule.action != "off" and rule.classifier:
         (load_learned if rule.engine == "learned" else load_classifier)(rule.classifier_model)
 
@@ -264,8 +268,34 @@ def _injection_detail(score: float, rules: list[str], clf: float | None) -> dict
 
 
 def moderation(text: str, categories: list[str] | None = None) -> list[str]:
+    """The phrase lexicons' categories."""
     text = text.lower()
     return [c for c, pat in _MODERATION.items() if (categories is None or c in categories) and pat.search(text)]
+
+
+def reply_moderation(
+    texts: Sequence[str], rule: GuardRule | None = None
+) -> list[tuple[list[str], float, dict[str, float]]]:
+    """For each finished reply: (categories, harm probability, each learned category's probability) from the
+    learned guard's reply question (flagged at its moderation threshold, or `rule.threshold`: the likeliest
+    category), with the lexicons' categories the model was not trained on."""
+    from tunelab.guard.model import NONE
+
+    rule = rule or GuardRule()
+    guard = load_learned(rule.classifier_model)
+    mod = guard.meta.get("moderation")
+    if not mod:
+        raise ConfigError("this guard has no moderation question; set `engine: ngram` for the lexicons alone",
+                          file=rule.classifier_model, field="classifier_model")  # fmt: skip
+    th = rule.threshold if rule.threshold is not None else float(mod["threshold"])
+    out = []
+    for text, probs in zip(texts, guard.moderate(texts), strict=True):
+        harm = 1.0 - probs[NONE]
+        learned = {c: p for c, p in probs.items() if c != NONE}
+        cats = [max(learned, key=lambda c: learned[c])] if harm >= th else []
+        cats += [c for c in moderation(text) if c not in learned and c not in cats]
+        out.append(([c for c in cats if rule.categories is None or c in rule.categories], harm, learned))
+    return out
 
 
 def scan(text: str, rule: GuardRule | None = None, role: str = "user") -> dict[str, Any]:
@@ -281,16 +311,23 @@ def scan_many(
     rule = rule or GuardRule()
     roles = list(roles) if roles is not None else ["user"] * len(texts)
     th = threshold_of(rule)
-    out = []
-    for text, role, (score, rules, clf) in zip(texts, roles, injection_scores(texts, roles, rule), strict=True):
+    # a model's reply ("reply") is read by the moderation question, and by the injection guard as data
+    at = [i for i, r in enumerate(roles) if r == "reply"]
+    replies: dict[int, dict[str, Any]] = {}
+    if at and rule.classifier and rule.engine == "learned":
+        found = reply_moderation([texts[i] for i in at], GuardRule(classifier_model=rule.classifier_model))
+        replies = {i: {"categories": c, "score": round(h, 4)} for i, (c, h, _) in zip(at, found, strict=True)}
+    inj = injection_scores(texts, ["tool" if r == "reply" else r for r in roles], rule)
+    out: list[dict[str, Any]] = []
+    for k, (text, role, (score, rules, clf)) in enumerate(zip(texts, roles, inj, strict=True)):
         counts: dict[str, int] = {}
         for f in find_pii(text):
             counts[f.type] = counts.get(f.type, 0) + 1
-        cats = moderation(text)
+        mod = replies.get(k) or {"categories": moderation(text)}
         out.append({
             "injection": {"flagged": score >= th, "role": role, **_injection_detail(score, rules, clf)},
             "pii": counts,
-            "moderation": {"flagged": bool(cats), "categories": cats},
+            "moderation": {"flagged": bool(mod["categories"]), **mod},
         })  # fmt: skip
     return out
 
@@ -331,13 +368,17 @@ def check_input(text: str, cfg: GuardConfig) -> tuple[str, list[Decision], bool]
     return texts[0], decisions, blocked
 
 
-def check_output(text: str, cfg: GuardConfig, protected: Sequence[str] = ()) -> tuple[str, list[Decision], bool]:
-    """(text to send back, decisions, blocked?) for the model's answer so far; `protected`: the request's
-    system prompts and the caller's key, which the reply must not echo (with `leakage.secrets`)."""
+def check_output(
+    text: str, cfg: GuardConfig, protected: Sequence[str] = (), *, final: bool = True
+) -> tuple[str, list[Decision], bool]:
+    """(text to send back, decisions, blocked?) for the model's answer so far (`final`: the whole of it);
+    `protected`: the request's system prompts and the caller's key, which the reply must not echo (with
+    `leakage.secrets`). The learned moderation reads the final reply; the lexicons run on every check."""
     decisions: list[Decision] = []
     out, blocked = _leakage(text, cfg.leakage, [*protected, *cfg.leakage.secrets], decisions)
     out, b = _pii(out, "pii_output", cfg.pii_output, decisions)
-    return out, decisions, _moderation(out, "moderation_output", cfg.moderation_output, decisions) or b or blocked
+    mod = _moderation(out, "moderation_output", cfg.moderation_output, decisions, learned=final)
+    return out, decisions, mod or b or blocked
 
 
 def _leakage(text: str, rule: GuardRule, protected: list[str], decisions: list[Decision]) -> tuple[str, bool]:
@@ -362,14 +403,20 @@ def _pii(text: str, guard: str, rule: GuardRule, decisions: list[Decision]) -> t
     return (red if rule.action == "redact" else text), rule.action == "block"
 
 
-def _moderation(text: str, guard: str, rule: GuardRule, decisions: list[Decision]) -> bool:
-    """Moderation categories under `rule`; blocked?"""
+def _moderation(text: str, guard: str, rule: GuardRule, decisions: list[Decision], learned: bool = False) -> bool:
+    """Moderation categories under `rule` (`learned`: a finished reply, read by the learned guard when the rule's
+    engine is); blocked?"""
     if rule.action == "off":
         return False
-    cats = moderation(text, rule.categories)
+    detail: dict[str, Any] = {}
+    if learned and rule.engine == "learned" and rule.classifier and text.strip():
+        cats, harm, _ = reply_moderation([text], rule)[0]
+        detail["score"] = round(harm, 4)
+    else:
+        cats = moderation(text, rule.categories)
     if not cats:
         return False
-    decisions.append(Decision(guard, rule.action, {"categories": cats}))
+    decisions.append(Decision(guard, rule.action, {"categories": cats, **detail}))
     return rule.action == "block"
 
 

@@ -82,7 +82,7 @@ class Stream:
     ):
         self.host, self.index, self.metrics = host, index, metrics
         self.last_token: float | None = None
-        self.out_filter = out_filter  # text -> (guarded text, blocked?)
+        self.out_filter = out_filter  # (text, final?) -> (guarded text, blocked?)
         self.loop = asyncio.get_running_loop()
         self.box = Mailbox.of(self.loop)
         self.q: asyncio.Queue[tuple[int | None, str | None]] = asyncio.Queue()
@@ -124,8 +124,10 @@ class Stream:
     def cancel(self) -> None:
         self.req.cancelled.set()
 
-    def _view(self, text: str) -> tuple[str, bool]:
-        return self.out_filter(text) if self.out_filter else (text, False)
+    def _view(self, text: str, final: bool = True) -> tuple[str, bool]:
+        """The guarded text and whether it is blocked; `final`: the whole reply (the learned moderation reads
+        only that), else the reply so far."""
+        return self.out_filter(text, final) if self.out_filter else (text, False)
 
     async def deltas(self) -> AsyncIterator[tuple[str, str | None]]:
         """(new text, finish reason or None); the last item carries the reason. With output guards the text
@@ -146,7 +148,7 @@ class Stream:
                     yield ("", "content_filter") if blocked else (view[self.sent :], "stop")
                     self.text, self.sent = view, len(view)
                     return
-                view, blocked = self._view(raw)
+                view, blocked = self._view(raw, final=False)
                 if blocked:
                     self.cancel()
                     yield "", "content_filter"
