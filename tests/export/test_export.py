@@ -84,6 +84,10 @@ def test_merged_weights_give_the_peft_models_logits(run_dir: Path, tmp_path: Pat
     card = (tmp_path / "out" / "merged" / "README.md").read_text()
     assert exp["adapter_sha256"] in card and (tmp_path / "out" / "merged" / "chat_template.jinja").is_file()
     assert json.loads((run_dir / "manifest.json").read_text())["exports"][-1]["dir"] == str(tmp_path / "out")
+    from tunelab.report.html import exports_table
+
+    page = exports_table(json.loads((run_dir / "manifest.json").read_text())["exports"])  # the report's rows
+    assert "<h3>Exports</h3>" in page and str(tmp_path / "out") in page and "passed" in page
 
 
 def test_gguf_runs_in_llama_cpp_with_the_same_greedy_tokens(run_dir: Path, tmp_path: Path) -> None:

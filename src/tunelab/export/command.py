@@ -12,7 +12,8 @@ eval items (or `--eval FILE`), and writes into `DIR`:
     export.json          what was exported from what: sha256 of the adapter, the base and every file written
 
 When the export comes from a run directory, `export.json`'s hashes are also recorded in the run's
-`manifest.json` (`exports`), so the provenance chain reaches the exported files. The exit code is 1 when a
+`manifest.json` (`exports`), so the provenance chain reaches the exported files, and the run's report is
+rebuilt with a row for it. The exit code is 1 when a
 gate fails (the files stay, with the failed gate in `parity.json`).
 """
 
@@ -198,3 +199,8 @@ def _record_in_run(run: Path, out: Path, manifest: dict[str, Any]) -> None:
         k: manifest[k] for k in ("format", "quantize", "files", "parity_passed")}}  # fmt: skip
     data["exports"] = [e for e in data.get("exports", []) if e.get("dir") != str(out)] + [entry]
     atomic_write_json(path, data)
+    summary = run / "summary.json"
+    if summary.is_file():  # the report's provenance section lists the exports: rebuilt with this one
+        from tunelab.report.html import write_report
+
+        write_report(run, json.loads(summary.read_text(encoding="utf-8")))
