@@ -86,12 +86,8 @@ def quantize(src: Path, out_file: Path, kind: str = "q4_k_m", threads: int | Non
 
 def metadata(path: Path) -> dict[str, object]:
     """The GGUF's key/value metadata that matters for parity: architecture, chat template, special tokens."""
-    tools = check_tools()
-    sys.path.insert(0, str(tools / "gguf-py"))
-    try:
-        from gguf import GGUFReader
-    finally:
-        sys.path.pop(0)
+    from gguf import GGUFReader  # the installed package (transformers' GGUF loading imports it too)
+
     reader = GGUFReader(str(path))
     out: dict[str, object] = {}
     for key in ("general.architecture", "tokenizer.chat_template", "tokenizer.ggml.eos_token_id",

@@ -102,7 +102,9 @@ class HFRuntime:
         return new if cut is None else new[: cut + 1]
 
     def text(self, ids: list[int]) -> str:
-        return str(self.tok.decode([t for t in ids if t not in self.eos], skip_special_tokens=True)).strip()
+        from tunelab.evaluate.generation import decode_reply
+
+        return decode_reply(self.tok, ids, self.eos)
 
 
 class LlamaCppRuntime:

@@ -74,14 +74,10 @@ def _code_chunks(limit: int = 240) -> list[tuple[str, str]]:
 
 
 def _chatterbot_logs() -> list[tuple[str, str]]:
-    import yaml
-
-    base = ic.package_dir("chatterbot_corpus")
     out: list[tuple[str, str]] = []
-    for f in sorted((base / "data" / "english").glob("*.yml")) if base else []:
-        convs = (yaml.safe_load(f.read_text(encoding="utf-8")) or {}).get("conversations") or []
+    for category, convs in ic.chatterbot_conversations():
         log = [f"{'User' if k % 2 == 0 else 'Bot'}: {t}" for c in convs for k, t in enumerate(c) if isinstance(t, str)]
-        out += [(f.stem, "\n".join(log[k : k + 12])) for k in range(0, len(log), 12) if len(log[k : k + 12]) >= 6]
+        out += [(category, "\n".join(log[k : k + 12])) for k in range(0, len(log), 12) if len(log[k : k + 12]) >= 6]
     return out
 
 

@@ -86,15 +86,12 @@ def pyrit_replies() -> list[Reply]:
 
 def chatterbot_replies(limit: int = 400) -> list[Reply]:
     """The bot's side of chatterbot's conversations (split by category, as `injection_corpus` splits them)."""
-    import yaml
-
-    base = ic.package_dir("chatterbot_corpus")
     out: list[Reply] = []
-    for f in sorted((base / "data" / "english").glob("*.yml")) if base else []:
-        for conv in (yaml.safe_load(f.read_text(encoding="utf-8")) or {}).get("conversations") or []:
+    for category, convs in ic.chatterbot_conversations():
+        for conv in convs:
             for t in conv[1::2]:
                 if isinstance(t, str) and len(t) > 20:
-                    out.append(Reply(t, "", "chatterbot_replies", ic._split("chatterbot:" + f.stem)))
+                    out.append(Reply(t, "", "chatterbot_replies", ic._split("chatterbot:" + category)))
     step = max(1, len(out) // limit)
     return out[::step][:limit]
 

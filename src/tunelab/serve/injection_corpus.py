@@ -172,13 +172,17 @@ def _giskard() -> Iterator[Item]:
                 yield Item(row["prompt"], True, "giskard:prompt_injections", "test")
 
 
-def _chatterbot() -> Iterator[Item]:
+def chatterbot_conversations() -> Iterator[tuple[str, list[list[Any]]]]:
+    """(category, its conversations as lists of turns) for each English file of chatterbot-corpus (BSD); none
+    when it is not installed. The category also names the split (`_split("chatterbot:" + category)`)."""
     base = package_dir("chatterbot_corpus")
-    if base is None:
-        return
-    for f in sorted((base / "data" / "english").glob("*.yml")):
-        split = _split("chatterbot:" + f.stem)
-        convs = (yaml.safe_load(f.read_text(encoding="utf-8")) or {}).get("conversations") or []
+    for f in sorted((base / "data" / "english").glob("*.yml")) if base else []:
+        yield f.stem, (yaml.safe_load(f.read_text(encoding="utf-8")) or {}).get("conversations") or []
+
+
+def _chatterbot() -> Iterator[Item]:
+    for category, convs in chatterbot_conversations():
+        split = _split("chatterbot:" + category)
         log: list[str] = []
         for conv in convs:
             if conv and isinstance(conv[0], str):
