@@ -143,3 +143,20 @@ def test_the_converter_and_llama_cpp_are_installed_by_the_test_setup() -> None:
     from tunelab.export.gguf import check_tools
 
     assert (check_tools() / "convert_hf_to_gguf.py").is_file()
+
+
+def test_the_jobs_workers_command_exports_a_gguf_it_then_offers(run_dir: Path, tmp_path: Path) -> None:
+    """What the worker runs for `POST /v1/fine_tuning/jobs/{id}/exports` (a child process: llama.cpp never loads
+    in the server), and the status it reads back from the files: a q8_0 GGUF, checked, with its hash."""
+    import hashlib
+
+    from tunelab.jobs import export_task
+    from tunelab.jobs.export_store import ExportRow
+
+    e = ExportRow("ftexport-t", "ftjob-t", "k", 0, "gguf", ["q8_0"], False, "running", str(tmp_path / "ftexport-t"))
+    res = subprocess.run(export_task.command(e, run_dir, 2), capture_output=True, text=True)
+    status, values = export_task.outcome(e, res.returncode)
+    assert status == "succeeded", (values, res.stderr[-2000:])
+    assert values["result"]["items"] == 2 and values["result"]["parity"]["q8_0"]["prompt_tokens_equal"] == 1.0
+    f = next(x for x in values["result"]["files"] if x["name"] == "model-q8_0.gguf")
+    assert f["sha256"] == hashlib.sha256((tmp_path / "ftexport-t" / "model-q8_0.gguf").read_bytes()).hexdigest()

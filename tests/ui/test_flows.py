@@ -8,6 +8,8 @@ import csv
 import io
 import json
 import re
+import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,28 @@ def test_compare_rate_and_try_pages_of_a_finished_run(web: Service, flow: dict[s
     assert r.status_code == 200 and text.rstrip().endswith("data: [DONE]") and '"chat.completion.chunk"' in text
     usage = b.get("/usage").text
     assert flow["job"].fine_tuned_model in usage
+
+
+def test_the_export_page_checks_the_model_then_offers_it_for_download(web: Service, flow: dict[str, Any]) -> None:
+    b, jid, csrf = flow["b"], flow["jid"], flow["csrf"]
+    assert 'id="open-export"' in b.get(f"/runs/{jid}").text
+    page = b.get(f"/runs/{jid}/export")
+    assert page.status_code == 200 and "No exports yet" in page.text
+    assert b.post(f"/runs/{jid}/export", data={"format": "merged"}).status_code == 403  # no CSRF token
+    bad = b.post(f"/runs/{jid}/export", data={"csrf": csrf, "format": "gguf", "quantize": "q3"})
+    assert bad.status_code == 400 and "unknown quantization &#39;q3&#39;" in bad.text
+    r = b.post(f"/runs/{jid}/export", data={"csrf": csrf, "format": "merged"})
+    assert r.status_code == 303
+    deadline = time.time() + 300
+    while "export-busy" in (page := b.get(f"/runs/{jid}/export").text) and time.time() < deadline:
+        time.sleep(0.5)
+    assert "status-succeeded" in page and "passed: merged model" in page, page
+    m = re.search(r'href="(/runs/[^"]+/download)"', page)
+    assert m
+    z = zipfile.ZipFile(io.BytesIO(b.get(m.group(1)).content))
+    assert any(n.endswith("merged/model.safetensors") for n in z.namelist()) and z.testzip() is None
+    bob, _ = _signin(web, "bob")
+    assert bob.get(f"/runs/{jid}/export").status_code == 404 and bob.get(m.group(1)).status_code == 404
 
 
 def test_another_key_sees_none_of_it(web: Service, flow: dict[str, Any]) -> None:

@@ -67,7 +67,7 @@ def eval_items(run: Path | None, eval_file: Path | None, limit: int | None) -> t
         m = json.loads(metrics_file.read_text(encoding="utf-8"))
         kind = m.get("kind", "auto")
         labels = list((m.get("metrics") or {}).get("labels") or [])
-    path = eval_file or (run / "data" / "eval.jsonl" if run else None)
+    path = eval_file or _run_items(run)
     if path is None or not path.is_file():
         raise DataError("no eval items to check the export on: give --eval FILE", file=path, field="--eval")
     found = read_eval_file(path, kind)
@@ -77,6 +77,16 @@ def eval_items(run: Path | None, eval_file: Path | None, limit: int | None) -> t
     if not items:
         raise DataError("no classification or generation items to compare on", file=path, field="--eval")
     return items, labels
+
+
+def _run_items(run: Path | None) -> Path | None:
+    """The run's held-out items; its training records when it has none (a job too small to hold any out): the
+    check compares two runtimes on the same prompts, so seen prompts serve it as well, though the accuracy
+    then says nothing of generalisation."""
+    if run is None:
+        return None
+    held_out, train = run / "data" / "eval.jsonl", run / "data" / "train.jsonl"
+    return held_out if held_out.is_file() or not train.is_file() else train
 
 
 def run_export(req: ExportRequest, reporter: Reporter | None = None) -> dict[str, Any]:
@@ -103,7 +113,11 @@ def run_export(req: ExportRequest, reporter: Reporter | None = None) -> dict[str
 
     def check(kind: str, cand: Any) -> None:
         rep.info(f"parity: {cand.name}")
-        res = parity.compare(ref, cand, items, labels, max_new=req.max_new, ref_cache=cache)
+        try:
+            res = parity.compare(ref, cand, items, labels, max_new=req.max_new, ref_cache=cache)
+        finally:
+            if isinstance(cand, parity.LlamaCppRuntime):
+                cand.close()
         results[kind] = {"summary": res["summary"], "gate": parity.gate(kind, res["summary"]), "rows": res["rows"]}
 
     if req.fmt == "peft":
@@ -140,7 +154,7 @@ def run_export(req: ExportRequest, reporter: Reporter | None = None) -> dict[str
         "passed": passed,
         "format": req.fmt,
         "items": len(items),
-        "eval_source": str(req.eval_file or (run / "data" / "eval.jsonl" if run else "")),
+        "eval_source": str(req.eval_file or _run_items(run) or ""),
         "results": results,
         "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -199,8 +213,9 @@ def _record_in_run(run: Path, out: Path, manifest: dict[str, Any]) -> None:
         k: manifest[k] for k in ("format", "quantize", "files", "parity_passed")}}  # fmt: skip
     data["exports"] = [e for e in data.get("exports", []) if e.get("dir") != str(out)] + [entry]
     atomic_write_json(path, data)
-    summary = run / "summary.json"
-    if summary.is_file():  # the report's provenance section lists the exports: rebuilt with this one
+    path = run / "summary.json"
+    summary = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if {"base", "tuned", "comparison"} <= summary.keys():  # a quickstart's report lists the exports: rebuilt
         from tunelab.report.html import write_report
 
-        write_report(run, json.loads(summary.read_text(encoding="utf-8")))
+        write_report(run, summary)

@@ -137,6 +137,11 @@ class LlamaCppRuntime:
         if callable(eot) and eot() >= 0:
             self.eos.add(int(eot()))
 
+    def close(self) -> None:
+        """Free llama.cpp's model and context now (left to the garbage collector, they are freed at interpreter
+        exit, when llama-cpp-python's own clean-up warns about files it can no longer close)."""
+        self.llm.close()
+
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         rendered = self.formatter(messages=cast(Any, messages))
         add_bos = bool(self.llm.metadata.get("tokenizer.ggml.add_bos_token") in ("true", True))

@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tunelab.jobs.export_store import ExportStore
 from tunelab.jobs.store import JobStore
 from tunelab.serve.config import ServeConfig
 from tunelab.serve.store import ApiKey, Store
@@ -69,17 +70,18 @@ class JobsCollector(Collector):
 class JobsService:
     cfg: ServeConfig
     jobs: JobStore
+    exports: ExportStore
 
     @classmethod
     def open(cls, cfg: ServeConfig, store: Store) -> JobsService:
-        return cls(cfg, JobStore(store))
+        return cls(cfg, JobStore(store), ExportStore(store))
 
     def app_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `serve.app.create_app` that plug the service in."""
-        from tunelab.jobs import routes
+        from tunelab.jobs import exports, routes
 
         return {
-            "routers": [routes.files_router, routes.jobs_router],
+            "routers": [routes.files_router, routes.jobs_router, exports.router],
             "catalog": JobsCatalog(self.jobs),
             "collectors": [JobsCollector(self.jobs)],
             "own_body_limit": ["/v1/files"],

@@ -135,10 +135,21 @@ def _file(r: tuple[Any, ...]) -> FileRow:
     return FileRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], json.loads(r[10]) if r[10] else None)
 
 
+def columns(cols: str, json_cols: set[str], r: tuple[Any, ...]) -> dict[str, Any]:
+    """A row as {column: value}, the JSON columns decoded."""
+    names = [c.strip() for c in cols.split(",")]
+    return {c: (json.loads(v) if c in json_cols and v is not None else v) for c, v in zip(names, r, strict=True)}
+
+
+def create_tables(store: Store, schema: str) -> None:
+    with store.transaction() as db:
+        for stmt in schema.split(";"):
+            if stmt.strip():
+                db.execute(stmt)
+
+
 def _job(r: tuple[Any, ...]) -> JobRow:
-    cols = [c.strip() for c in _JOB_COLS.split(",")]
-    vals = {c: (json.loads(v) if c in _JSON_JOB and v is not None else v) for c, v in zip(cols, r, strict=True)}
-    return JobRow(**vals)
+    return JobRow(**columns(_JOB_COLS, _JSON_JOB, r))
 
 
 class JobStore:
@@ -146,10 +157,7 @@ class JobStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        with store.transaction() as db:
-            for stmt in SCHEMA.split(";"):
-                if stmt.strip():
-                    db.execute(stmt)
+        create_tables(store, SCHEMA)
 
     def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return self.store.query(sql, args)

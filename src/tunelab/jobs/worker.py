@@ -33,6 +33,8 @@ from typing import Any
 import yaml
 
 from tunelab.fsutil import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
+from tunelab.jobs import export_task
+from tunelab.jobs.export_store import ExportRow, ExportStore
 from tunelab.jobs.paths import files_dir, jobs_dir
 from tunelab.jobs.prepare import prepare
 from tunelab.jobs.spec import run_config
@@ -64,6 +66,7 @@ class Worker:
         self.cfg = cfg
         self.store = Store(cfg.store)
         self.jobs = JobStore(self.store)
+        self.exports = ExportStore(self.store)
         self.dir = jobs_dir(cfg)
         self.tasks: dict[str, Task] = {}
         self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
@@ -90,6 +93,8 @@ class Worker:
             self._kill_leftover(Path(job.run_dir))
             self.jobs.event(job.id, f"The worker restarted; continuing the {job.phase} stage")
             self._start(job)
+        for e in self.exports.running():  # its child died with that worker: from the start again
+            self.exports.set(e.id, ("running",), status="queued")
         try:
             while not should_stop():
                 try:
@@ -109,6 +114,11 @@ class Worker:
             if claimed is None:
                 break
             self._start(claimed)
+        while len(self.tasks) < self.cfg.jobs.concurrency:
+            export = self.exports.claim()
+            if export is None:
+                break
+            self._start_export(export)
 
     # --- one job ------------------------------------------------------------------------------------------
 
@@ -185,6 +195,9 @@ class Worker:
 
     def _poll(self, jid: str) -> None:
         task = self.tasks[jid]
+        if task.phase == "export":
+            self._poll_export(task)
+            return
         job = self.jobs.job(jid)
         if job is None:
             self._stop_children(self.tasks.pop(jid))
@@ -253,6 +266,44 @@ class Worker:
                              error={"code": code, "message": message[:2000], "param": None})  # fmt: skip
         self.jobs.event(jid, f"The job failed: {message[:500]}", level="error")
         self.log(f"{jid}: failed: {message[:300]}")
+
+    # --- exports ------------------------------------------------------------------------------------------
+
+    def _start_export(self, e: ExportRow) -> None:
+        job = self.jobs.job(e.job_id)
+        if job is None or job.status != "succeeded":
+            self.exports.set(e.id, ("running",), status="failed", finished_at=int(time.time()),
+                             error={"code": "export_failed", "message": "the job has no model to export"})  # fmt: skip
+            return
+        Path(e.out_dir).parent.mkdir(parents=True, exist_ok=True)
+        log = open(Path(e.out_dir).parent / f"{e.id}.log", "ab")  # noqa: SIM115
+        cmd = export_task.command(e, Path(job.run_dir), self.cfg.jobs.export_items)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, process_group=0,
+                                preexec_fn=_die_with_parent)  # fmt: skip
+        self.tasks[e.id] = Task(e.id, "export", proc, log)
+        self.jobs.event(e.job_id, f"Export started: {e.id}", data={"export": e.id})
+        self.log(f"{e.id}: export of {e.job_id} started (pid {proc.pid})")
+
+    def _poll_export(self, task: Task) -> None:
+        assert task.proc is not None
+        rc = task.proc.poll()
+        if rc is None:
+            return
+        self.tasks.pop(task.job_id)
+        task.log.close()
+        e = self.exports.get(task.job_id)
+        if e is None:
+            return
+        status, values = export_task.outcome(e, rc)
+        self.exports.set(e.id, ("running",), status=status, finished_at=int(time.time()), **values)
+        if status == "succeeded":
+            self.jobs.event(e.job_id, f"Export {e.id} is ready to download: every parity gate passed",
+                            data={"export": e.id})  # fmt: skip
+        else:
+            self.jobs.event(e.job_id, f"Export {e.id} failed: {values['error']['message'][:500]}", level="error",
+                            data={"export": e.id})  # fmt: skip
+        self.log(f"{e.id}: {status}")
 
     # --- events and checkpoints ---------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ class JobsConfig(BaseModel):
     launch_template: str | None = None
     template_torchrun: bool = False  # template: wrap the torchrun command rather than the local one
     poll_s: float = Field(0.5, gt=0, le=10)  # how often the worker looks for work and for cancels
+    export_items: int = Field(100, ge=1)  # eval items an export's parity check runs on (the first N)
 
     @model_validator(mode="after")
     def _template(self) -> JobsConfig:
