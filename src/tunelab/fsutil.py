@@ -21,6 +21,15 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def dir_digest(path: str | Path, suffixes: tuple[str, ...] = (".safetensors",)) -> str:
+    """One sha256 for a model directory: over the name and sha256 of each of its files with one of `suffixes`,
+    in name order (the weights alone by default; with ".json" also configs and adapter settings)."""
+    h = hashlib.sha256()
+    for p in sorted(f for f in Path(path).iterdir() if f.is_file() and f.suffix in suffixes):
+        h.update(f"{p.name}\0{sha256_file(p)}\n".encode())
+    return h.hexdigest()
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -10,7 +10,6 @@ Writes into the output directory:
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from tunelab.evaluate.classify import LABEL_ALIASES
 from tunelab.evaluate.items import EvalSet, read_eval_file
 from tunelab.evaluate.probes import run_probes
 from tunelab.evaluate.run import EvalParams, EvalResult, evaluate_items
-from tunelab.fsutil import atomic_write_json, atomic_write_jsonl, sha256_file
+from tunelab.fsutil import atomic_write_json, atomic_write_jsonl, dir_digest, sha256_file
 from tunelab.models.loading import check_model_spec, load_model, load_tokenizer, resolve_model
 from tunelab.paths import new_run_dir
 from tunelab.progress import Reporter
@@ -69,13 +68,10 @@ def load_eval_set(opts: EvalOptions, data_dir: Path) -> EvalSet:
 
 def weights_digest(path: Path) -> str:
     """sha256 over the (name, sha256) of every weight and config file of a model or adapter directory."""
-    h = hashlib.sha256()
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".json"))
-    if not files:
+    suffixes = (".safetensors", ".bin", ".json")
+    if not any(p.is_file() and p.suffix in suffixes for p in path.iterdir()):
         raise DataError("no weight files", file=path)
-    for p in files:
-        h.update(f"{p.name}\0{sha256_file(p)}\n".encode())
-    return h.hexdigest()
+    return dir_digest(path, suffixes)
 
 
 def run_eval(opts: EvalOptions, reporter_factory: type[Reporter] = Reporter) -> dict[str, Any]:

@@ -28,8 +28,8 @@ from typing import Any
 from tunelab.errors import ConfigError, DataError
 from tunelab.export import gguf as gguf_tools
 from tunelab.export import parity
-from tunelab.export.merge import merged, peft_copy, tuned_model, weights_sha256
-from tunelab.fsutil import atomic_write_json, sha256_file
+from tunelab.export.merge import merged, peft_copy, tuned_model
+from tunelab.fsutil import atomic_write_json, dir_digest, sha256_file
 from tunelab.progress import Reporter
 
 FORMATS = ("merged", "gguf", "peft")
@@ -163,7 +163,7 @@ def run_export(req: ExportRequest, reporter: Reporter | None = None) -> dict[str
         "adapter": str(adapter),
         "adapter_sha256": sha256_file(adapter / "adapter_model.safetensors"),
         "base": base.base_model_id,
-        "base_weights_sha256": weights_sha256(base.path),
+        "base_weights_sha256": dir_digest(base.path),
         "format": req.fmt,
         "quantize": req.quantize if req.fmt == "gguf" else [],
         "files": dict(sorted(written.items())),
@@ -178,18 +178,23 @@ def run_export(req: ExportRequest, reporter: Reporter | None = None) -> dict[str
 
 
 def _gguf(out: Path, quants: list[str], rep: Reporter) -> dict[str, Path]:
-    """Each asked-for GGUF: f16 and q8_0 by the converter, q4_k_m quantized from an f16 file."""
+    """Each asked-for GGUF: f16 and q8_0 by the converter, q4_k_m quantized from an f16 file (the asked-for
+    one, else a temporary one, removed after: only hashed, checked files stay in the export)."""
     files: dict[str, Path] = {}
-    for q in quants:
-        target = out / f"model-{q}.gguf"
-        rep.info(f"GGUF {q}")
-        if q == "q4_k_m":
-            f16 = files.get("f16") or gguf_tools.convert(out / "merged", out / "model-f16.gguf", "f16")
-            gguf_tools.quantize(f16, target, q)
-        else:
-            gguf_tools.convert(out / "merged", target, q)
-        files[q] = target
-    return files
+    scratch = out / ".f16-for-quantize.gguf"
+    try:
+        for q in sorted(quants, key=lambda q: q != "f16"):  # f16 first: q4_k_m is made from it
+            target = out / f"model-{q}.gguf"
+            rep.info(f"GGUF {q}")
+            if q == "q4_k_m":
+                f16 = files.get("f16") or gguf_tools.convert(out / "merged", scratch, "f16")
+                gguf_tools.quantize(f16, target, q)
+            else:
+                gguf_tools.convert(out / "merged", target, q)
+            files[q] = target
+    finally:
+        scratch.unlink(missing_ok=True)
+    return {q: files[q] for q in quants}
 
 
 def _hashes(directory: Path, root: Path) -> dict[str, str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import ModelError
-from tunelab.fsutil import atomic_dir, sha256_file
+from tunelab.fsutil import atomic_dir, dir_digest, sha256_file
 from tunelab.models.generate import attach_adapter
 from tunelab.models.loading import ResolvedModel, load_model, load_tokenizer, resolve_model
 
@@ -38,16 +38,6 @@ def tuned_model(adapter: Path, dtype: str = "float32") -> tuple[Any, Any, Resolv
     return model.eval(), load_tokenizer(base.path), base
 
 
-def weights_sha256(path: Path) -> str:
-    """One sha256 over a directory's safetensors files (each file's sha256, in name order)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for f in sorted(path.glob("*.safetensors")):
-        h.update(f"{f.name}:{sha256_file(f)}\n".encode())
-    return h.hexdigest()
-
-
 def _card(adapter: Path, base: ResolvedModel, kind: str, extra: dict[str, Any]) -> str:
     old = (adapter / "README.md").read_text(encoding="utf-8") if (adapter / "README.md").is_file() else ""
     lines = [
@@ -56,7 +46,7 @@ def _card(adapter: Path, base: ResolvedModel, kind: str, extra: dict[str, Any]) 
         "",
         f"- format: {kind}",
         f"- base model: {base.base_model_id}, licence {base.license}",
-        f"- base weights: sha256 {weights_sha256(base.path)}",
+        f"- base weights: sha256 {dir_digest(base.path)}",
         f"- adapter: sha256 {sha256_file(adapter / 'adapter_model.safetensors')}",
         *[f"- {k}: {v}" for k, v in extra.items()],
         "- parity with the model tunelab evaluated: see `parity.json` beside this directory",
@@ -79,7 +69,7 @@ def merged(adapter: Path, out: Path, *, dtype: str = "float32") -> dict[str, Any
         cfg.pop("quantization_config", None)  # a GGUF-converted base can leave one; other tools refuse it
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
         (tmp / "README.md").write_text(_card(adapter, base, "merged safetensors", {"dtype": dtype}), encoding="utf-8")
-    return {"path": str(out), "weights_sha256": weights_sha256(out), "base": base.base_model_id}
+    return {"path": str(out), "weights_sha256": dir_digest(out), "base": base.base_model_id}
 
 
 def peft_copy(adapter: Path, out: Path) -> dict[str, Any]:

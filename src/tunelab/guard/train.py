@@ -19,7 +19,6 @@ reductions, and the same decisions (`tests/guard/test_guard.py` trains twice on 
 
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 from collections import defaultdict
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.evaluate.metrics import detection_rates, threshold_at_fpr, tpr_at_fpr
-from tunelab.fsutil import atomic_dir, atomic_write_json, sha256_file
+from tunelab.fsutil import atomic_dir, atomic_write_json, dir_digest
 from tunelab.guard.dataset import GuardItem, build, corpus_sha256, summary
 from tunelab.guard.harm import CATEGORIES
 from tunelab.guard.model import NGRAM_FILE, NONE, QUESTIONS, WINDOW, LearnedGuard, Template, cut_base
@@ -266,7 +265,7 @@ def train_guard(out: Path, settings: GuardTrainSettings | None = None, *, report
         ngram.save(tmp / NGRAM_FILE)
         merged = PeftModel.from_pretrained(cut_base(resolved.path, s.layers), str(tmp)).merge_and_unload().eval()
         meta: dict[str, Any] = {
-            "base": {"model": base or "default", "layers": s.layers, "weights_sha256": _weights_sha(resolved.path)},
+            "base": {"model": base or "default", "layers": s.layers, "weights_sha256": dir_digest(resolved.path)},
             "window": s.window,
             "stride": s.stride,
             "questions": QUESTIONS,
@@ -331,9 +330,3 @@ def _tenths(losses: list[float]) -> list[float]:
     return [round(sum(p) / len(p), 4) for p in parts if p]
 
 
-def _weights_sha(path: Path) -> str:
-    files = sorted(path.glob("*.safetensors"))
-    h = hashlib.sha256()
-    for f in files:
-        h.update(sha256_file(f).encode())
-    return h.hexdigest()
