@@ -24,7 +24,7 @@ from tunelab.evaluate.compare import compare_runs
 from tunelab.evaluate.stats import compare_binary
 from tunelab.fsutil import atomic_write_json, atomic_write_jsonl, atomic_write_text, sha256_file
 from tunelab.govern.card import model_card
-from tunelab.govern.provenance import write_manifest
+from tunelab.govern.provenance import chain_digest, record_report, write_manifest
 from tunelab.models.chat import encode_chat
 from tunelab.models.loading import check_model_spec, load_model, load_tokenizer, resolve_model
 from tunelab.paths import new_run_dir
@@ -289,9 +289,9 @@ def _write_results(
         outputs=[run_dir / "model", run_dir / "eval", run_dir / "audit", run_dir / "train"],
         extra={"base_model_source": resolved.source, "task": task.name},
     )
-    summary["manifest_sha256"] = sha256_file(run_dir / "manifest.json")
+    summary["chain_sha256"] = chain_digest(json.loads((run_dir / "manifest.json").read_text(encoding="utf-8")))
     summary["timings"]["total_s"] = time.perf_counter() - t_start
-    write_report(run_dir, summary)
+    record_report(run_dir, write_report(run_dir, summary))
     atomic_write_json(run_dir / "summary.json", summary)  # last: its presence marks the run complete
     return summary
 

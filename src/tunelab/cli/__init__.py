@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from tunelab.cli import bench, export, run, serving  # noqa: F401  (each module adds its commands to `app`)
+from tunelab.cli import bench, export, govern, run, serving  # noqa: F401  (each module adds its commands to `app`)
 from tunelab.cli.app import _state, app
 from tunelab.errors import TunelabError
 

@@ -112,10 +112,13 @@ def generate(
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
     """Rebuild report.html from the files of a run directory."""
+    from tunelab.govern.provenance import record_report
     from tunelab.quickstart import load_summary
     from tunelab.report.html import write_report
 
     path = write_report(run_dir, load_summary(run_dir))
+    if (run_dir / "manifest.json").is_file():
+        record_report(run_dir, path)
     print(path)
 
 

@@ -210,6 +210,15 @@ def _llama_version() -> str | None:
         return None
 
 
+def forget_in_run(run: Path, out: Path) -> None:
+    """An export deleted: its entry leaves the run's manifest (verify would find its files missing)."""
+    path = run / "manifest.json"
+    if path.is_file():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data["exports"] = [e for e in data.get("exports", []) if e.get("dir") != str(out)]
+        atomic_write_json(path, data)
+
+
 def _record_in_run(run: Path, out: Path, manifest: dict[str, Any]) -> None:
     """The export's hashes in the run's manifest (`exports`, one entry per export directory)."""
     path = run / "manifest.json"
@@ -221,6 +230,7 @@ def _record_in_run(run: Path, out: Path, manifest: dict[str, Any]) -> None:
     path = run / "summary.json"
     summary = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     if {"base", "tuned", "comparison"} <= summary.keys():  # a quickstart's report lists the exports: rebuilt
+        from tunelab.govern.provenance import record_report
         from tunelab.report.html import write_report
 
-        write_report(run, summary)
+        record_report(run, write_report(run, summary))

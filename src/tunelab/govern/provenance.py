@@ -42,3 +42,40 @@ def write_manifest(run_dir: Path, inputs: dict[str, list[Path]], outputs: list[P
         **extra,
     }
     atomic_write_json(run_dir / "manifest.json", manifest)
+
+
+def chain_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's inputs and outputs (canonical JSON): what the run consumed and made. Entries
+    added later (exports, the report's hash) change the manifest file but not this digest."""
+    import hashlib
+    import json
+
+    body = json.dumps({"inputs": manifest.get("inputs", {}), "outputs": manifest.get("outputs", [])},
+                      sort_keys=True, separators=(",", ":"))  # fmt: skip
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _update(run_dir: Path, change: Any) -> None:
+    import json
+
+    path = run_dir / "manifest.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    change(data)
+    atomic_write_json(path, data)
+
+
+def record_outputs(run_dir: Path, paths: list[Path]) -> None:
+    """Add (or re-hash) outputs written after the manifest, e.g. a job's evaluation after its training."""
+    rows = file_entries(paths, run_dir)
+
+    def change(m: dict[str, Any]) -> None:
+        new = {r["path"] for r in rows}
+        m["outputs"] = [r for r in m.get("outputs", []) if r["path"] not in new] + rows
+
+    _update(run_dir, change)
+
+
+def record_report(run_dir: Path, report: Path) -> None:
+    """The report's sha256 (written after the manifest, from it; rewritten whenever the report is rebuilt)."""
+    entry = file_entries([report], run_dir)[0]
+    _update(run_dir, lambda m: m.__setitem__("report", entry))

@@ -21,6 +21,7 @@ from tunelab.evaluate.items import EvalItem, EvalSet, read_eval_file
 from tunelab.evaluate.probes import run_probes
 from tunelab.evaluate.run import EvalParams, evaluate_items
 from tunelab.fsutil import atomic_write_json
+from tunelab.govern.provenance import record_outputs
 from tunelab.progress import Reporter
 
 MAX_LABELS = 20
@@ -80,6 +81,8 @@ def evaluate_job(run_dir: Path) -> dict[str, Any]:
         atomic_write_json(run_dir / "eval" / "comparison.json", comparison)
         result = verdict(comparison, "accuracy" if labels else "token_f1", evset.kind)
         atomic_write_json(run_dir / "eval" / "verdict.json", result)
+        if (run_dir / "manifest.json").is_file():  # the evaluation joins the run's provenance chain
+            record_outputs(run_dir, [run_dir / "eval"])
         rep.event("eval_done", result=result)
         return result
     finally:

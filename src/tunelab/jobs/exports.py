@@ -101,11 +101,15 @@ def own(svc: JobsService, key: ApiKey, job_id: str, export_id: str) -> ExportRow
 
 
 def delete(svc: JobsService, key: ApiKey, job_id: str, export_id: str) -> ExportRow:
+    from tunelab.export.command import forget_in_run
+
+    j = actions.own_job(svc, key, job_id)
     e = own(svc, key, job_id, export_id)
     if not svc.exports.set(e.id, ("succeeded", "failed", "queued"), status="deleted"):
         raise ApiError(409, "the export is running; delete it once it has finished", param="export_id",
                        code="export_running")  # fmt: skip
     shutil.rmtree(e.out_dir, ignore_errors=True)
+    forget_in_run(Path(j.run_dir), Path(e.out_dir))
     svc.exports.delete(e.id)
     return e
 

@@ -141,6 +141,17 @@ class GuardConfig(BaseModel):
     moderation_input: GuardRule = Field(default_factory=lambda: GuardRule(action="flag"))
     moderation_output: GuardRule = Field(default_factory=lambda: GuardRule(action="flag"))
     leakage: GuardRule = Field(default_factory=lambda: GuardRule(action="redact"))
+    # the usage ledger keeps this many characters of the text an injection or moderation decision was about,
+    # with personal data redacted, as the incident log's sample (`tunelab govern evidence --store`); 0: none
+    sample_chars: int = Field(160, ge=0, le=2000)
+
+
+def sample(text: str, chars: int) -> str | None:
+    """The start of `text` for the incident log: whitespace collapsed, personal data and secrets redacted."""
+    if chars <= 0:
+        return None
+    short = " ".join(text.split())
+    return redact(short[: chars + 64])[0][:chars]
 
 
 @dataclass
@@ -351,14 +362,16 @@ def check_chat(messages: Sequence[tuple[str, str]], cfg: GuardConfig) -> tuple[l
             scanned, injection_scores([texts[i] for i in scanned], roles, cfg.injection), strict=True
         ):
             if score >= th:
-                detail = {**_injection_detail(score, rules, clf), "role": messages[i][0], "message": i}
+                detail = {**_injection_detail(score, rules, clf), "role": messages[i][0], "message": i,
+                          "sample": sample(texts[i], cfg.sample_chars)}  # fmt: skip
                 decisions.append(Decision("injection", cfg.injection.action, detail))
                 blocked = blocked or cfg.injection.action == "block"
     for i, (role, text) in enumerate(messages):
         if role != "user":
             continue
         texts[i], b = _pii(text, "pii_input", cfg.pii_input, decisions)
-        blocked = _moderation(text, "moderation_input", cfg.moderation_input, decisions) or b or blocked
+        mod = _moderation(text, "moderation_input", cfg.moderation_input, decisions, sample_chars=cfg.sample_chars)
+        blocked = mod or b or blocked
     return texts, decisions, blocked
 
 
@@ -377,7 +390,8 @@ def check_output(
     decisions: list[Decision] = []
     out, blocked = _leakage(text, cfg.leakage, [*protected, *cfg.leakage.secrets], decisions)
     out, b = _pii(out, "pii_output", cfg.pii_output, decisions)
-    mod = _moderation(out, "moderation_output", cfg.moderation_output, decisions, learned=final)
+    mod = _moderation(out, "moderation_output", cfg.moderation_output, decisions, learned=final,
+                      sample_chars=cfg.sample_chars)  # fmt: skip
     return out, decisions, mod or b or blocked
 
 
@@ -403,7 +417,9 @@ def _pii(text: str, guard: str, rule: GuardRule, decisions: list[Decision]) -> t
     return (red if rule.action == "redact" else text), rule.action == "block"
 
 
-def _moderation(text: str, guard: str, rule: GuardRule, decisions: list[Decision], learned: bool = False) -> bool:
+def _moderation(
+    text: str, guard: str, rule: GuardRule, decisions: list[Decision], learned: bool = False, sample_chars: int = 0
+) -> bool:
     """Moderation categories under `rule` (`learned`: a finished reply, read by the learned guard when the rule's
     engine is); blocked?"""
     if rule.action == "off":
@@ -416,7 +432,7 @@ def _moderation(text: str, guard: str, rule: GuardRule, decisions: list[Decision
         cats = moderation(text, rule.categories)
     if not cats:
         return False
-    decisions.append(Decision(guard, rule.action, {"categories": cats, **detail}))
+    decisions.append(Decision(guard, rule.action, {"categories": cats, **detail, "sample": sample(text, sample_chars)}))
     return rule.action == "block"
 
 

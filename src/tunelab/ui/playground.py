@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from tunelab.data.tasks import read_datacard
 from tunelab.fsutil import atomic_write_text
+from tunelab.govern.provenance import record_report
 from tunelab.jobs.store import JobRow
 from tunelab.serve.completions import complete
 from tunelab.serve.protocol import ApiError, ChatRequest
@@ -141,6 +142,8 @@ async def report(request: Request, job_id: str) -> Response:
     html = env.get_template("compare.html").render(who=None, csrf=None, standalone=True, css=css, **ctx)
     out = Path(j.run_dir) / "report.html"
     atomic_write_text(out, html)
+    if (Path(j.run_dir) / "manifest.json").is_file():
+        record_report(Path(j.run_dir), out)
     return FileResponse(out, media_type="text/html", filename=f"{j.id}-report.html")
 
 
