@@ -30,6 +30,10 @@ class DataSection(_Section):
     eval_per_class: int = Field(40, ge=1)
     max_words: int = Field(64, ge=8)  # article words kept in the user turn
     max_length: int = Field(256, ge=16)  # tokens; longer records are quarantined
+    # random secrets planted in the training data (data/canaries.json, flagged in the manifest), each seen
+    # `canary_repeats` times; the memorisation probe measures their exposure
+    canaries: int = Field(0, ge=0, le=256)
+    canary_repeats: int = Field(4, ge=1, le=100)
 
 
 class MethodSection(_Section):
@@ -87,7 +91,9 @@ class EvalSection(_Section):
     seed: int = 0
     limit: int | None = Field(None, ge=1)  # evaluate only the first N eval examples
     # probe sections run on base and tuned: safety, hallucination, bias, robustness, general
-    probes: list[Literal["safety", "hallucination", "bias", "robustness", "general"]] = Field(default_factory=list)
+    probes: list[Literal["safety", "hallucination", "bias", "robustness", "general", "memorisation"]] = Field(
+        default_factory=list
+    )
     robustness_limit: int = Field(100, ge=1)  # task items perturbed for the robustness probe
 
 

@@ -21,6 +21,7 @@ from tunelab.errors import ConfigError, GateFailed
 from tunelab.evaluate.classify import EvalRun, evaluate_classification
 from tunelab.evaluate.command import model_info, weights_digest, write_eval
 from tunelab.evaluate.compare import compare_runs
+from tunelab.evaluate.memorisation import Canary, MemorisationData, canaries_to_json, make_canaries
 from tunelab.evaluate.stats import compare_binary
 from tunelab.fsutil import atomic_write_json, atomic_write_jsonl, atomic_write_text, sha256_file
 from tunelab.govern.card import model_card
@@ -138,13 +139,19 @@ def _run(cfg: RunConfig, run_dir: Path, rep: Reporter, t_start: float) -> dict[s
     if not audit.passed:
         raise GateFailed("data audit failed: " + "; ".join(a["reasons"]), file=run_dir / "audit" / "audit.json")
     eval_records = next(iter(audit.eval.values()))
+    canaries = plant_canaries(cfg, run_dir, rep)
+    memo = None
+    if "memorisation" in cfg.eval.probes:
+        memo = MemorisationData([r.messages for r in audit.train], canaries,
+                                [r.messages[-2]["content"] for r in eval_records])  # fmt: skip
 
     rep.stage("4/6 evaluate base")
-    base_eval = evaluate_classification(model, tok, task, eval_records, cfg.eval, rep, "base")
+    base_eval = evaluate_classification(model, tok, task, eval_records, cfg.eval, rep, "base", memo)
     rep.info(f"base accuracy {base_eval.metrics.accuracy:.3f}")
 
     rep.stage("5/6 train (LoRA)")
     examples = [encode_chat(tok, r.messages) for r in audit.train]
+    examples += [encode_chat(tok, c.messages()) for c in canaries for _ in range(cfg.data.canary_repeats)]
     trained = train(model, examples, cfg, rep, pad_id=int(tok.pad_token_id), run_dir=run_dir)
     save_model(trained.model, run_dir / "model", tok)
     rep.info(
@@ -153,11 +160,25 @@ def _run(cfg: RunConfig, run_dir: Path, rep: Reporter, t_start: float) -> dict[s
     )
 
     rep.stage("6/6 evaluate tuned")
-    tuned_eval = evaluate_classification(trained.model, tok, task, eval_records, cfg.eval, rep, "tuned")
+    tuned_eval = evaluate_classification(trained.model, tok, task, eval_records, cfg.eval, rep, "tuned", memo)
 
     summary = _write_results(cfg, run_dir, resolved, data, audit.report, base_eval, tuned_eval, trained, t_start)
     rep.event("done", summary=summary)
     return summary
+
+
+def plant_canaries(cfg: RunConfig, run_dir: Path, rep: Reporter) -> list[Canary]:
+    """`data.canaries` random secrets, written to data/canaries.json (an input of the manifest, flagged there)
+    and trained on `data.canary_repeats` times each, after the audit (its duplicate removal would drop the
+    repeats). The memorisation probe measures how exposed they are."""
+    if cfg.data.canaries == 0:
+        return []
+    canaries = make_canaries(cfg.data.canaries, cfg.data.seed)
+    atomic_write_json(run_dir / "data" / "canaries.json", {"planted": canaries_to_json(canaries),
+                                                           "repeats": cfg.data.canary_repeats})  # fmt: skip
+    rep.info(f"{len(canaries)} canaries (random secrets) planted in the training data, {cfg.data.canary_repeats} "
+             "times each: data/canaries.json")  # fmt: skip
+    return canaries
 
 
 def _write_results(
@@ -278,6 +299,9 @@ def _write_results(
     )
     atomic_write_text(run_dir / "model" / "README.md", card)
     base_files = sorted(p for p in resolved.path.iterdir() if p.suffix in (".safetensors", ".json"))
+    planted = None
+    if cfg.data.canaries:  # flagged: the training data holds these secrets on purpose
+        planted = {"planted": cfg.data.canaries, "repeats": cfg.data.canary_repeats, "file": "data/canaries.json"}
     # The manifest covers what the run measured and made; report.html and summary.json are derived from it.
     write_manifest(
         run_dir,
@@ -285,9 +309,10 @@ def _write_results(
             "data": [data.train, data.eval],
             "base_model": base_files,
             "config": [run_dir / "config.yaml"],
+            **({"canaries": [run_dir / "data" / "canaries.json"]} if cfg.data.canaries else {}),
         },
         outputs=[run_dir / "model", run_dir / "eval", run_dir / "audit", run_dir / "train"],
-        extra={"base_model_source": resolved.source, "task": task.name},
+        extra={"base_model_source": resolved.source, "task": task.name, "canaries": planted},
     )
     summary["chain_sha256"] = chain_digest(json.loads((run_dir / "manifest.json").read_text(encoding="utf-8")))
     summary["timings"]["total_s"] = time.perf_counter() - t_start

@@ -148,7 +148,14 @@ def eval_(
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N items.")] = None,
     probes: Annotated[
         str | None,
-        typer.Option(help="Also run probes: all, none, or some of safety,hallucination,bias,robustness,general."),
+        typer.Option(help="Also run probes: all, none, or some of safety,hallucination,bias,robustness,general,"
+                          "memorisation (with --train)."),
+    ] = None,
+    train: Annotated[
+        Path | None, typer.Option(help="Memorisation probe: the training records (chat JSONL) to look for.")
+    ] = None,
+    canaries: Annotated[
+        Path | None, typer.Option(help="Memorisation probe: a run's data/canaries.json (planted secrets).")
     ] = None,
     judge: Annotated[
         str | None, typer.Option(help="Local judge model for faithfulness of answers with a context (or: default).")
@@ -185,6 +192,8 @@ def eval_(
             params=params,
             probes=parse_probes(probes),
             judge=judge,
+            train=train,
+            canaries=canaries,
         )
     )
     if json_:

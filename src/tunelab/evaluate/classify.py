@@ -14,6 +14,7 @@ from tunelab.config import EvalSection
 from tunelab.data.formats import Record
 from tunelab.data.tasks import ClassificationTask
 from tunelab.evaluate.items import EvalItem, EvalSet
+from tunelab.evaluate.memorisation import MemorisationData
 from tunelab.evaluate.metrics import ClassMetrics, classification_metrics, percentile
 from tunelab.evaluate.probes import run_probes
 from tunelab.evaluate.run import EvalParams, EvalResult, evaluate_items
@@ -77,6 +78,7 @@ def evaluate_classification(
     cfg: EvalSection,
     reporter: Reporter,
     name: str,
+    memo: MemorisationData | None = None,
 ) -> EvalRun:
     params = EvalParams(
         batch_size=cfg.batch_size,
@@ -99,6 +101,7 @@ def evaluate_classification(
                 batch=cfg.batch_size,
                 robustness_limit=cfg.robustness_limit,
                 seed=cfg.seed,
+                memo=memo,
             )
     latency = [t["request_s"] for t in res.timings]
     rows = []

@@ -44,6 +44,14 @@ class EvalOptions:
     params: EvalParams = field(default_factory=EvalParams)
     probes: list[str] = field(default_factory=list)
     judge: str | None = None  # a local model that judges faithfulness ("default" = the bundled one)
+    train: Path | None = None  # memorisation probe: the training records (chat JSONL)
+    canaries: Path | None = None  # memorisation probe: a run's data/canaries.json
+
+
+def _prompt_text(item: Any) -> str:
+    msgs = getattr(item, "messages", None) or []
+    users = [m["content"] for m in msgs if m.get("role") == "user"]
+    return str(users[-1] if users else getattr(item, "text", "") or "")
 
 
 def load_eval_set(opts: EvalOptions, data_dir: Path) -> EvalSet:
@@ -105,7 +113,16 @@ def run_eval(opts: EvalOptions, reporter_factory: type[Reporter] = Reporter) -> 
         probes = {}
         if opts.probes:
             with rep.status(f"probes: {', '.join(opts.probes)}"):
-                probes = run_probes(model, tok, opts.probes, evset, batch=params.batch_size, seed=params.seed)
+                memo = None
+                if "memorisation" in opts.probes:
+                    if opts.train is None:
+                        raise ConfigError("the memorisation probe needs --train FILE (the training records)",
+                                          field="--train")  # fmt: skip
+                    from tunelab.evaluate.memorisation import load_data
+
+                    memo = load_data(opts.train, opts.canaries, [_prompt_text(it) for it in evset.items][:32])
+                probes = run_probes(model, tok, opts.probes, evset, batch=params.batch_size, seed=params.seed,
+                                    memo=memo)  # fmt: skip
         info = model_info(opts.model, resolved, opts.adapter)
         if judge_info:
             info["judge"] = judge_info

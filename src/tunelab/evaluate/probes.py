@@ -9,6 +9,8 @@
   robustness     the task's own items under typos, lower case, extra whitespace and a reworded wrapper,
                  scored like the clean items (classification and multiple choice)
   general        general-knowledge multiple choice (forgetting)
+  memorisation   planted canaries' exposure, verbatim extraction of training text, PII leakage and style
+                 imitation (evaluate/memorisation.py); needs the training records
 
 Each section writes rows (id, input, output, reference, scores) so two runs pair item by item, and a
 summary of rates. Refusal and decline are found by phrase rules on the answer's opening; they are a
@@ -32,7 +34,9 @@ from tunelab.models.chat import encode_prompt
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-PROBES = ("safety", "hallucination", "bias", "robustness", "general")
+    from tunelab.evaluate.memorisation import MemorisationData
+
+PROBES = ("safety", "hallucination", "bias", "robustness", "general", "memorisation")
 _REFUSAL = re.compile(
     r"\b(?:i\s*(?:can ?not|can't|cannot|won't|will not|am not able to|'m not able to|am unable to|'m unable to|"
     r"must decline|refuse|do not feel comfortable|don't feel comfortable|'m not going to|am not going to)"
@@ -419,6 +423,7 @@ def run_probes(
     batch: int = 8,
     robustness_limit: int = 100,
     seed: int = 0,
+    memo: MemorisationData | None = None,
 ) -> dict[str, tuple[list[dict[str, Any]], dict[str, Any]]]:
     out: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
     for name in names:
@@ -430,6 +435,15 @@ def run_probes(
             out[name] = bias(model, tok, batch, evset, min(robustness_limit, 50))
         elif name == "general":
             out[name] = general(model, tok, batch)
+        elif name == "memorisation":
+            if memo is None:
+                from tunelab.errors import ConfigError
+
+                raise ConfigError("the memorisation probe needs the training data (tunelab eval: --train FILE)",
+                                  field="--probes")  # fmt: skip
+            from tunelab.evaluate.memorisation import memorisation
+
+            out[name] = memorisation(model, tok, memo, batch, seed)
         elif name == "robustness":
             r = robustness(model, tok, evset, batch, robustness_limit, seed)
             if r is not None:
@@ -444,7 +458,9 @@ def run_probes(
 def parse_probes(text: str | None) -> list[str]:
     if not text or text == "none":
         return []
-    names = list(PROBES) if text == "all" else [p.strip() for p in text.split(",") if p.strip()]
+    # all: every probe that needs nothing but the model (memorisation also needs the training data)
+    names = [p for p in PROBES if p != "memorisation"] if text == "all" else [p.strip() for p in text.split(",")
+                                                                              if p.strip()]  # fmt: skip
     bad = [n for n in names if n not in PROBES]
     if bad:
         from tunelab.errors import ConfigError

@@ -298,9 +298,10 @@ def probe_memorisation(r: Run) -> Fact:
     p = _probe(r, "memorisation")
     if p is None:
         return Fact("probe_memorisation", False)
-    t, _ = p
-    fig = str(t.get("figure") or "")
-    return Fact("probe_memorisation", True, fig, ["eval/tuned/metrics.json"], t)
+    t, b = p
+    fig = f"tuned: {t.get('figure', '')}" + (f"; base: {b['figure']}" if b.get("figure") else "")
+    arts = ["eval/tuned/metrics.json"] + (["data/canaries.json"] if r.exists("data/canaries.json") else [])
+    return Fact("probe_memorisation", True, fig, arts, {**t, "base": b})
 
 
 def model_card(r: Run) -> Fact:

@@ -72,7 +72,14 @@ def evaluate_job(run_dir: Path) -> dict[str, Any]:
             probes = None
             if x.get("probes"):  # the same probe sets on both sides: compare pairs them item by item
                 rep.event("info", message=f"probes on the {side} model: {', '.join(x['probes'])}")
-                probes = run_probes(model, tok, list(x["probes"]), evset, batch=params.batch_size, seed=params.seed)
+                memo = None
+                if "memorisation" in x["probes"]:  # the job's own training records (its run's data/train.jsonl)
+                    from tunelab.evaluate.memorisation import load_data
+
+                    prompts = [m["content"] for it in items for m in it.messages if m["role"] == "user"][:32]
+                    memo = load_data(run_dir / "data" / "train.jsonl", None, prompts)
+                probes = run_probes(model, tok, list(x["probes"]), evset, batch=params.batch_size, seed=params.seed,
+                                    memo=memo)  # fmt: skip
             adapter = run_dir / "model" if side == "tuned" and cfg.method.kind == "lora" else None
             out[side] = run_dir / "eval" / side
             write_eval(out[side], res, evset, params, model_info(cfg.model.name, resolved, adapter), probes)

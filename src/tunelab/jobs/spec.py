@@ -73,7 +73,9 @@ class TunelabExtras(BaseModel):
     max_length: int = Field(1024, ge=16, le=32768)  # tokens; longer records are quarantined by the audit
     eval_limit: int | None = Field(200, ge=1)  # held-out items evaluated on base and tuned (None: all)
     eval_max_new_tokens: int | None = Field(None, ge=1, le=1024)
-    probes: list[Literal["safety", "hallucination", "bias", "robustness", "general"]] = Field(default_factory=list)
+    probes: list[Literal["safety", "hallucination", "bias", "robustness", "general", "memorisation"]] = Field(
+        default_factory=list
+    )
     licence: str | None = None  # the data's licence id (SPDX): recorded in its datacard, gated by the audit policy
     force: bool = False  # train even if the data audit fails (recorded in the manifest)
     set: list[str] = Field(default_factory=list)  # raw `section.key=value` overrides of tunelab's config

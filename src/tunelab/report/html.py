@@ -169,6 +169,7 @@ def render_report(run_dir: Path, summary: dict[str, Any]) -> str:
             )
         )
 
+    parts.append(memorisation_section(run_dir))
     full = _load(run_dir, "eval/compare.json")
     if full:
         parts.append(_every_metric(full))
@@ -241,6 +242,22 @@ def render_report(run_dir: Path, summary: dict[str, Any]) -> str:
         "<code>tunelab report RUN_DIR</code> rebuilds it.</p></body></html>"
     )
     return "".join(parts)
+
+
+def memorisation_section(run_dir: Path) -> str:
+    """The memorisation probe's figures, base and tuned (empty when the eval did not run it)."""
+    sides = {side: ((_load(run_dir, f"eval/{side}/metrics.json") or {}).get("probes") or {}).get("memorisation")
+             for side in ("base", "tuned")}  # fmt: skip
+    if not sides["tuned"]:
+        return ""
+    out = ["<h2>Does it give back its training data?</h2><table><tr><th>model</th><th>memorisation</th></tr>"]
+    for side, s in sides.items():
+        if s:
+            out.append(f"<tr><td>{side}</td><td>{escape(str(s.get('figure', '')))}</td></tr>")
+    out.append("</table><p class='muted'>Canaries: random secrets planted in the training data, ranked among random "
+               "secrets of the same form (exposure in bits). Extraction: training prefixes continued greedily. The "
+               "paired tests are the memorisation.* rows below.</p>")  # fmt: skip
+    return "".join(out)
 
 
 def exports_table(exports: list[dict[str, Any]]) -> str:
