@@ -147,3 +147,14 @@ def test_every_mapped_fact_exists_and_item_texts_are_short_paraphrases() -> None
             assert set(it["facts"]) <= set(FACTS), it["id"]
             assert len(it["text"]) <= 160, it["id"]
     assert set(spec["facts_help"]) == set(FACTS)
+
+
+def test_a_watermarked_serving_config_evidences_information_integrity(run: Path, tmp_path: Path) -> None:
+    (tmp_path / "serve.yaml").write_text("watermark:\n  enabled: true\n  models: [ft-model]\n")
+    res = subprocess.run([*TUNELAB, "govern", "evidence", str(run), "--out", str(tmp_path / "ev"), "--framework",
+                          "nist-ai-600-1", "--serve-config", str(tmp_path / "serve.yaml")],
+                         capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    items = json.loads((tmp_path / "ev" / "evidence.json").read_text())["frameworks"]["nist-ai-600-1"]["items"]
+    row = next(i for i in items if i["id"] == "Information integrity")
+    assert row["status"] == "evidenced" and "models: ft-model" in row["evidence"][0]["figure"]

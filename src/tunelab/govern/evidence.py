@@ -57,9 +57,9 @@ def crosswalk(facts: dict[str, Fact], spec: dict[str, Any], frameworks: list[str
 
 def write_evidence(
     run: Path, out: Path, frameworks: list[str], *, incidents: dict[str, Any] | None = None, owner: str = "",
-    mapping_file: Path | None = None,
+    mapping_file: Path | None = None, watermark: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    facts = collect(run, incidents)
+    facts = collect(run, incidents, watermark)
     spec = mapping(mapping_file)
     cw = crosswalk(facts, spec, frameworks)
     risks = register(facts, owner)

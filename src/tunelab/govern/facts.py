@@ -30,9 +30,11 @@ class Fact:
 class Run:
     """A run directory's files, each read once."""
 
-    def __init__(self, path: Path, incidents: dict[str, Any] | None = None) -> None:
+    def __init__(self, path: Path, incidents: dict[str, Any] | None = None,
+                 watermark: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.path = path
         self.incidents = incidents
+        self.watermark = watermark
         self._cache: dict[str, Any] = {}
         m = self.json("manifest.json") or {}
         self.manifest = m
@@ -338,10 +340,14 @@ def incidents(r: Run) -> Fact:
 
 
 def watermark(r: Run) -> Fact:
-    w = r.json("watermark.json")
-    if not w:
+    """The serving config's watermark section (`govern evidence --serve-config`): on, and for what."""
+    w = r.watermark
+    if not w or not w.get("enabled"):
         return Fact("watermark", False)
-    return Fact("watermark", True, str(w.get("figure", "")), ["watermark.json"], w)
+    fig = (f"replies watermarked when served (KGW green list, gamma {w.get('gamma', 0.25)}, delta "
+           f"{w.get('delta', 2.0)}, key kept on the server); models: {', '.join(w.get('models') or ['all'])}; "
+           f"keys: {', '.join(w.get('keys') or ['all'])}; detect with tunelab watermark detect")  # fmt: skip
+    return Fact("watermark", True, fig, [], w)
 
 
 FACTS: dict[str, Callable[[Run], Fact]] = {f.__name__: f for f in (
@@ -351,8 +357,9 @@ FACTS: dict[str, Callable[[Run], Fact]] = {f.__name__: f for f in (
     watermark)}  # fmt: skip
 
 
-def collect(run: Path, incident_log: dict[str, Any] | None = None) -> dict[str, Fact]:
-    r = Run(run, incident_log)
+def collect(run: Path, incident_log: dict[str, Any] | None = None,
+            watermark_cfg: dict[str, Any] | None = None) -> dict[str, Fact]:  # fmt: skip
+    r = Run(run, incident_log, watermark_cfg)
     out = {}
     for name, f in FACTS.items():
         fact = f(r)

@@ -45,7 +45,8 @@ def create_app(
         load_rule(g.moderation_output)
     host = host or Host(cfg)
     store = store or Store(cfg.store)
-    state = ServerState(cfg, host, store, Limiter(store), Metrics(host.engine, collectors), catalog)
+    state = ServerState(cfg, host, store, Limiter(store), Metrics(host.engine, collectors), catalog,
+                        server_watermark(cfg))  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -103,3 +104,18 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _internal(_: Request, e: Exception) -> JSONResponse:
         return _error(ApiError(500, f"internal error: {type(e).__name__}", type="server_error"))
+
+
+def server_watermark(cfg: ServeConfig) -> Any:
+    """The watermark of `cfg` with its key (made on first use), or None when it is off."""
+    w = cfg.watermark
+    if not w.enabled:
+        return None
+    from pathlib import Path
+
+    from tunelab.errors import ConfigError
+    from tunelab.govern.watermark import Watermark, default_key_file, load_key
+
+    if cfg.backend != "tunelab":
+        raise ConfigError("the watermark needs tunelab's own engine (backend: tunelab)", field="watermark.enabled")
+    return Watermark(load_key(Path(w.key_file) if w.key_file else default_key_file()), w.gamma, w.delta)

@@ -10,6 +10,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from tunelab.errors import ModelError
+from tunelab.govern.watermark import SCHEME
 from tunelab.serve.engine import QueueFull
 from tunelab.serve.guards import Decision, GuardConfig, check_chat, check_input, check_output
 from tunelab.serve.host import Host
@@ -27,6 +28,7 @@ async def complete(state: ServerState, request: Request, body: ChatRequest | Com
     status, pt, ct = 200, 0, 0
     decisions: list[Decision] = []
     gcfg = cfg.guards
+    wm = None
     try:
         adapter = state.adapter_for(key, body.model)
         limiter.check(key, cfg.retry_after_s)
@@ -61,7 +63,8 @@ async def complete(state: ServerState, request: Request, body: ChatRequest | Com
         out_filter = (
             (lambda text, final: guard_output(text, gcfg, decisions, guarded, final)) if output_guarded(gcfg) else None
         )
-        streams = [Stream(host, body, prompt, max_new, adapter, i, out_filter, metrics) for i in range(body.n)]
+        wm = state.watermark_for(key, body.model)
+        streams = [Stream(host, body, prompt, max_new, adapter, i, out_filter, metrics, wm) for i in range(body.n)]
         for s in streams:
             s.submit()
     except ApiError as e:
@@ -109,10 +112,11 @@ async def complete(state: ServerState, request: Request, body: ChatRequest | Com
         )
 
     if body.stream:
+        headers = {"Cache-Control": "no-cache", "X-Request-Id": rid}
+        if wm is not None:
+            headers["X-Tunelab-Watermark"] = f"{SCHEME} {wm.fingerprint()}"
         return StreamingResponse(
-            sse(request, body, streams, rid, chat, pt, finish),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Request-Id": rid},
+            sse(request, body, streams, rid, chat, pt, finish), media_type="text/event-stream", headers=headers
         )
     try:
         results = await asyncio.gather(*(s.collect() for s in streams))
@@ -144,7 +148,7 @@ async def complete(state: ServerState, request: Request, body: ChatRequest | Com
         "model": body.model,
         "choices": choices,
         "usage": usage(pt * len(streams), ct),
-        "system_fingerprint": f"tunelab-{host.name}",
+        "system_fingerprint": f"tunelab-{host.name}" + (f"+{SCHEME}-{wm.fingerprint()}" if wm else ""),
     }
 
 

@@ -39,6 +39,20 @@ class JobsConfig(BaseModel):
         return self
 
 
+class WatermarkConfig(BaseModel):
+    """A keyed green-list watermark on generated replies (govern/watermark.py); detect with `tunelab watermark
+    detect`. The key stays on the server."""
+
+    model_config = {"extra": "forbid"}
+
+    enabled: bool = False
+    key_file: str | None = None  # hex key; default $TUNELAB_HOME/watermark.key, made (mode 0600) on first use
+    gamma: float = Field(0.25, gt=0, lt=1)  # share of the vocabulary that is green at each step
+    delta: float = Field(2.0, ge=0, le=20)  # added to the green tokens' logits
+    models: list[str] | None = None  # served model names whose replies are marked (None: every model)
+    keys: list[str] | None = None  # API key names whose replies are marked (None: every key)
+
+
 def lean_weights(quantize: str) -> str | None:
     """What `quantize` (auto | none | fp16 | bf16 | int8) means for the lean decoder on this machine (None: fp32).
 
@@ -80,6 +94,7 @@ class ServeConfig(BaseModel):
     guards: GuardConfig = Field(default_factory=GuardConfig)
     model_guards: dict[str, GuardConfig] = Field(default_factory=dict)  # per served model, replacing `guards`
     jobs: JobsConfig = Field(default_factory=JobsConfig)
+    watermark: WatermarkConfig = Field(default_factory=WatermarkConfig)
 
 
 def load_serve_config(path: Path | None, **overrides: Any) -> ServeConfig:

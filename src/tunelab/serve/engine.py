@@ -53,6 +53,7 @@ class GenRequest:
     top_p: float = 1.0
     seed: int | None = None
     adapter: str | None = None
+    watermark: Any = None  # govern.watermark.Watermark: its bias is added to the logits before sampling
     stop_ids: frozenset[int] = frozenset()
     cancelled: threading.Event = field(default_factory=threading.Event)
     generated: int = 0
@@ -65,6 +66,7 @@ class GenRequest:
 class _Row:
     req: GenRequest
     last_logits: Any
+    prev: int = -1  # the last token (the prompt's, then each sampled one): the watermark's context
 
 
 class HFRunner:
@@ -274,7 +276,7 @@ class Engine:
             for r in new:
                 r.on_token(None, f"error: {type(e).__name__}: {e}")
             return
-        self.rows += [_Row(r, logits[i]) for i, r in enumerate(new)]
+        self.rows += [_Row(r, logits[i], r.prompt[-1]) for i, r in enumerate(new)]
 
     def _next_waiting(self) -> GenRequest | None:
         """The next waiting request that is still wanted (a cancelled one is told so and skipped); None if none."""
@@ -292,6 +294,8 @@ class Engine:
 
         logits = row.last_logits
         req = row.req
+        if req.watermark is not None:
+            logits = req.watermark.bias(logits, row.prev)
         if req.temperature <= 0:
             return int(logits.argmax())
         probs = torch.softmax(logits / req.temperature, dim=-1)
@@ -311,6 +315,7 @@ class Engine:
                 req.on_token(None, "cancelled")
                 continue
             tok = self._sample(row)
+            row.prev = tok
             req.generated += 1
             self.tokens_out += 1
             if tok in req.stop_ids or tok in self.eos_ids:

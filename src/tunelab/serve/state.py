@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from fastapi import Request
 
+from tunelab.govern.watermark import Watermark
 from tunelab.serve.config import ServeConfig
 from tunelab.serve.host import Host
 from tunelab.serve.limits import Limiter
@@ -37,6 +38,14 @@ class ServerState:
     limiter: Limiter
     metrics: Metrics
     catalog: Catalog | None = None
+    watermark: Watermark | None = None  # the server's, when `watermark.enabled`
+
+    def watermark_for(self, key: ApiKey, model: str) -> Watermark | None:
+        """The watermark on this key's replies from `model`, per `watermark.models` and `watermark.keys`."""
+        w = self.cfg.watermark
+        if self.watermark is None or (w.models is not None and model not in w.models):
+            return None
+        return None if w.keys is not None and key.name not in w.keys else self.watermark
 
     def authorise(self, request: Request, model: str | None = None) -> ApiKey:
         h = request.headers.get("authorization", "")

@@ -79,6 +79,7 @@ class Stream:
         index: int,
         out_filter: Any = None,
         metrics: Metrics | None = None,
+        watermark: Any = None,
     ):
         self.host, self.index, self.metrics = host, index, metrics
         self.last_token: float | None = None
@@ -100,6 +101,7 @@ class Stream:
             top_p=body.top_p,
             seed=seed,
             adapter=adapter,
+            watermark=watermark,
         )
 
     def _on_token(self, tok: int | None, reason: str | None) -> None:
