@@ -286,3 +286,31 @@ def bench_export(
     print(f"single stream: tunelab serve {r['tunelab_serve_tok_s']:.1f} tokens/s, llama.cpp q8_0 "
           f"{r['llamacpp_tok_s']:.1f} tokens/s (ratio {r['ratio_tunelab_over_llamacpp']:.2f})")  # fmt: skip
     print(f"details: {out / 'bench-export.json'}")
+
+
+@bench_app.command("watermark")
+def bench_watermark(
+    out: Annotated[Path, typer.Option(help="Where bench-watermark.json goes.")] = Path("runs/bench-watermark"),
+    prompts: Annotated[int, typer.Option(min=4, help="Prompts (each gets a marked and an unmarked reply).")] = 200,
+    tokens: Annotated[int, typer.Option(min=16, help="Tokens per reply.")] = 200,
+    finetune_steps: Annotated[int, typer.Option(min=1, help="LoRA steps on the marked replies.")] = 60,
+    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """The serving watermark on the default model: TPR at FPR 1%, FPR on human text, perplexity cost, TPR after a
+    word-substitution attack and after fine-tuning another model on marked replies."""
+    import json
+    import sys
+
+    from tunelab.bench.watermark import bench_watermark as run_bench
+
+    r = run_bench(out, prompts=prompts, tokens=tokens, finetune_prompts=max(4, prompts // 2),
+                  finetune_steps=finetune_steps, log=lambda m: print(m, file=sys.stderr))  # fmt: skip
+    if json_:
+        print(json.dumps(r, indent=2))
+        return
+    for k, g in r["goals"].items():
+        print(f"{k:24s} {r[k]:.4f}  (goal {g['goal']}: {'met' if g['met'] else 'NOT met'})")
+    print(f"tpr_after_paraphrase     {r['tpr_after_paraphrase']:.4f}")
+    print(f"tpr_after_finetune       {r['tpr_after_finetune']:.4f}  (mean z {r['z_mean_after_finetune']:+.2f}; "
+          f"unmarked {r['z_mean_unmarked']:+.2f}, marked {r['z_mean_marked']:+.2f})")  # fmt: skip
+    print(f"details: {out / 'bench-watermark.json'}")

@@ -4,6 +4,7 @@ and the engine that decodes for them. It knows nothing about HTTP."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -80,12 +81,14 @@ class Host:
                 (f"adapter {n}: {w}" for n, p in cfg.adapters.items() if (w := adapter_supported(Path(p)))), None
             )
             if why:
-                print(f"lean decoder not used ({why}): decoding with the transformers forward", flush=True)
+                print(f"lean decoder not used ({why}): decoding with the transformers forward", file=sys.stderr,
+                      flush=True)  # fmt: skip
                 kind = "hf"
         quantize = None if kind == "hf" and cfg.quantize == "auto" else lean_weights(cfg.quantize)
         if cfg.quantize == "auto" and quantize:
             why = "this CPU multiplies bf16 in hardware" if quantize == "bf16" else "no bf16 units on this CPU"
-            print(f"lean decoder with {quantize} weights ({why}; --quantize none for fp32)", flush=True)
+            print(f"lean decoder with {quantize} weights ({why}; --quantize none for fp32)", file=sys.stderr,
+                  flush=True)  # fmt: skip
         try:
             runner = make_runner(model, kind=kind, max_rows=cfg.max_batch, quantize=quantize)
         except ValueError as e:
@@ -93,6 +96,7 @@ class Host:
         if getattr(runner, "kernel_note", None):
             print(
                 f"bf16 products through oneDNN only: tunelab's bf16 kernel not used ({runner.kernel_note})",
+                file=sys.stderr,
                 flush=True,
             )
         return runner
