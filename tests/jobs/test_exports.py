@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -69,8 +71,13 @@ def test_a_merged_export_is_checked_then_downloaded_with_its_hashes(service: Ser
     assert got == {n: f["sha256"] for n, f in names.items()}
     assert httpx.get(url, params={"file": "../job.json"}, headers=auth).status_code == 404
 
-    manifest = json.loads((Path(job.tunelab["run_dir"]) / "manifest.json").read_text())
+    run_dir = Path(job.tunelab["run_dir"])
+    manifest = json.loads((run_dir / "manifest.json").read_text())
     assert any(x["dir"].endswith(e["id"]) and x["parity_passed"] for x in manifest["exports"])
+    assert any(r["path"] == "eval/verdict.json" for r in manifest["outputs"])  # the job's eval joined the chain
+    verify = [sys.executable, "-m", "tunelab", "govern", "verify", str(run_dir)]
+    res = subprocess.run(verify, capture_output=True, text=True)
+    assert res.returncode == 0 and "exports" in res.stdout and "checkpoints" in res.stdout, res.stderr
     msgs = [ev.message for ev in c.fine_tuning.jobs.list_events(job.id, limit=100)]
     assert any(m.startswith(f"Export {e['id']} is ready") for m in msgs)
     listed = c.get(base, cast_to=object)
@@ -80,7 +87,8 @@ def test_a_merged_export_is_checked_then_downloaded_with_its_hashes(service: Ser
         service.client("other").get(f"{base}/{e['id']}", cast_to=object)
     assert httpx.get(url, headers={"Authorization": f"Bearer {service.keys['other']}"}).status_code == 404
     assert c.delete(f"{base}/{e['id']}", cast_to=object)["deleted"] is True
-    assert not Path(Path(job.tunelab["run_dir"]) / "exports" / e["id"]).exists()
+    assert not (run_dir / "exports" / e["id"]).exists()
+    assert subprocess.run(verify, capture_output=True).returncode == 0  # its manifest entry went with it
     with pytest.raises(openai.NotFoundError):
         c.get(f"{base}/{e['id']}", cast_to=object)
 
