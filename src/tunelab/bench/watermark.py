@@ -1,7 +1,8 @@
 """`tunelab bench watermark`: the serving watermark on the default model, through tunelab's own engine.
 
-Prompts: the opening words of BBC articles, "continue this news story"; replies of up to `tokens` tokens sampled
-at temperature 0.7 (seeded), with and without the watermark, in batches as the server runs them. Figures:
+Prompts: the opening words of BBC articles, "continue this news story"; replies of `tokens` tokens (end of
+sequence held off until then) sampled at temperature 0.7 (seeded), with and without the watermark, in batches as
+the server runs them. Figures, at the serving default gamma and delta, and per delta in `by_delta`:
 
 - `tpr_at_fpr1`: marked replies detected at p < 0.01 (one-sided; the null is exact, so this is FPR 1%);
 - `fpr_human`: BBC articles (never generated) called marked at the same threshold; `fpr_unmarked` the same on
@@ -41,6 +42,7 @@ def _articles(n: int, seed: int) -> list[str]:
 
 def _generate(host: Any, prompts: list[list[int]], tokens: int, wm: Watermark | None, adapter: str | None,
               seed: int) -> list[list[int]]:  # fmt: skip
+    """Each prompt's reply of exactly `tokens` tokens (end of sequence held off until then), sampled at 0.7."""
     from tunelab.serve.engine import GenRequest
 
     outs: list[list[int]] = [[] for _ in prompts]
@@ -59,7 +61,8 @@ def _generate(host: Any, prompts: list[list[int]], tokens: int, wm: Watermark | 
         while True:
             try:
                 host.engine.submit(GenRequest(prompt=p, max_tokens=tokens, on_token=on(i), temperature=0.7,
-                                              seed=seed + i, adapter=adapter, watermark=wm))  # fmt: skip
+                                              seed=seed + i, adapter=adapter, watermark=wm,
+                                              min_tokens=tokens))  # fmt: skip
                 break
             except Exception:  # the queue is full: wait for one to finish
                 time.sleep(0.05)
@@ -88,6 +91,11 @@ def _substitute(text: str, words: list[str], rng: random.Random, share: float = 
     return re.sub(r"[A-Za-z]+", lambda m: rng.choice(words) if rng.random() < share else m.group(0), text)
 
 
+def _zmean(rows: list[dict[str, Any]]) -> float:
+    zs = [r["z"] for r in rows if r["z"] is not None]
+    return sum(zs) / max(1, len(zs))
+
+
 def _rate(zs: list[dict[str, Any]]) -> float:
     ok = [r for r in zs if r["p_value"] is not None]
     return sum(r["p_value"] < ALPHA for r in ok) / max(1, len(ok))
@@ -95,8 +103,10 @@ def _rate(zs: list[dict[str, Any]]) -> float:
 
 def bench_watermark(
     out: Path, *, prompts: int = 200, tokens: int = 200, finetune_prompts: int = 100, finetune_steps: int = 60,
-    seed: int = 0, log: Callable[[str], None] = print,
+    seed: int = 0, deltas: tuple[float, ...] = (1.0, 1.5, 2.0), log: Callable[[str], None] = print,
 ) -> dict[str, Any]:  # fmt: skip
+    """The figures at the serving default delta (`WatermarkConfig.delta`), and `by_delta` for each of `deltas`
+    (the marked replies made again with each: the trade of detection against quality)."""
     import math
 
     from tunelab.config import build_config
@@ -114,16 +124,24 @@ def bench_watermark(
     users = [f"Continue this news story in your own words: {s}" for s in starts]
     host = Host(ServeConfig(max_batch=16, max_queue=512))
     tok, vocab = host.tok, len(host.tok)
-    wm = Watermark(f"tunelab-bench-{seed}".encode() * 2, gamma=0.25, delta=2.0)
+    from tunelab.serve.config import WatermarkConfig
+
+    default = WatermarkConfig()
+    key = f"tunelab-bench-{seed}".encode() * 2
+    wm = Watermark(key, gamma=default.gamma, delta=default.delta)
+    deltas = tuple(sorted({*deltas, default.delta}))
     enc = [encode_prompt(tok, [{"role": "user", "content": u}]) for u in users]
     host.engine.start()
     try:
         t = time.perf_counter()
-        marked = _generate(host, enc[:prompts], tokens, wm, None, seed)
-        gen_s = time.perf_counter() - t
-        log(f"{prompts} marked replies in {gen_s:.0f} s")
         plain = _generate(host, enc[:prompts], tokens, None, None, seed)
-        log(f"{prompts} unmarked replies")
+        gen_s = time.perf_counter() - t
+        log(f"{prompts} unmarked replies in {gen_s:.0f} s")
+        by_delta_ids = {}
+        for d in deltas:
+            by_delta_ids[d] = _generate(host, enc[:prompts], tokens, Watermark(key, default.gamma, d), None, seed)
+            log(f"{prompts} marked replies, delta {d}")
+        marked = by_delta_ids[default.delta]
 
         def score(ids: list[list[int]]) -> list[dict[str, Any]]:
             return [wm.score(x, vocab) for x in ids]
@@ -139,7 +157,17 @@ def bench_watermark(
 
         base = load_model(host.resolved.path)  # the unmarked model judges both sides' perplexity
         base.eval()
-        nll_m, nll_p = _nll(base, enc[:prompts], marked), _nll(base, enc[:prompts], plain)
+        nll_p = _nll(base, enc[:prompts], plain)
+        by_delta = {}
+        for d, ids in by_delta_ids.items():
+            nll = _nll(base, enc[:prompts], ids)
+            zs = score(ids)
+            rng = random.Random(seed)
+            para = score([tok(_substitute(str(tok.decode(m)), words, rng), add_special_tokens=False)["input_ids"]
+                          for m in ids])  # fmt: skip
+            by_delta[str(d)] = {"tpr_at_fpr1": _rate(zs), "ppl_increase": math.exp(nll - nll_p) - 1,
+                                "tpr_after_paraphrase": _rate(para), "z_mean": _zmean(zs)}  # fmt: skip
+        nll_m = _nll(base, enc[:prompts], marked)
         log("perplexity scored")
 
         # fine-tune on the marked replies, then sample without the mark
@@ -157,10 +185,6 @@ def bench_watermark(
     finally:
         host.engine.stop()
 
-    def zmean(rows: list[dict[str, Any]]) -> float:
-        zs = [r["z"] for r in rows if r["z"] is not None]
-        return sum(zs) / max(1, len(zs))
-
     r: dict[str, Any] = {
         "model": host.resolved.base_model_id, "prompts": prompts, "max_tokens": tokens, "gamma": wm.gamma,
         "delta": wm.delta, "temperature": 0.7, "alpha": ALPHA,
@@ -170,9 +194,9 @@ def bench_watermark(
         "ppl_increase": math.exp(nll_m - nll_p) - 1, "tpr_after_paraphrase": _rate(z_para),
         "paraphrase": "25% of words replaced by random words of the BBC corpus",
         "tpr_after_finetune": _rate(z_after), "finetune_steps": finetune_steps,
-        "finetune_prompts": finetune_prompts, "z_mean_marked": zmean(z_marked), "z_mean_unmarked": zmean(z_plain),
-        "z_mean_after_finetune": zmean(z_after), "z_mean_human": zmean(z_human),
-        "engine": f"tunelab engine ({host.runner.decoder}, batch 16)", "generate_s": gen_s,
+        "finetune_prompts": finetune_prompts, "z_mean_marked": _zmean(z_marked), "z_mean_unmarked": _zmean(z_plain),
+        "z_mean_after_finetune": _zmean(z_after), "z_mean_human": _zmean(z_human),
+        "by_delta": by_delta, "engine": f"tunelab engine ({host.runner.decoder}, batch 16)", "generate_s": gen_s,
         "seconds": time.perf_counter() - t0,
     }  # fmt: skip
     r["goals"] = {k: {"goal": f"{op} {v}", "met": (r[k] >= v) if op == ">=" else (r[k] <= v)}

@@ -294,6 +294,7 @@ def bench_watermark(
     prompts: Annotated[int, typer.Option(min=4, help="Prompts (each gets a marked and an unmarked reply).")] = 200,
     tokens: Annotated[int, typer.Option(min=16, help="Tokens per reply.")] = 200,
     finetune_steps: Annotated[int, typer.Option(min=1, help="LoRA steps on the marked replies.")] = 60,
+    deltas: Annotated[str, typer.Option(help="Deltas compared in by_delta (comma-separated).")] = "1.0,1.5,2.0",
     json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """The serving watermark on the default model: TPR at FPR 1%, FPR on human text, perplexity cost, TPR after a
@@ -304,13 +305,17 @@ def bench_watermark(
     from tunelab.bench.watermark import bench_watermark as run_bench
 
     r = run_bench(out, prompts=prompts, tokens=tokens, finetune_prompts=max(4, prompts // 2),
-                  finetune_steps=finetune_steps, log=lambda m: print(m, file=sys.stderr))  # fmt: skip
+                  deltas=tuple(float(d) for d in deltas.split(",") if d.strip()), finetune_steps=finetune_steps,
+                  log=lambda m: print(m, file=sys.stderr))  # fmt: skip
     if json_:
         print(json.dumps(r, indent=2))
         return
     for k, g in r["goals"].items():
         print(f"{k:24s} {r[k]:.4f}  (goal {g['goal']}: {'met' if g['met'] else 'NOT met'})")
     print(f"tpr_after_paraphrase     {r['tpr_after_paraphrase']:.4f}")
+    for d, x in r["by_delta"].items():
+        print(f"  delta {d}: tpr_at_fpr1 {x['tpr_at_fpr1']:.3f}, ppl_increase {x['ppl_increase']:+.3f}, "
+              f"after paraphrase {x['tpr_after_paraphrase']:.3f}")  # fmt: skip
     print(f"tpr_after_finetune       {r['tpr_after_finetune']:.4f}  (mean z {r['z_mean_after_finetune']:+.2f}; "
           f"unmarked {r['z_mean_unmarked']:+.2f}, marked {r['z_mean_marked']:+.2f})")  # fmt: skip
     print(f"details: {out / 'bench-watermark.json'}")

@@ -54,6 +54,7 @@ class GenRequest:
     seed: int | None = None
     adapter: str | None = None
     watermark: Any = None  # govern.watermark.Watermark: its bias is added to the logits before sampling
+    min_tokens: int = 0  # end-of-sequence tokens are not sampled before this many tokens
     stop_ids: frozenset[int] = frozenset()
     cancelled: threading.Event = field(default_factory=threading.Event)
     generated: int = 0
@@ -296,6 +297,9 @@ class Engine:
         req = row.req
         if req.watermark is not None:
             logits = req.watermark.bias(logits, row.prev)
+        if req.generated < req.min_tokens and self.eos_ids:
+            logits = logits.clone()
+            logits[list(self.eos_ids | req.stop_ids)] = float("-inf")
         if req.temperature <= 0:
             return int(logits.argmax())
         probs = torch.softmax(logits / req.temperature, dim=-1)
