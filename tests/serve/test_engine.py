@@ -94,6 +94,45 @@ def test_seeded_sampling_is_reproducible(tiny_model_dir: Path) -> None:
         eng.stop()
 
 
+def test_min_tokens_holds_off_the_stop_token_and_the_watermark_biases_each_row(tiny_model_dir: Path) -> None:
+    from tunelab.govern.watermark import Watermark
+    from tunelab.models.loading import load_model
+
+    model = load_model(tiny_model_dir)
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    eng = Engine(model, max_batch=4)
+    eng.start()
+
+    def run(**kw: object) -> tuple[list[int], str]:
+        toks: list[int] = []
+        why: list[str] = []
+        ev = threading.Event()
+
+        def cb(t: int | None, r: str | None) -> None:
+            if t is not None:
+                toks.append(t)
+            if r is not None:
+                why.append(r)
+                ev.set()
+
+        eng.submit(GenRequest(prompt=[5, 6, 7], max_tokens=8, on_token=cb, **kw))  # type: ignore[arg-type]
+        assert ev.wait(30)
+        return toks, why[0]
+
+    try:
+        free, _ = run()
+        first = free[0]
+        assert run(stop_ids=frozenset({first})) == ([], "stop")  # greedy's first token is the stop token
+        held, why = run(stop_ids=frozenset({first}), min_tokens=8)
+        assert len(held) == 8 and why == "length" and first not in held
+        wm = Watermark(b"k" * 32, delta=50.0)  # so strong that every token is green
+        marked, why = run(watermark=wm)
+        assert why == "length", why
+        assert len(marked) == 8 and all(wm.is_green(p, t, vocab) for p, t in zip([7, *marked], marked, strict=False))
+    finally:
+        eng.stop()
+
+
 def test_decode_layout_keeps_the_models_outputs(tiny_model_dir: Path) -> None:
     import torch
 

@@ -297,7 +297,7 @@ class Engine:
         req = row.req
         if req.watermark is not None:
             logits = req.watermark.bias(logits, row.prev)
-        if req.generated < req.min_tokens and self.eos_ids:
+        if req.generated < req.min_tokens and (self.eos_ids or req.stop_ids):
             logits = logits.clone()
             logits[list(self.eos_ids | req.stop_ids)] = float("-inf")
         if req.temperature <= 0:
