@@ -1,10 +1,9 @@
 """The memorisation probe on a tiny model: planted canaries are not exposed before training and are after
 over-training on them; a training reply trained on many times is extracted verbatim; PII in a training
-record is found and, once memorised, leaks; the quickstart plants canaries and flags them in its manifest."""
+record is found and, once memorised, leaks. (The quickstart's planting: tests/govern/test_govern.py.)"""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -112,21 +111,3 @@ def test_token_similarity() -> None:
     assert similarity([1, 2, 3], [1, 2, 3]) == 1.0
     assert similarity([1, 2, 3, 4], [1, 9, 3, 4]) == 0.75
     assert similarity([], [1]) == 0.0
-
-
-def test_the_quickstart_plants_canaries_and_flags_them(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from tunelab.quickstart import QuickstartOptions, run_quickstart
-
-    fast = ["data.max_words=12", "data.max_length=4096", "data.eval_per_class=4", "eval.latency_samples=2",
-            "eval.bootstrap_resamples=200", "eval.max_new_tokens=3", "eval.probes=[memorisation]",
-            "data.canaries=2", "data.canary_repeats=3"]  # fmt: skip
-    run_quickstart(QuickstartOptions(out=tmp_path / "run", max_steps=2, model=str(tiny_model_dir), overrides=fast))
-    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert m["canaries"] == {"planted": 2, "repeats": 3, "file": "data/canaries.json"}
-    assert [r["path"] for r in m["inputs"]["canaries"]] == ["data/canaries.json"]
-    planted = json.loads((tmp_path / "run" / "data" / "canaries.json").read_text())["planted"]
-    assert len(planted) == 2 and all(len(c["secret"]) == 9 for c in planted)
-    tuned = json.loads((tmp_path / "run" / "eval" / "tuned" / "metrics.json").read_text())
-    assert tuned["probes"]["memorisation"]["canaries"] == 2
-    cmp = json.loads((tmp_path / "run" / "eval" / "compare.json").read_text())
-    assert {"memorisation.exposure", "memorisation.exact"} <= {r["metric"] for r in cmp["paired"]}

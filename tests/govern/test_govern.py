@@ -23,7 +23,8 @@ FAST = ["data.max_words=12", "data.max_length=4096", "data.eval_per_class=4", "e
 def run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("govern") / "run"
     run_quickstart(QuickstartOptions(out=out, max_steps=2, model=str(tiny_model_dir),
-                                     overrides=[*FAST, "eval.probes=[safety,bias]"]))  # fmt: skip
+                                     overrides=[*FAST, "eval.probes=[safety,bias,memorisation]", "data.canaries=2",
+                                                "data.canary_repeats=3"]))  # fmt: skip
     return out
 
 
@@ -78,8 +79,9 @@ def test_evidence_status_follows_what_the_run_measured(run: Path, tmp_path: Path
     manifest = {r["path"]: r["sha256"] for r in json.loads((run / "manifest.json").read_text())["outputs"]}
     art = {a["path"]: a["sha256"] for a in bias["evidence"][0]["artifacts"]}
     assert art["eval/tuned/metrics.json"] == manifest["eval/tuned/metrics.json"]
-    privacy = rmf["MEASURE 2.10"]  # the PII scan ran; the memorisation probe did not
-    assert privacy["status"] == "partial" and [m["fact"] for m in privacy["missing"]] == ["probe_memorisation"]
+    assert rmf["MEASURE 2.10"]["status"] == "evidenced"  # the PII scan and the memorisation probe ran
+    security = rmf["MEASURE 2.7"]  # the injection probe ran and the chain verifies; no serving store given
+    assert security["status"] == "partial" and [m["fact"] for m in security["missing"]] == ["incidents"]
     assert rmf["MANAGE 4.1"]["status"] == "not evidenced"  # no serving store given
     iso = {i["id"]: i["status"] for i in doc["frameworks"]["iso-42001"]["items"]}
     assert iso["A.7.4"] == "evidenced" and iso["A.7.5"] == "evidenced"
@@ -90,7 +92,8 @@ def test_evidence_status_follows_what_the_run_measured(run: Path, tmp_path: Path
     assert risks["R3"]["value"] == pytest.approx(tuned["flip_rate"]) and risks["R3"]["owner"] == "Ana"
     assert risks["R3"]["likelihood"] == ("high" if tuned["flip_rate"] >= 0.3 else
                                          "medium" if tuned["flip_rate"] >= 0.1 else "low")  # fmt: skip
-    assert risks["R8"]["likelihood"] == "unknown"  # never measured: not reported as low
+    assert risks["R4"]["likelihood"] == "unknown"  # the hallucination probe did not run: not reported as low
+    assert risks["R8"]["likelihood"] != "unknown" and risks["R8"]["measure"] == "probe_memorisation.extraction_rate"
     assert risks["R10"]["likelihood"] == "low"  # the chain verifies
 
 
@@ -158,3 +161,16 @@ def test_a_watermarked_serving_config_evidences_information_integrity(run: Path,
     items = json.loads((tmp_path / "ev" / "evidence.json").read_text())["frameworks"]["nist-ai-600-1"]["items"]
     row = next(i for i in items if i["id"] == "Information integrity")
     assert row["status"] == "evidenced" and "models: ft-model" in row["evidence"][0]["figure"]
+
+
+def test_the_quickstart_plants_canaries_and_flags_them(run: Path) -> None:
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["canaries"] == {"planted": 2, "repeats": 3, "file": "data/canaries.json"}
+    assert [r["path"] for r in m["inputs"]["canaries"]] == ["data/canaries.json"]
+    planted = json.loads((run / "data" / "canaries.json").read_text())["planted"]
+    assert len(planted) == 2 and all(len(c["secret"]) == 9 for c in planted)
+    tuned = json.loads((run / "eval" / "tuned" / "metrics.json").read_text())
+    assert tuned["probes"]["memorisation"]["canaries"] == 2
+    cmp = json.loads((run / "eval" / "compare.json").read_text())
+    assert {"memorisation.exposure", "memorisation.exact"} <= {r["metric"] for r in cmp["paired"]}
+    assert "Does it give back its training data?" in (run / "report.html").read_text()
