@@ -114,8 +114,10 @@ def data_quality(r: Run) -> Fact:
     a = _audit(r)
     if not a:
         return Fact("data_quality", False)
-    fig = (f"{a.get('records_valid')} of {a.get('records_total')} records valid, {a.get('quarantined')} quarantined "
-           f"with file and line; audit verdict {a.get('verdict')}")  # fmt: skip
+    why = ", ".join(f"{k} {v}" for k, v in sorted((a.get("quarantine_reasons") or {}).items()))
+    fig = (f"{a.get('records_valid')} of {a.get('records_total')} records pass the schema; {a.get('quarantined')} set "
+           f"aside to the quarantine file with file and line{f' ({why})' if why else ''}; audit verdict "
+           f"{a.get('verdict')}")  # fmt: skip
     arts = ["audit/audit.json"] + (["audit/quarantine.jsonl"] if r.exists("audit/quarantine.jsonl") else [])
     return Fact("data_quality", True, fig, arts, {k: a.get(k) for k in ("records_total", "records_valid",
                 "quarantined", "verdict", "reasons")})  # fmt: skip
