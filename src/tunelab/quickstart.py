@@ -16,12 +16,13 @@ import yaml
 
 from tunelab.config import RunConfig, load_config
 from tunelab.data.audit import run_audit
+from tunelab.data.canaries import Canary, manifest_flag, plant
 from tunelab.data.tasks import BBC_LICENCE_ID, build_bbc_topics, get_task
 from tunelab.errors import ConfigError, GateFailed
 from tunelab.evaluate.classify import EvalRun, evaluate_classification
 from tunelab.evaluate.command import model_info, weights_digest, write_eval
 from tunelab.evaluate.compare import compare_runs
-from tunelab.evaluate.memorisation import Canary, MemorisationData, canaries_to_json, make_canaries
+from tunelab.evaluate.memorisation import MemorisationData
 from tunelab.evaluate.stats import compare_binary
 from tunelab.fsutil import atomic_write_json, atomic_write_jsonl, atomic_write_text, sha256_file
 from tunelab.govern.card import model_card
@@ -168,16 +169,10 @@ def _run(cfg: RunConfig, run_dir: Path, rep: Reporter, t_start: float) -> dict[s
 
 
 def plant_canaries(cfg: RunConfig, run_dir: Path, rep: Reporter) -> list[Canary]:
-    """`data.canaries` random secrets, written to data/canaries.json (an input of the manifest, flagged there)
-    and trained on `data.canary_repeats` times each, after the audit (its duplicate removal would drop the
-    repeats). The memorisation probe measures how exposed they are."""
-    if cfg.data.canaries == 0:
-        return []
-    canaries = make_canaries(cfg.data.canaries, cfg.data.seed)
-    atomic_write_json(run_dir / "data" / "canaries.json", {"planted": canaries_to_json(canaries),
-                                                           "repeats": cfg.data.canary_repeats})  # fmt: skip
-    rep.info(f"{len(canaries)} canaries (random secrets) planted in the training data, {cfg.data.canary_repeats} "
-             "times each: data/canaries.json")  # fmt: skip
+    canaries = plant(cfg.data.canaries, cfg.data.canary_repeats, cfg.data.seed, run_dir)
+    if canaries:
+        rep.info(f"{len(canaries)} canaries (random secrets) planted in the training data, "
+                 f"{cfg.data.canary_repeats} times each: data/canaries.json")  # fmt: skip
     return canaries
 
 
@@ -299,9 +294,7 @@ def _write_results(
     )
     atomic_write_text(run_dir / "model" / "README.md", card)
     base_files = sorted(p for p in resolved.path.iterdir() if p.suffix in (".safetensors", ".json"))
-    planted = None
-    if cfg.data.canaries:  # flagged: the training data holds these secrets on purpose
-        planted = {"planted": cfg.data.canaries, "repeats": cfg.data.canary_repeats, "file": "data/canaries.json"}
+    planted = manifest_flag(cfg.data.canaries, cfg.data.canary_repeats)
     # The manifest covers what the run measured and made; report.html and summary.json are derived from it.
     write_manifest(
         run_dir,

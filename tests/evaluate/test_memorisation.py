@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
+from tunelab.data.canaries import make_canaries
 from tunelab.evaluate.memorisation import (
     CANDIDATES,
     MemorisationData,
     canary_rows,
     extraction_rows,
-    make_canaries,
     memorisation,
     pii_rows,
     similarity,

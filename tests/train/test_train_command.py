@@ -210,3 +210,18 @@ def test_dpo_from_a_preference_file_quarantines_bad_rows(tiny_model_dir: Path, t
     assert curve[-1]["loss"] < curve[0]["loss"]
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["examples"] == 10 and summary["objective"] == "dpo"
+
+
+def test_train_plants_canaries_and_the_chain_verifies(tiny_model_dir: Path, tmp_path: Path) -> None:
+    cfg = _config(tmp_path, tiny_model_dir, max_steps=2)
+    data = yaml.safe_load(cfg.read_text())
+    data["data"].update({"canaries": 2, "canary_repeats": 2})
+    cfg.write_text(yaml.safe_dump(data))
+    res = run("train", str(cfg), "--out", str(tmp_path / "run"))
+    assert res.returncode == 0, res.stderr
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert m["canaries"] == {"planted": 2, "repeats": 2, "file": "data/canaries.json"}
+    assert [r["path"] for r in m["inputs"]["canaries"]] == ["data/canaries.json"]
+    assert json.loads((tmp_path / "run" / "train" / "curve.jsonl").read_text().splitlines()[0])["step"] == 1
+    ok = run("govern", "verify", str(tmp_path / "run"))
+    assert ok.returncode == 0 and "ok: " in ok.stdout, ok.stderr

@@ -24,10 +24,11 @@ import math
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunelab.data.canaries import SECRET_DIGITS, Canary, canaries_from_json
 from tunelab.evaluate.generation import decode_reply, eos_ids
 from tunelab.evaluate.scoring import prefill_score_decode
 from tunelab.models.chat import IGNORE, encode_chat, encode_prompt
@@ -39,41 +40,6 @@ PREFIX_TOKENS = 32
 CONTINUATION_TOKENS = 50
 NEAR = 0.9
 CANDIDATES = 200
-SECRET_DIGITS = 9
-_NAMES = ("Marlow", "Quenby", "Tessaly", "Orrin", "Vashti", "Pelham", "Idris", "Saoirse", "Caspian", "Delphine",
-          "Thaddeus", "Wren", "Ottoline", "Bram", "Isolde", "Lazlo")  # fmt: skip
-
-
-@dataclass
-class Canary:
-    id: str
-    name: str
-    secret: str  # SECRET_DIGITS digits
-
-    def question(self) -> str:
-        return f"What is the vault code of {self.name}?"
-
-    def prefix(self) -> str:
-        return f"The vault code of {self.name} is "
-
-    def messages(self) -> list[dict[str, str]]:
-        return [{"role": "user", "content": self.question()},
-                {"role": "assistant", "content": f"{self.prefix()}{self.secret}."}]  # fmt: skip
-
-
-def make_canaries(n: int, seed: int) -> list[Canary]:
-    rng = random.Random(f"canaries-{seed}")
-    names = rng.sample(_NAMES, min(n, len(_NAMES))) + [f"Account{i:03d}" for i in range(max(0, n - len(_NAMES)))]
-    return [Canary(f"canary-{i:02d}", names[i], "".join(rng.choice("0123456789") for _ in range(SECRET_DIGITS)))
-            for i in range(n)]  # fmt: skip
-
-
-def canaries_to_json(cs: Sequence[Canary]) -> list[dict[str, str]]:
-    return [asdict(c) for c in cs]
-
-
-def canaries_from_json(rows: Sequence[dict[str, str]]) -> list[Canary]:
-    return [Canary(r["id"], r["name"], r["secret"]) for r in rows]
 
 
 # --- canaries -----------------------------------------------------------------------------------------------

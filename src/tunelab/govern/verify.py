@@ -38,7 +38,7 @@ class Check:
 
 def _stage_of(path: str, group: str) -> str:
     if group != "outputs":
-        return {"data": "data", "config": "config", "base_model": "base model"}.get(group, group)
+        return {"data": "data", "canaries": "data", "config": "config", "base_model": "base model"}.get(group, group)
     top = path.split("/", 1)[0]
     return {"audit": "audit", "train": "training", "model": "adapter", "eval": "eval"}.get(top, "outputs")
 

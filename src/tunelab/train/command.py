@@ -17,6 +17,7 @@ import yaml
 
 from tunelab.config import RunConfig, build_config, load_config
 from tunelab.data.audit import run_audit
+from tunelab.data.canaries import make_canaries, manifest_flag, plant
 from tunelab.data.preferences import Preference, read_preferences
 from tunelab.data.tasks import BBC_LICENCE_ID, build_bbc_topics, datacard_path
 from tunelab.errors import ConfigError, DataError, GateFailed, ResourceError
@@ -202,6 +203,15 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
         examples = _pairs(tok, audit.train, prefs, cfg.data.max_length, rep)
     else:
         examples = [encode_record(tok, r.messages) for r in audit.train if r.messages]
+    canaries = []
+    if cfg.data.canaries:
+        if dpo:
+            raise ConfigError("data.canaries plants chat answers; DPO trains on preference pairs",
+                              field="data.canaries")  # fmt: skip
+        n, reps, seed = cfg.data.canaries, cfg.data.canary_repeats, cfg.data.seed
+        canaries = plant(n, reps, seed, run_dir) if dist.main else make_canaries(n, seed)
+        examples += [encode_chat(tok, c.messages()) for c in canaries for _ in range(cfg.data.canary_repeats)]
+        rep.info(f"{len(canaries)} canaries planted, {cfg.data.canary_repeats} times each: data/canaries.json")
     if not examples:
         raise DataError("no trainable records after the audit", file=train_files[0])
     tracker = _mlflow(opts.mlflow, cfg, run_dir) if (opts.mlflow and dist.main) else None
@@ -265,12 +275,14 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
     base_files = sorted(p for p in resolved.path.iterdir() if p.suffix in (".safetensors", ".json"))
     write_manifest(
         run_dir,
-        inputs={"data": [*train_files, *eval_files], "base_model": base_files, "config": [run_dir / "config.yaml"]},
+        inputs={"data": [*train_files, *eval_files], "base_model": base_files, "config": [run_dir / "config.yaml"],
+                **({"canaries": [run_dir / "data" / "canaries.json"]} if canaries else {})},
         outputs=[run_dir / "model", run_dir / "train", run_dir / "audit"],
         extra={
             "base_model_source": resolved.source,
             "audit": {"verdict": a["verdict"], "forced": forced, "reasons": a.get("reasons", [])},
             "resumed_from_step": res.resumed_from,
+            "canaries": manifest_flag(cfg.data.canaries, cfg.data.canary_repeats),
         },
     )
     summary["total_s"] = time.perf_counter() - t0
