@@ -51,8 +51,9 @@ def test_the_key_file_is_made_once_private_and_refused_when_bad(tmp_path: Path) 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     svc = Service(tmp_path_factory.mktemp("wm"), tiny_model_dir)
+    (svc.home / "wm.key").write_text("5a" * 32 + "\n")  # a fixed key: the same green lists on every run
     with open(svc.home / "serve.yaml", "a") as f:
-        f.write(f"watermark:\n  enabled: true\n  key_file: {svc.home / 'wm.key'}\n  keys: [marked]\n")
+        f.write(f"watermark:\n  enabled: true\n  key_file: {svc.home / 'wm.key'}\n  keys: [marked]\n  delta: 4.0\n")
     svc.key("marked")
     svc.key("plain")
     svc.start()
@@ -65,7 +66,7 @@ def _replies(svc: Service, who: str, tmp_path: Path) -> tuple[Path, list[Any]]:
     out = []
     for i in range(3):
         r = c.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": f"Tell me {i}"}],
-                                      max_tokens=32, temperature=1.0, seed=i)  # fmt: skip
+                                      max_tokens=32, temperature=0.7, seed=i)  # fmt: skip
         out.append(r)
     path = tmp_path / f"{who}.jsonl"
     path.write_text("".join(json.dumps(r.model_dump()) + "\n" for r in out))
@@ -75,6 +76,8 @@ def _replies(svc: Service, who: str, tmp_path: Path) -> tuple[Path, list[Any]]:
 def _detect(svc: Service, path: Path) -> list[dict[str, Any]]:
     res = subprocess.run([*TUNELAB, "watermark", "detect", str(path), "--model", str(svc.model), "--key-file",
                           str(svc.home / "wm.key"), "--json"], capture_output=True, text=True)  # fmt: skip
+    # (the detector re-tokenizes the text: the tiny test tokenizer does not always give back the same tokens,
+    # which is why the server here marks strongly; the default model's figures are in bench watermark)
     assert res.returncode == 0, res.stderr
     rows: list[dict[str, Any]] = json.loads(res.stdout)
     return rows
@@ -88,4 +91,4 @@ def test_replies_to_a_covered_key_are_marked_and_others_are_not(server: Service,
     plain, resp = _replies(server, "plain", tmp_path)
     assert not any("kgw" in (r.system_fingerprint or "") for r in resp)
     rows = _detect(server, plain)
-    assert not any(r["marked"] for r in rows), rows
+    assert all(r["z"] < 3.5 for r in rows), rows  # chance level (p > 2e-4: no flake on another CPU's sampling)
