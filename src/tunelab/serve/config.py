@@ -48,7 +48,9 @@ class WatermarkConfig(BaseModel):
     enabled: bool = False
     key_file: str | None = None  # hex key; default $TUNELAB_HOME/watermark.key, made (mode 0600) on first use
     gamma: float = Field(0.25, gt=0, lt=1)  # share of the vocabulary that is green at each step
-    delta: float = Field(2.0, ge=0, le=20)  # added to the green tokens' logits
+    # added to the green tokens' logits: 1.5 measured best on the default model (bench watermark's by_delta:
+    # TPR 0.995 at FPR 1% over 200 tokens with +9.3% perplexity; 2.0 gave 0.99 with +14.4%, 1.0 0.94 with +2.7%)
+    delta: float = Field(1.5, ge=0, le=20)
     models: list[str] | None = None  # served model names whose replies are marked (None: every model)
     keys: list[str] | None = None  # API key names whose replies are marked (None: every key)
 
