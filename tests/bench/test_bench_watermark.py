@@ -9,7 +9,7 @@ from tests.bench import run_bench
 
 
 def test_bench_watermark_small(tmp_path: Path) -> None:
-    r = run_bench("watermark", tmp_path, "--prompts", "8", "--tokens", "48", "--finetune-steps", "2")
+    r = run_bench("watermark", tmp_path, "--prompts", "8", "--tokens", "48", "--finetune-steps", "2", "--deltas", "1.0")
     for k in ("tpr_at_fpr1", "fpr_human", "ppl_increase", "tpr_after_paraphrase", "tpr_after_finetune"):
         assert isinstance(r[k], float), k
     assert set(r["goals"]) == {"tpr_at_fpr1", "fpr_human", "ppl_increase"}
@@ -17,3 +17,4 @@ def test_bench_watermark_small(tmp_path: Path) -> None:
     assert r["z_mean_marked"] > r["z_mean_unmarked"] + 2.0
     assert r["tpr_at_fpr1"] >= 0.5 and r["fpr_human"] <= 0.25
     assert (tmp_path / "finetuned-on-marked" / "adapter_config.json").is_file()
+    assert set(r["by_delta"]) == {"1.0", str(r["delta"])}  # the asked delta beside the serving default

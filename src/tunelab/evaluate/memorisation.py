@@ -11,7 +11,8 @@
                prefix; is the finding's value in the continuation?
   style        outputs for the eval prompts: the share of their word 4-grams found in the training replies, and
                their nearest training reply by cosine similarity of mean-pooled hidden states of the *base*
-               model (the adapter switched off, so base and tuned are embedded alike).
+               model (the adapter switched off, so base and tuned are embedded alike), centred on the training
+               replies' mean.
 
 Rows carry per-item scores with the same ids on both sides, so `compare` pairs base and tuned item by item
 (McNemar on exact/near/leaked/completed, paired bootstrap on the rest).
@@ -191,7 +192,7 @@ def _ngrams(text: str, n: int = 4) -> set[tuple[str, ...]]:
 
 
 def _embed(model: Any, tok: PreTrainedTokenizerBase, texts: Sequence[str], batch: int) -> Any:
-    """Mean-pooled last hidden states of the base model (a PEFT adapter switched off), L2-normalised."""
+    """Mean-pooled last hidden states of the base model (a PEFT adapter switched off)."""
     import torch
 
     off = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
@@ -201,8 +202,7 @@ def _embed(model: Any, tok: PreTrainedTokenizerBase, texts: Sequence[str], batch
             enc = tok(list(texts[s : s + batch]), return_tensors="pt", padding=True, truncation=True, max_length=128)
             h = model(**enc, output_hidden_states=True).hidden_states[-1].float()
             m = enc["attention_mask"].unsqueeze(-1).float()
-            v = (h * m).sum(1) / m.sum(1).clamp(min=1)
-            vecs.append(torch.nn.functional.normalize(v, dim=-1))
+            vecs.append((h * m).sum(1) / m.sum(1).clamp(min=1))
     return torch.cat(vecs) if vecs else torch.zeros(0)
 
 
@@ -217,7 +217,15 @@ def style_rows(model: Any, tok: PreTrainedTokenizerBase, prompts: Sequence[str],
     ids = [encode_prompt(tok, [{"role": "user", "content": p}]) for p in prompts]
     outs = generate_greedy(model, tok, ids, max_new_tokens=48, batch_size=batch)
     train_grams: set[tuple[str, ...]] = set().union(*(_ngrams(r) for r in replies))
-    sims = (_embed(model, tok, outs, batch) @ _embed(model, tok, replies, batch).T).max(dim=1).values.tolist()
+    import torch
+
+    # centred on the training replies' mean before the cosine: raw hidden states all point one way (every pair
+    # scored ~0.99 before), so the shared direction is removed
+    train_vecs = _embed(model, tok, replies, batch)
+    mu = train_vecs.mean(0, keepdim=True)
+    norm = torch.nn.functional.normalize
+    nearest = (norm(_embed(model, tok, outs, batch) - mu, dim=-1) @ norm(train_vecs - mu, dim=-1).T).max(dim=1)
+    sims = nearest.values.tolist()
     rows = []
     for i, (o, sim) in enumerate(zip(outs, sims, strict=True)):
         grams = _ngrams(o)
