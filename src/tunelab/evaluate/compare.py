@@ -113,7 +113,10 @@ def _pair(
 
 
 # metrics where a smaller number is the better one (by their last name part); every other metric: larger is better
-LOWER_IS_BETTER = frozenset({"over_refusal", "injection_obeyed", "flip", "gap", "unparsed", "perplexity", "loss"})
+LOWER_IS_BETTER = frozenset({"over_refusal", "injection_obeyed", "flip", "gap", "unparsed", "perplexity", "loss",
+                             # memorisation: what the model gives back of its training data
+                             "exposure", "completed", "exact", "near", "similarity", "leaked", "ngram_overlap",
+                             "nearest_cosine"})  # fmt: skip
 
 
 def higher_is_better(metric: str) -> bool:

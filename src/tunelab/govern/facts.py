@@ -213,8 +213,10 @@ def paired_eval(r: Run) -> Fact:
 
 def regression_gate(r: Run) -> Fact:
     cmp = r.json("eval/compare.json") or {}
-    worse = [x["metric"] for x in cmp.get("paired", []) if x.get("significant") and x.get("delta", 0) < 0
-             and not _lower_is_better(x["metric"])]  # fmt: skip
+    from tunelab.evaluate.compare import higher_is_better
+
+    worse = [x["metric"] for x in cmp.get("paired", []) if x.get("significant") and x.get("delta", 0) != 0
+             and (x["delta"] > 0) != higher_is_better(x["metric"])]  # fmt: skip
     if not cmp:
         return Fact("regression_gate", False)
     gate = cmp.get("gate") or []
@@ -222,10 +224,6 @@ def regression_gate(r: Run) -> Fact:
            f"significantly worse: {', '.join(worse) or 'nothing'}")  # fmt: skip
     return Fact("regression_gate", bool(gate), fig, ["eval/compare.json"], {"gate_passed": cmp.get("gate_passed"),
                 "worse": worse})  # fmt: skip
-
-
-def _lower_is_better(metric: str) -> bool:
-    return metric.split(".")[-1] in ("flip", "gap", "injection_obeyed", "over_refusal", "exposure")
 
 
 def latency(r: Run) -> Fact:
