@@ -113,6 +113,15 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         raise
 
 
+def read_json_object(path: str | Path) -> dict[str, Any] | None:
+    """The JSON object in `path`; None when the file is missing, unreadable, not JSON or not an object."""
+    try:
+        v = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return v if isinstance(v, dict) else None
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

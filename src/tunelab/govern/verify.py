@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.fsutil import sha256_file
+from tunelab.fsutil import read_json_object, sha256_file
 from tunelab.govern.provenance import chain_digest
 
 STAGES = ("data", "config", "base model", "audit", "training", "checkpoints", "adapter", "eval", "report", "exports")
@@ -78,7 +78,7 @@ def verify_run(run: Path) -> list[Check]:
     rep = m.get("report")
     if rep:
         checks.append(_check("report", rep["path"], _file(run, rep["path"]), rep["sha256"]))
-    summary = _json(run / "summary.json")
+    summary = read_json_object(run / "summary.json")
     if summary and summary.get("chain_sha256"):
         checks.append(_same("report", "summary.json chain_sha256 -> manifest inputs and outputs",
                              summary["chain_sha256"], chain_digest(m)))  # fmt: skip
@@ -89,7 +89,7 @@ def verify_run(run: Path) -> list[Check]:
 
 def _links(run: Path, data: dict[str, dict[str, Any]]) -> list[Check]:
     out: list[Check] = []
-    audit = _json(run / "audit" / "audit.json")
+    audit = read_json_object(run / "audit" / "audit.json")
     for f in (audit or {}).get("files", []):
         name = Path(f["path"]).name
         if name in data and f.get("sha256"):
@@ -103,7 +103,7 @@ def _links(run: Path, data: dict[str, dict[str, Any]]) -> list[Check]:
                 out.append(_check("adapter", f"model/README.md {role} data sha256 -> {data[name]['path']}",
                                   _file(run, data[name]["path"]), digest))  # fmt: skip
     for side in sorted((run / "eval").glob("*/metrics.json")) + sorted((run / "eval").glob("metrics.json")):
-        m = _json(side) or {}
+        m = read_json_object(side) or {}
         rel = str(side.relative_to(run))
         model = m.get("model") or {}
         from tunelab.evaluate.command import weights_digest
@@ -150,10 +150,3 @@ def _exports(run: Path, exports: list[dict[str, Any]]) -> list[Check]:
 def first_failure(checks: list[Check]) -> Check | None:
     return next((c for c in checks if c.status != "ok"), None)
 
-
-def _json(path: Path) -> dict[str, Any] | None:
-    try:
-        v = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return v if isinstance(v, dict) else None

@@ -7,11 +7,11 @@ made from the command line is. Exit 0: every parity gate passed; 1: a gate faile
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from tunelab.fsutil import read_json_object
 from tunelab.jobs.export_store import ExportRow
 
 LOG = "export.log"
@@ -30,8 +30,8 @@ def command(e: ExportRow, run_dir: Path, items: int) -> list[str]:
 def outcome(e: ExportRow, rc: int) -> tuple[str, dict[str, Any]]:
     """(status, values to store) of an export whose child ended with `rc`."""
     out = Path(e.out_dir)
-    parity = _json(out / "parity.json")
-    manifest = _json(out / "export.json")
+    parity = read_json_object(out / "parity.json")
+    manifest = read_json_object(out / "export.json")
     if rc in (0, 1) and parity is not None and manifest is not None:
         result = {"passed": bool(parity["passed"]), "items": parity.get("items"), "parity": summary(parity),
                   "files": files(out, manifest)}  # fmt: skip
@@ -71,10 +71,3 @@ def last_error(log: Path) -> str:
         return "no log"
     return next((ln for ln in reversed(lines) if ln.lower().startswith("error")), lines[-1] if lines else "no output")
 
-
-def _json(path: Path) -> dict[str, Any] | None:
-    try:
-        v = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return v if isinstance(v, dict) else None

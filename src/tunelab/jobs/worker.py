@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from tunelab.fsutil import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
+from tunelab.fsutil import atomic_dir, atomic_write_json, atomic_write_text, read_json_object, sha256_file
 from tunelab.jobs import export_task
 from tunelab.jobs.export_store import ExportRow, ExportStore
 from tunelab.jobs.paths import files_dir, jobs_dir
@@ -334,7 +334,7 @@ class Worker:
         elif kind == "checkpoint":
             self._checkpoint(job, run_dir, int(ev["step"]))
         elif kind == "info" and str(ev.get("message", "")).startswith("audit:"):
-            audit = _json(run_dir / "audit" / "audit.json")
+            audit = read_json_object(run_dir / "audit" / "audit.json")
             self.jobs.event(jid, "Data audit: " + str(ev["message"])[len("audit:"):].strip(),
                             level="info" if (audit or {}).get("verdict") != "fail" else "warn",
                             data={k: (audit or {}).get(k) for k in ("verdict", "reasons", "warnings", "records_valid",
@@ -378,8 +378,8 @@ class Worker:
     def _finish(self, jid: str, run_dir: Path) -> None:
         job = self.jobs.job(jid)
         assert job is not None
-        summary = _json(run_dir / "summary.json") or {}
-        verdict = _json(run_dir / "eval" / "verdict.json")
+        summary = read_json_object(run_dir / "summary.json") or {}
+        verdict = read_json_object(run_dir / "eval" / "verdict.json")
         results = self._results_file(job, run_dir, summary)
         result = {"summary": {k: summary.get(k) for k in ("final_loss", "eval_loss", "trained_tokens", "train_s",
                                                           "tokens_per_s", "audit_verdict", "forced", "steps")},
@@ -428,13 +428,6 @@ def _read_events(run_dir: Path, offset: int) -> tuple[list[dict[str, Any]], int]
             out.append(json.loads(line))
     return out, offset + end
 
-
-def _json(path: Path) -> dict[str, Any] | None:
-    try:
-        v = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return v if isinstance(v, dict) else None
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
