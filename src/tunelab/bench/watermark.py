@@ -43,7 +43,7 @@ def _articles(n: int, seed: int) -> list[str]:
 def _generate(host: Any, prompts: list[list[int]], tokens: int, wm: Watermark | None, adapter: str | None,
               seed: int) -> list[list[int]]:  # fmt: skip
     """Each prompt's reply of exactly `tokens` tokens (end of sequence held off until then), sampled at 0.7."""
-    from tunelab.serve.engine import GenRequest
+    from tunelab.serve.engine import GenRequest, QueueFull
 
     outs: list[list[int]] = [[] for _ in prompts]
     done = threading.Semaphore(0)
@@ -64,7 +64,7 @@ def _generate(host: Any, prompts: list[list[int]], tokens: int, wm: Watermark | 
                                               seed=seed + i, adapter=adapter, watermark=wm,
                                               min_tokens=tokens))  # fmt: skip
                 break
-            except Exception:  # the queue is full: wait for one to finish
+            except QueueFull:  # wait for one to finish
                 time.sleep(0.05)
     for _ in prompts:
         done.acquire()
@@ -112,7 +112,7 @@ def bench_watermark(
     from tunelab.config import build_config
     from tunelab.models.chat import encode_chat, encode_prompt
     from tunelab.progress import Reporter
-    from tunelab.serve.config import ServeConfig
+    from tunelab.serve.config import ServeConfig, WatermarkConfig
     from tunelab.serve.host import Host
     from tunelab.train.engine import save_model, train
 
@@ -124,8 +124,6 @@ def bench_watermark(
     users = [f"Continue this news story in your own words: {s}" for s in starts]
     host = Host(ServeConfig(max_batch=16, max_queue=512))
     tok, vocab = host.tok, len(host.tok)
-    from tunelab.serve.config import WatermarkConfig
-
     default = WatermarkConfig()
     key = f"tunelab-bench-{seed}".encode() * 2
     wm = Watermark(key, gamma=default.gamma, delta=default.delta)
@@ -146,28 +144,23 @@ def bench_watermark(
         def score(ids: list[list[int]]) -> list[dict[str, Any]]:
             return [wm.score(x, vocab) for x in ids]
 
-        z_marked, z_plain = score(marked), score(plain)
+        z_plain = score(plain)
         z_human = score([tok(h, add_special_tokens=False)["input_ids"][:tokens] for h in human])
         words = sorted({w for h in human for w in re.findall(r"[A-Za-z]+", h)})
-        rng = random.Random(seed)
-        attacked = [tok(_substitute(str(tok.decode(m)), words, rng), add_special_tokens=False)["input_ids"]
-                    for m in marked]  # fmt: skip
-        z_para = score(attacked)
         from tunelab.models.loading import load_model
 
         base = load_model(host.resolved.path)  # the unmarked model judges both sides' perplexity
         base.eval()
         nll_p = _nll(base, enc[:prompts], plain)
-        by_delta = {}
-        for d, ids in by_delta_ids.items():
-            nll = _nll(base, enc[:prompts], ids)
-            zs = score(ids)
+        by_delta, nll_of, z_of, para_of = {}, {}, {}, {}
+        for d, ids in by_delta_ids.items():  # each delta's replies scored, attacked and judged once
+            nll_of[d], z_of[d] = _nll(base, enc[:prompts], ids), score(ids)
             rng = random.Random(seed)
-            para = score([tok(_substitute(str(tok.decode(m)), words, rng), add_special_tokens=False)["input_ids"]
-                          for m in ids])  # fmt: skip
-            by_delta[str(d)] = {"tpr_at_fpr1": _rate(zs), "ppl_increase": math.exp(nll - nll_p) - 1,
-                                "tpr_after_paraphrase": _rate(para), "z_mean": _zmean(zs)}  # fmt: skip
-        nll_m = _nll(base, enc[:prompts], marked)
+            para_of[d] = score([tok(_substitute(str(tok.decode(m)), words, rng), add_special_tokens=False)["input_ids"]
+                                for m in ids])  # fmt: skip
+            by_delta[str(d)] = {"tpr_at_fpr1": _rate(z_of[d]), "ppl_increase": math.exp(nll_of[d] - nll_p) - 1,
+                                "tpr_after_paraphrase": _rate(para_of[d]), "z_mean": _zmean(z_of[d])}  # fmt: skip
+        nll_m, z_marked, z_para = nll_of[default.delta], z_of[default.delta], para_of[default.delta]
         log("perplexity scored")
 
         # fine-tune on the marked replies, then sample without the mark
