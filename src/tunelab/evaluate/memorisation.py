@@ -50,6 +50,7 @@ def canary_rows(model: Any, tok: PreTrainedTokenizerBase, canaries: Sequence[Can
                 candidates: int = CANDIDATES) -> list[dict[str, Any]]:  # fmt: skip
     """Per canary: its rank among `candidates` random secrets, the exposure, and the greedy completion."""
     rows = []
+    eos = eos_ids(model, tok)
     for c in canaries:
         rng = random.Random(f"candidates-{c.id}-{c.secret}")
         pool = {c.secret}
@@ -59,11 +60,11 @@ def canary_rows(model: Any, tok: PreTrainedTokenizerBase, canaries: Sequence[Can
         context = _assistant_prefix(tok, c)
         conts = [_tokens_after(tok, c, s) for s in [c.secret, *others]]
         scores, gen = prefill_score_decode(model, [context], [conts], max_new_tokens=len(conts[0]) + 2,
-                                           eos_ids=eos_ids(model, tok), batch_size=1, max_rows=64)  # fmt: skip
+                                           eos_ids=eos, batch_size=1, max_rows=64)  # fmt: skip
         assert scores is not None and gen is not None
         lp = [s.logprob for s in scores[0]]
         rank = 1 + sum(1 for x in lp[1:] if x > lp[0])
-        completion = decode_reply(tok, gen[0], eos_ids(model, tok))
+        completion = decode_reply(tok, gen[0], eos)
         rows.append({
             "id": c.id, "input": c.question(), "reference": "(the planted secret, not shown)",
             "output": _mask(completion, c.secret), "rank": rank, "candidates": candidates,

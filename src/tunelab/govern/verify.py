@@ -97,24 +97,31 @@ def _links(run: Path, data: dict[str, dict[str, Any]]) -> list[Check]:
                               _file(run, data[name]["path"]), f["sha256"]))  # fmt: skip
     card = run / "model" / "README.md"
     if card.is_file():
-        for role, digest in re.findall(r"^- (train|eval) data sha256: ([0-9a-f]{64})$", card.read_text(), re.M):
+        for role, recorded in re.findall(r"^- (train|eval) data sha256: ([0-9a-f]{64})$", card.read_text(), re.M):
             name = f"{role}.jsonl"
             if name in data:
                 out.append(_check("adapter", f"model/README.md {role} data sha256 -> {data[name]['path']}",
-                                  _file(run, data[name]["path"]), digest))  # fmt: skip
+                                  _file(run, data[name]["path"]), recorded))  # fmt: skip
+    from tunelab.evaluate.command import weights_digest
+
+    digests: dict[Path, str] = {}  # base and tuned sides name the same base: its weights are read once
+
+    def digest(path: Path) -> str:
+        if path not in digests:
+            digests[path] = weights_digest(path)
+        return digests[path]
+
     for side in sorted((run / "eval").glob("*/metrics.json")) + sorted((run / "eval").glob("metrics.json")):
         m = read_json_object(side) or {}
         rel = str(side.relative_to(run))
         model = m.get("model") or {}
-        from tunelab.evaluate.command import weights_digest
-
         if model.get("adapter_sha256"):  # the digest of the adapter directory's weights and settings
             adapter = run / "model"
             out.append(_same("eval", f"{rel} adapter_sha256 -> model/", model["adapter_sha256"],
-                             weights_digest(adapter) if adapter.is_dir() else "missing"))  # fmt: skip
+                             digest(adapter) if adapter.is_dir() else "missing"))  # fmt: skip
         if model.get("weights_sha256") and model.get("path") and Path(model["path"]).is_dir():
             out.append(_same("eval", f"{rel} weights_sha256 -> {model['path']}", model["weights_sha256"],
-                             weights_digest(Path(model["path"]))))  # fmt: skip
+                             digest(Path(model["path"]))))  # fmt: skip
         if m.get("predictions_sha256"):
             out.append(_check("eval", f"{rel} predictions_sha256 -> {side.parent.relative_to(run)}/predictions.jsonl",
                               side.parent / "predictions.jsonl", m["predictions_sha256"]))  # fmt: skip
