@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.fsutil import sha256_file
+from tunelab.fsutil import read_json_object, sha256_file
 
 
 @dataclass
@@ -44,11 +44,9 @@ class Run:
             self.hashes[m["report"]["path"]] = m["report"]["sha256"]
 
     def json(self, rel: str) -> Any:
+        """The run's JSON object at `rel` (None when absent or not an object), read once."""
         if rel not in self._cache:
-            try:
-                self._cache[rel] = json.loads((self.path / rel).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                self._cache[rel] = None
+            self._cache[rel] = read_json_object(self.path / rel)
         return self._cache[rel]
 
     def exists(self, rel: str) -> bool:
