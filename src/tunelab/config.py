@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tunelab.data.licence import DataPolicy
 from tunelab.errors import ConfigError
@@ -97,7 +97,36 @@ class EvalSection(_Section):
     robustness_limit: int = Field(100, ge=1)  # task items perturbed for the robustness probe
 
 
+class ImageSection(_Section):
+    """`task: image`: a class-conditioned diffusion UNet (see docs/images.md)."""
+
+    resolution: int = Field(16, ge=8, le=1024)  # images are centre-cropped and resized to this square
+    channels: Literal[1, 3] = 1  # 1: grey (L), 3: RGB
+    # LoRA targets in a diffusers UNet: attention projections, ResNet convolutions, timestep/class projections
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj"]
+    )
+    sample_steps: int = Field(25, ge=1, le=1000)  # DDIM steps when sampling (evaluation and serving)
+    eval_seeds: int = Field(20, ge=2)  # samples per class in evaluation, the same seeds for base and tuned
+    # prior preservation (as DreamBooth): this many of the base model's own samples of each base class the data
+    # does not name are trained on beside it, so that the adapter does not unlearn them; 0 turns it off
+    prior_images: int = Field(8, ge=0, le=1000)
+
+
+# Where `task: image` differs from the text defaults; a value the config sets itself wins.
+IMAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": {"task": "digits-5to9"},
+    "method": {"r": 8, "alpha": 8},
+    "optimizer": {"lr": 2e-3},
+    "schedule": {"warmup_steps": 20},
+    "batch": {"size": 32, "packing": False},
+    "train": {"max_steps": 600},
+}
+
+
 class RunConfig(_Section):
+    task: Literal["text", "image"] = "text"
+    image: ImageSection = Field(default_factory=lambda: ImageSection())
     model: ModelSection = Field(default_factory=lambda: ModelSection())
     data: DataSection = Field(default_factory=lambda: DataSection())
     method: MethodSection = Field(default_factory=lambda: MethodSection())
@@ -108,6 +137,25 @@ class RunConfig(_Section):
     train: TrainSection = Field(default_factory=lambda: TrainSection())
     eval: EvalSection = Field(default_factory=lambda: EvalSection())
     policy: DataPolicy = Field(default_factory=lambda: DataPolicy())
+
+    def dump(self) -> dict[str, Any]:
+        """The config as JSON-able data, as written to a run's config.yaml (a text run leaves `image` out)."""
+        data = self.model_dump(mode="json")
+        if self.task == "text":
+            data.pop("image")
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _image_defaults(cls, data: Any) -> Any:
+        if not (isinstance(data, dict) and data.get("task") == "image"):
+            return data
+        out = dict(data)
+        for section, values in IMAGE_DEFAULTS.items():
+            given = out.get(section)
+            if given is None or isinstance(given, dict):
+                out[section] = {**values, **(given or {})}
+        return out
 
 
 def config_error(e: ValidationError, source: str) -> ConfigError:

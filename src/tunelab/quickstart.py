@@ -97,7 +97,7 @@ def run_quickstart(opts: QuickstartOptions, reporter_factory: type[Reporter] = R
 
 
 def _run(cfg: RunConfig, run_dir: Path, rep: Reporter, t_start: float) -> dict[str, Any]:
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.dump(), sort_keys=False))
     rep.info(f"run directory: {run_dir}")
 
     rep.stage("1/6 model")

@@ -50,7 +50,7 @@ def _print_done(s: dict[str, object]) -> None:
 @app.command()
 def train(
     config: Annotated[Path | None, typer.Argument(help="YAML config (see configs/).")] = None,
-    preset: Annotated[str | None, typer.Option(help="A built-in config instead of a file: quickstart.")] = None,
+    preset: Annotated[str | None, typer.Option(help="A built-in config instead of a file: quickstart, image.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: section.key=value")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/train-<time>).")] = None,
     resume: Annotated[
@@ -60,21 +60,35 @@ def train(
     force: Annotated[bool, typer.Option(help="Train even when the data audit fails (recorded).")] = False,
     mlflow: Annotated[str | None, typer.Option(help="Also log to this MLflow tracking URI.")] = None,
 ) -> None:
-    """Fine-tune (LoRA or full) with packing, checkpoints and exact resume; runs under torchrun too."""
-    from tunelab.train.command import TrainOptions, run_train
+    """Fine-tune (LoRA or full) with packing, checkpoints and exact resume; runs under torchrun too.
 
-    s = run_train(
-        TrainOptions(
-            config=config,
-            preset=preset,
-            overrides=set_ or [],
-            out=out,
-            resume=resume,
-            max_steps=max_steps,
-            force=force,
-            mlflow=mlflow,
-        )
+    `task: image` in the config (or --preset image) fine-tunes a diffusion UNet instead: see docs/images.md."""
+    from tunelab.train.command import TrainOptions, resolve_config, run_train
+
+    opts = TrainOptions(
+        config=config,
+        preset=preset,
+        overrides=set_ or [],
+        out=out,
+        resume=resume,
+        max_steps=max_steps,
+        force=force,
+        mlflow=mlflow,
     )
+    if resolve_config(opts).task == "image":
+        from tunelab.images.command import run_image_train
+
+        s = run_image_train(opts)
+        if s:
+            k = s["kid"]
+            print(
+                f"{s['steps']} steps on {s['examples']} images, {s['images_per_s']:.0f} images/s; class accuracy "
+                f"{s['base_class_accuracy']:.3f} -> {s['tuned_class_accuracy']:.3f} (base -> tuned, "
+                f"p = {s['class_accuracy_p']:.2g})" + (f", KID {k['base']:.4f} -> {k['tuned']:.4f}" if k else "")
+            )
+            print(f"report    {Path(s['run_dir']) / 'report.html'}")
+        return
+    s = run_train(opts)
     if s:  # process 0 reports
         el = f", held-out loss {s['eval_loss']:.4f}" if s.get("eval_loss") is not None else ""
         print(

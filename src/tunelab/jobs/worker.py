@@ -144,7 +144,7 @@ class Worker:
                         data=counts)
         cfg = run_config(spec, Path(done["train"]), Path(done["eval"]) if done["eval"] else None)
         atomic_write_json(run_dir / "job.json", spec)
-        atomic_write_text(run_dir / "job.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        atomic_write_text(run_dir / "job.yaml", yaml.safe_dump(cfg.dump(), sort_keys=False))
 
     def _launch(self, jid: str, phase: str, run_dir: Path) -> None:
         if phase == "train" and (run_dir / "summary.json").is_file():

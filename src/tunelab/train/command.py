@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from tunelab.progress import Reporter
 from tunelab.train.distributed import Dist
 from tunelab.train.engine import evaluate_loss, save_model, train
 
-PRESETS = ("quickstart",)
+PRESETS = ("quickstart", "image")
 
 
 @dataclass
@@ -63,7 +64,8 @@ def resolve_config(opts: TrainOptions) -> RunConfig:
             raise ConfigError("give a CONFIG file or --preset quickstart", field="CONFIG")
         if opts.preset is not None and opts.preset not in PRESETS:
             raise ConfigError(f"unknown preset {opts.preset!r}; known: {', '.join(PRESETS)}", field="--preset")
-        cfg = load_config(opts.config, opts.overrides)
+        preset = ["task=image"] if opts.preset == "image" else []
+        cfg = load_config(opts.config, [*preset, *opts.overrides])
         base = opts.config.parent if opts.config else Path.cwd()
         cfg.data.train = [p if p.is_absolute() else (base / p) for p in cfg.data.train]
         cfg.data.eval = [p if p.is_absolute() else (base / p) for p in cfg.data.eval]
@@ -80,7 +82,7 @@ def resolve_config(opts: TrainOptions) -> RunConfig:
     return cfg
 
 
-def _run_dir(opts: TrainOptions, dist: Dist) -> Path:
+def run_dir_for(opts: TrainOptions, dist: Dist) -> Path:
     if opts.resume is not None:
         return opts.resume
     chosen = None
@@ -96,16 +98,24 @@ def _run_dir(opts: TrainOptions, dist: Dist) -> Path:
     return Path(dist.gather(chosen)[0])
 
 
-def run_train(opts: TrainOptions, reporter_factory: type[Reporter] = Reporter) -> dict[str, Any]:
+Body = Callable[[RunConfig, TrainOptions, Path, Reporter, Dist, float], dict[str, Any]]
+
+
+def run_train(
+    opts: TrainOptions, reporter_factory: type[Reporter] = Reporter, body: Body | None = None
+) -> dict[str, Any]:
+    """The run directory, events and failure reporting around `body` (the text pipeline unless another
+    modality passes its own: `images.command` does)."""
     t0 = time.perf_counter()
     cfg = resolve_config(opts)
-    check_model_spec(cfg.model.name)
+    if body is None:
+        check_model_spec(cfg.model.name)
     dist = Dist.from_env()
     try:
-        run_dir = _run_dir(opts, dist)
+        run_dir = run_dir_for(opts, dist)
         rep = reporter_factory(events=run_dir / "events.jsonl") if dist.main else Reporter(quiet=True)
         try:
-            return _run(cfg, opts, run_dir, rep, dist, t0)
+            return (body or _run)(cfg, opts, run_dir, rep, dist, t0)
         except BaseException as e:
             rep.event("interrupted" if isinstance(e, KeyboardInterrupt) else "failed", error=str(e))
             raise
@@ -134,7 +144,7 @@ def _data_files(cfg: RunConfig, run_dir: Path, dist: Dist) -> tuple[list[Path], 
     return [run_dir / "data" / "train.jsonl"], [run_dir / "data" / "eval.jsonl"], card
 
 
-def _check_inputs_unchanged(run_dir: Path, files: list[Path]) -> None:
+def check_inputs_unchanged(run_dir: Path, files: list[Path]) -> None:
     """A resumed run must train on the same bytes as the run it continues."""
     recorded = json.loads((run_dir / "train" / "inputs.json").read_text())
     now = {str(p): sha256_file(p) for p in files}
@@ -146,7 +156,7 @@ def _check_inputs_unchanged(run_dir: Path, files: list[Path]) -> None:
 def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist: Dist, t0: float) -> dict[str, Any]:
     resume = opts.resume is not None
     if dist.main and not resume:
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.dump(), sort_keys=False))
     rep.info(f"run directory: {run_dir}" + (" (resuming)" if resume else ""))
     if dist.enabled:
         rep.info(f"{dist.world} processes; global batch {cfg.batch.size * cfg.batch.grad_accum} examples per step")
@@ -158,8 +168,8 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
     rep.info(f"model {resolved.base_model_id} from {resolved.path}")
 
     if resume:
-        train_files, eval_files = _resume_files(run_dir)
-        _check_inputs_unchanged(run_dir, [*train_files, *eval_files])
+        train_files, eval_files = resume_files(run_dir)
+        check_inputs_unchanged(run_dir, [*train_files, *eval_files])
         card = None
     else:
         train_files, eval_files, card = _data_files(cfg, run_dir, dist)
@@ -261,7 +271,7 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
             method=cfg.method,
             datacard=datacard,
             summary=summary,
-            config=cfg.model_dump(mode="json"),
+            config=cfg.dump(),
             provenance={
                 "train data sha256": ", ".join(sha256_file(p)[:16] for p in train_files),
                 "base weights": resolved.source.get("gguf_sha256", str(resolved.path)),
@@ -378,7 +388,7 @@ def _pairs(
     return pairs
 
 
-def _resume_files(run_dir: Path) -> tuple[list[Path], list[Path]]:
+def resume_files(run_dir: Path) -> tuple[list[Path], list[Path]]:
     cfg = build_config(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
     if cfg.data.task is not None and not cfg.data.train:
         return [run_dir / "data" / "train.jsonl"], [run_dir / "data" / "eval.jsonl"]
@@ -413,6 +423,6 @@ def _mlflow(uri: str, cfg: RunConfig, run_dir: Path) -> _Tracker:
         raise ConfigError("MLflow is not installed: pip install mlflow", field="--mlflow") from None
     mlflow.set_tracking_uri(uri)
     mlflow.start_run(run_name=run_dir.name)
-    flat = {f"{s}.{k}": v for s, sec in cfg.model_dump(mode="json").items() for k, v in (sec or {}).items()}
+    flat = {f"{s}.{k}": v for s, sec in cfg.dump().items() if isinstance(sec, dict) for k, v in sec.items()}
     mlflow.log_params({k: str(v)[:250] for k, v in flat.items()})
     return _Tracker(mlflow)

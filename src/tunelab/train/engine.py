@@ -296,7 +296,7 @@ def _batch(
     return b, int(mask.sum())
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     import numpy as np
     import torch
 
@@ -312,7 +312,7 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     import numpy as np
     import torch
 
@@ -323,6 +323,41 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def restore_latest(
+    ckpt_root: Path, dist: Dist, reporter: Reporter, named: list[tuple[str, Any]], opt: Any, sched: Any,
+    skipped: list[str],
+) -> dict[str, Any]:
+    """Load the newest checkpoint that verifies into the trainable tensors, optimizer, scheduler and RNGs.
+
+    Damaged newer checkpoints are reported and appended to `skipped`; returns the checkpoint's state.json
+    (with `path` added). Shared by the text and image training loops.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    found = ckpt.latest_good(ckpt_root)
+    for path, why in found.skipped if found else []:
+        reporter.info(f"[yellow]checkpoint {path.name} is damaged ({why}); using an older one[/]")
+        skipped.append(f"{path.name}: {why}")
+    if found is None:
+        bad = "; ".join(f"{p.name}: {ckpt.verify(p)}" for _, p in ckpt.listing(ckpt_root))
+        raise ConfigError(f"no usable checkpoint to resume from{': ' + bad if bad else ''}", file=ckpt_root)
+    state = ckpt.read_state(found.path)
+    if state["world_size"] != dist.world:
+        raise ConfigError(
+            f"checkpoint was written by {state['world_size']} processes, this run has {dist.world}",
+            file=found.path,
+        )
+    weights = load_file(str(found.path / "weights.safetensors"))
+    with torch.no_grad():
+        for k, p in named:
+            p.copy_(weights[k])
+    opt.load_state_dict(torch.load(found.path / "optimizer.pt", weights_only=True))
+    sched.load_state_dict(torch.load(found.path / "scheduler.pt", weights_only=True))
+    set_rng_state(json.loads((found.path / "rng.json").read_text())[dist.rank])
+    return {**state, "path": found.path}
 
 
 Pair = tuple[Encoded, Encoded]  # DPO: (prompt + chosen, prompt + rejected)
@@ -350,7 +385,7 @@ def train(
     import copy
 
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     dist = dist or Dist()
     dpo = cfg.method.objective == "dpo"
@@ -415,26 +450,7 @@ def train(
     if resume:
         if ckpt_root is None:
             raise ConfigError("resuming needs a run directory", field="--resume")
-        found = ckpt.latest_good(ckpt_root)
-        for path, why in found.skipped if found else []:
-            reporter.info(f"[yellow]checkpoint {path.name} is damaged ({why}); using an older one[/]")
-            result.skipped_checkpoints.append(f"{path.name}: {why}")
-        if found is None:
-            bad = "; ".join(f"{p.name}: {ckpt.verify(p)}" for _, p in ckpt.listing(ckpt_root))
-            raise ConfigError(f"no usable checkpoint to resume from{': ' + bad if bad else ''}", file=ckpt_root)
-        state = ckpt.read_state(found.path)
-        if state["world_size"] != dist.world:
-            raise ConfigError(
-                f"checkpoint was written by {state['world_size']} processes, this run has {dist.world}",
-                file=found.path,
-            )
-        weights = load_file(str(found.path / "weights.safetensors"))
-        with torch.no_grad():
-            for k, p in named:
-                p.copy_(weights[k])
-        opt.load_state_dict(torch.load(found.path / "optimizer.pt", weights_only=True))
-        sched.load_state_dict(torch.load(found.path / "scheduler.pt", weights_only=True))
-        _set_rng_state(json.loads((found.path / "rng.json").read_text())[dist.rank])
+        state = restore_latest(ckpt_root, dist, reporter, named, opt, sched, result.skipped_checkpoints)
         start = state["step"]
         result.curve = state["curve"]
         result.real_tokens, result.trained_tokens = state["real_tokens"], state["trained_tokens"]
@@ -442,7 +458,7 @@ def train(
         result.resumed_from = start
         if curve_path and dist.main:
             atomic_write_jsonl(curve_path, result.curve)
-        reporter.info(f"resumed from {found.path.name} (step {start} of {steps})")
+        reporter.info(f"resumed from {state['path'].name} (step {start} of {steps})")
     elif dist.main and curve_path:
         atomic_write_jsonl(curve_path, [])
 
@@ -468,7 +484,7 @@ def train(
     )
 
     def write_checkpoint(step: int) -> None:
-        rngs = dist.gather(_rng_state())
+        rngs = dist.gather(rng_state())
         if not (dist.main and ckpt_root):
             return
 

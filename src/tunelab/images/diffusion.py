@@ -1,0 +1,59 @@
+"""The two things a diffusion UNet is used for: the training loss (predict the added noise) and sampling (DDIM).
+
+Both take their randomness from explicit generators, never the global RNG: a training step's noise and
+timesteps are a function of (seed, step, rank), so a resumed run draws exactly what the uninterrupted one would
+have; and a sample is a function of its own seed, so base and tuned models asked for the same (class, seed) start
+from the same noise, which is what makes their comparison paired.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> Any:
+    import torch
+
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1024 + rank)
+
+
+def noise_loss(unet: Any, scheduler: Any, x0: Any, labels: Any, gen: Any) -> Any:
+    """Mean squared error between the added noise and the UNet's prediction of it, at uniform random timesteps."""
+    import torch
+    import torch.nn.functional as F
+
+    n = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=gen).to(x0.device)
+    noisy = scheduler.add_noise(x0, noise, t)
+    pred = unet(noisy, t, class_labels=labels).sample
+    return F.mse_loss(pred.float(), noise)
+
+
+def sample(
+    unet: Any,
+    scheduler_config: Any,
+    labels: list[int],
+    seeds: list[int],
+    *,
+    steps: int = 25,
+    batch: int = 64,
+    size: tuple[int, int, int] = (1, 16, 16),
+) -> Any:
+    """DDIM (eta 0, deterministic given the start noise): one image per (label, seed), (N, C, H, W) in [-1, 1]."""
+    import torch
+    from diffusers import DDIMScheduler
+
+    ddim = DDIMScheduler.from_config(scheduler_config)
+    ddim.set_timesteps(steps)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(labels), batch):
+            lab = torch.tensor(labels[i : i + batch])
+            starts = [torch.randn(size, generator=torch.Generator().manual_seed(s)) for s in seeds[i : i + batch]]
+            x = torch.stack(starts)
+            for t in ddim.timesteps:
+                eps = unet(x, t, class_labels=lab).sample
+                x = ddim.step(eps, t, x).prev_sample
+            out.append(x.clamp(-1, 1))
+    return torch.cat(out) if out else torch.empty((0, *size))

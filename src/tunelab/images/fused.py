@@ -1,0 +1,76 @@
+"""LoRA for a small UNet in training as one convolution (or matmul) per adapted layer, not three.
+
+peft's `lora.Conv2d` computes `base(x) + lora_B(lora_A(dropout(x))) * scaling`: three convolutions, a multiply
+and an add per layer, each over the whole feature map. With one vanilla adapter and no dropout the same value is
+`conv(x, W + scaling * B A)`, where B A is the (out, in, k, k) product of the two small kernels (lora_B is 1x1). For
+a UNet at 16x16 the step is bound by the number of operators, not their arithmetic, so one conv instead of three
+is faster, though the weight gradient is then a full-size one (see docs/images.md for the measurement). The same
+for `lora.Linear` (the attention projections). Anything else (dropout, several adapters, DoRA, merged, disabled)
+goes through peft's own forward, checked at every call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+
+def _fusable(m: Any) -> bool:
+    import torch
+
+    adapters = list(getattr(m, "active_adapters", []))
+    if len(adapters) != 1:
+        return False
+    name = adapters[0]
+    base = m.base_layer
+    return (
+        name in m.lora_A
+        and name not in getattr(m, "lora_variant", {})
+        and not getattr(m, "use_dora", {}).get(name, False)
+        and not getattr(m, "lora_bias", {}).get(name, False)
+        and isinstance(m.lora_dropout[name], torch.nn.Identity)
+        and (
+            (isinstance(base, torch.nn.Linear) and not getattr(m, "fan_in_fan_out", False))
+            or (isinstance(base, torch.nn.Conv2d) and base.groups == 1 and base.padding_mode == "zeros")
+        )
+    )
+
+
+def _forward(m: Any, name: str, peft_forward: Callable[..., Any]) -> Callable[..., Any]:
+    import torch
+    import torch.nn.functional as F
+
+    lora_a, lora_b, scaling, base = m.lora_A[name], m.lora_B[name], m.scaling[name], m.base_layer
+    conv = isinstance(base, torch.nn.Conv2d)
+
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if args or kwargs or m.disable_adapters or m.merged:
+            out: torch.Tensor = peft_forward(x, *args, **kwargs)
+            return out
+        a = lora_a.weight.reshape(lora_a.weight.shape[0], -1)
+        b = lora_b.weight.reshape(lora_b.weight.shape[0], -1)
+        w = torch.addmm(base.weight.reshape(base.weight.shape[0], -1), b, a, alpha=scaling).view(base.weight.shape)
+        if conv:
+            return F.conv2d(x, w, base.bias, base.stride, base.padding, base.dilation, base.groups)
+        return F.linear(x, w, base.bias)
+
+    return forward
+
+
+@contextmanager
+def merged_lora(model: Any) -> Iterator[int]:
+    """Within the block, fusable LoRA Linear/Conv2d layers of `model` run as one op. Yields how many."""
+    from peft.tuners.lora import Conv2d as LoraConv2d
+    from peft.tuners.lora import Linear as LoraLinear
+
+    patched = []
+    for m in model.modules():
+        if isinstance(m, (LoraLinear, LoraConv2d)) and _fusable(m):
+            m.forward = _forward(m, m.active_adapters[0], m.forward)  # type: ignore[method-assign]
+            patched.append(m)
+    try:
+        yield len(patched)
+    finally:
+        for m in patched:
+            m.__dict__.pop("forward", None)
