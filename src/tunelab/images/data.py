@@ -33,6 +33,7 @@ class ImageItem:
     file_sha256: str
     source: str  # the folder or JSONL file it was listed in
     original: str = ""  # the file's own size and mode, e.g. "8x8 L"
+    path: str = ""  # the image file itself (for a JSONL record, `file` is the listing)
 
     @property
     def pixel_sha256(self) -> str:
@@ -116,7 +117,8 @@ def read_image_set(path: Path, resolution: int, channels: int, min_side: int = 8
         except ValueError as e:
             out.rejected.append(Rejected(shown, line, "image", str(e)))
             continue
-        out.items.append(ImageItem(shown, line, label, pixels, hashlib.sha256(data).hexdigest(), str(path), original))
+        sha = hashlib.sha256(data).hexdigest()
+        out.items.append(ImageItem(shown, line, label, pixels, sha, str(path), original, str(image_path)))
     return out
 
 

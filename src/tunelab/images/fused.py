@@ -4,7 +4,8 @@ peft's `lora.Conv2d` computes `base(x) + lora_B(lora_A(dropout(x))) * scaling`: 
 and an add per layer, each over the whole feature map. With one vanilla adapter and no dropout the same value is
 `conv(x, W + scaling * B A)`, where B A is the (out, in, k, k) product of the two small kernels (lora_B is 1x1). For
 a UNet at 16x16 the step is bound by the number of operators, not their arithmetic, so one conv instead of three
-is faster, though the weight gradient is then a full-size one (see docs/images.md for the measurement). The same
+is faster, though the weight gradient is then a full-size one and the merged weight is held for backward, so a
+layer is merged only while its weight is no larger than its input (see docs/images.md for the measurement). The same
 for `lora.Linear` (the attention projections). Anything else (dropout, several adapters, DoRA, merged, disabled)
 goes through peft's own forward, checked at every call.
 """
@@ -45,7 +46,9 @@ def _forward(m: Any, name: str, peft_forward: Callable[..., Any]) -> Callable[..
     conv = isinstance(base, torch.nn.Conv2d)
 
     def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if args or kwargs or m.disable_adapters or m.merged:
+        # the merged weight is kept for backward: worth it while it is no bigger than the input it replaces two
+        # ops over (a small UNet's layers); a large layer on a small feature map takes peft's path
+        if args or kwargs or m.disable_adapters or m.merged or base.weight.numel() > x.numel():
             out: torch.Tensor = peft_forward(x, *args, **kwargs)
             return out
         a = lora_a.weight.reshape(lora_a.weight.shape[0], -1)

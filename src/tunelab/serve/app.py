@@ -17,10 +17,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tunelab.serve.config import ServeConfig
 from tunelab.serve.guards import load_rule
 from tunelab.serve.host import Host
+from tunelab.serve.images import ImageHost
 from tunelab.serve.limits import Limiter
 from tunelab.serve.metrics import Metrics
 from tunelab.serve.protocol import ApiError
-from tunelab.serve.routes import admin, chat, models
+from tunelab.serve.routes import admin, chat, images, models
 from tunelab.serve.state import Catalog, ServerState
 from tunelab.serve.store import Store
 
@@ -46,7 +47,7 @@ def create_app(
     host = host or Host(cfg)
     store = store or Store(cfg.store)
     state = ServerState(cfg, host, store, Limiter(store), Metrics(host.engine, collectors), catalog,
-                        server_watermark(cfg))  # fmt: skip
+                        server_watermark(cfg), ImageHost(cfg.images) if cfg.images.on else None)  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -73,7 +74,7 @@ def create_app(
             return _error(ApiError(413, f"request body larger than {cfg.max_body_bytes} bytes"))
         return await call_next(request)
 
-    for r in (admin.router, models.router, chat.router, *routers):
+    for r in (admin.router, models.router, chat.router, images.router, *routers):
         app.include_router(r)
     return app
 

@@ -67,6 +67,22 @@ def lean_weights(quantize: str) -> str | None:
     return None if quantize == "none" else quantize
 
 
+class ImagesConfig(BaseModel):
+    """`POST /v1/images/generations`: a class-conditioned image base and its adapters (see docs/images.md)."""
+
+    model_config = {"extra": "forbid"}
+
+    enabled: bool = False  # also on when `adapters` names any
+    base: str | None = None  # an image base directory; None: tunelab's default (digits-unet-v1, made once)
+    adapters: dict[str, Path] = Field(default_factory=dict)  # served name -> image run's model/ directory
+    sample_steps: int = Field(25, ge=1, le=1000)  # DDIM steps per image
+    max_n: int = Field(10, ge=1, le=100)  # images per request
+
+    @property
+    def on(self) -> bool:
+        return self.enabled or bool(self.adapters)
+
+
 class ServeConfig(BaseModel):
     model_config = {"extra": "forbid"}
 
@@ -97,6 +113,7 @@ class ServeConfig(BaseModel):
     model_guards: dict[str, GuardConfig] = Field(default_factory=dict)  # per served model, replacing `guards`
     jobs: JobsConfig = Field(default_factory=JobsConfig)
     watermark: WatermarkConfig = Field(default_factory=WatermarkConfig)
+    images: ImagesConfig = Field(default_factory=ImagesConfig)
 
 
 def load_serve_config(path: Path | None, **overrides: Any) -> ServeConfig:
@@ -115,6 +132,11 @@ def load_serve_config(path: Path | None, **overrides: Any) -> ServeConfig:
         data["adapters"] = {
             k: str((base / v) if not Path(v).is_absolute() else v) for k, v in (data.get("adapters") or {}).items()
         }
+        images = data.get("images")
+        if isinstance(images, dict):  # image adapter and base paths in the config are relative to it
+            images["adapters"] = {k: str(base / v) for k, v in (images.get("adapters") or {}).items()}
+            if isinstance(images.get("base"), str) and not Path(images["base"]).is_absolute():
+                images["base"] = str(base / images["base"])
         guard_sets = [data.get("guards"), *(data.get("model_guards") or {}).values()]
         for g in guard_sets:  # a classifier file named in the config is relative to the config
             inj = g.get("injection") if isinstance(g, dict) else None

@@ -12,6 +12,7 @@ from fastapi import Request
 from tunelab.govern.watermark import Watermark
 from tunelab.serve.config import ServeConfig
 from tunelab.serve.host import Host
+from tunelab.serve.images import ImageHost
 from tunelab.serve.limits import Limiter
 from tunelab.serve.metrics import Metrics
 from tunelab.serve.protocol import ApiError
@@ -39,6 +40,7 @@ class ServerState:
     metrics: Metrics
     catalog: Catalog | None = None
     watermark: Watermark | None = None  # the server's, when `watermark.enabled`
+    images: ImageHost | None = None  # the image models, when `images` is on
 
     def watermark_for(self, key: ApiKey, model: str) -> Watermark | None:
         """The watermark on this key's replies from `model`, per `watermark.models` and `watermark.keys`."""

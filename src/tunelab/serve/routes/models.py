@@ -14,7 +14,8 @@ router = APIRouter()
 
 
 def visible(state: ServerState, key: ApiKey) -> list[dict[str, Any]]:
-    out = [{"id": m, "object": "model", "created": 0, "owned_by": "tunelab"} for m in state.host.models()]
+    names = [*state.host.models(), *(state.images.models() if state.images else [])]
+    out = [{"id": m, "object": "model", "created": 0, "owned_by": "tunelab"} for m in names]
     if state.catalog is not None:
         out += state.catalog.models(key)
     return [m for m in out if key.allows(str(m["id"]))]
