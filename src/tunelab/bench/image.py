@@ -60,11 +60,16 @@ def side_tunelab(spec: dict[str, Any]) -> dict[str, Any]:
     meta = meta.with_classes([it.label for it in items])
     images = to_tensor(stack(items))
     ids = torch.tensor([meta.classes.index(it.label) for it in items])
-    cfg = build_config({
-        "task": "image", "method": {"r": spec["r"], "alpha": spec["r"]}, "optimizer": {"lr": spec["lr"]},
-        "schedule": {"warmup_steps": spec["warmup"]}, "batch": {"size": spec["batch"]},
-        "train": {"max_steps": spec["steps"], "threads": spec["threads"]},
-    })  # fmt: skip
+    cfg = build_config(
+        {
+            "task": "image",
+            "method": {"r": spec["r"], "alpha": spec["r"]},
+            "optimizer": {"lr": spec["lr"]},
+            "schedule": {"warmup_steps": spec["warmup"]},
+            "batch": {"size": spec["batch"]},
+            "train": {"max_steps": spec["steps"], "threads": spec["threads"]},
+        }
+    )
     model = prepare(unet, cfg)
     before = _current_rss_gb()
     run_dir = Path(spec["out"]) / "tunelab-run"  # as the product runs: curve, events and progress written
@@ -74,9 +79,13 @@ def side_tunelab(spec: dict[str, Any]) -> dict[str, Any]:
     rep.close()
     elapsed = [0.0] + [r["elapsed_s"] for r in res.curve]
     times = [b - a for a, b in itertools.pairwise(elapsed)]
-    return {"images_per_s": _rate(times, [spec["batch"]] * len(times)), "rss_before_loop_gb": before,
-            "final_loss": res.curve[-1]["loss"], "precision": res.precision,
-            "trainable_params": res.trainable_params}  # fmt: skip
+    return {
+        "images_per_s": _rate(times, [spec["batch"]] * len(times)),
+        "rss_before_loop_gb": before,
+        "final_loss": res.curve[-1]["loss"],
+        "precision": res.precision,
+        "trainable_params": res.trainable_params,
+    }
 
 
 def side_diffusers(spec: dict[str, Any]) -> dict[str, Any]:
@@ -104,7 +113,7 @@ def side_diffusers(spec: dict[str, Any]) -> dict[str, Any]:
         r=spec["r"], lora_alpha=spec["r"], init_lora_weights="gaussian", target_modules=list(DEFAULT_TARGETS)
     )
     # what `unet.add_adapter(lora)` does in diffusers' PEFT integration (UNet2DModel does not mix it in)
-    unet = inject_adapter_in_model(lora, unet)  # fmt: skip
+    unet = inject_adapter_in_model(lora, unet)
     unet.class_embedding.requires_grad_(True)  # the new classes' slots train, as on tunelab's side
     params = [p for p in unet.parameters() if p.requires_grad]
     dataset = load_dataset("imagefolder", data_dir=spec["folder"], cache_dir=spec["cache"])["train"]
@@ -129,11 +138,13 @@ def side_diffusers(spec: dict[str, Any]) -> dict[str, Any]:
         labels = torch.tensor([slots.classes.index(names[e["label"]]) for e in examples])
         return {"pixel_values": pixel_values, "labels": labels}
 
-    loader = torch.utils.data.DataLoader(train_dataset, shuffle=True, collate_fn=collate_fn,
-                                         batch_size=spec["batch"], num_workers=0)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        train_dataset, shuffle=True, collate_fn=collate_fn, batch_size=spec["batch"], num_workers=0
+    )
     optimizer = torch.optim.AdamW(params, lr=spec["lr"], betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-    lr_scheduler = get_scheduler("cosine", optimizer=optimizer, num_warmup_steps=spec["warmup"],
-                                 num_training_steps=spec["steps"])  # fmt: skip
+    lr_scheduler = get_scheduler(
+        "cosine", optimizer=optimizer, num_warmup_steps=spec["warmup"], num_training_steps=spec["steps"]
+    )
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
     unet.train()
     before = _current_rss_gb()
@@ -164,8 +175,13 @@ def side_diffusers(spec: dict[str, Any]) -> dict[str, Any]:
             t0 = time.perf_counter()
             if step >= spec["steps"]:
                 break
-    return {"images_per_s": _rate(times, sizes), "rss_before_loop_gb": before, "final_loss": float(loss),
-            "precision": "fp32", "trainable_params": sum(p.numel() for p in params)}  # fmt: skip
+    return {
+        "images_per_s": _rate(times, sizes),
+        "rss_before_loop_gb": before,
+        "final_loss": float(loss),
+        "precision": "fp32",
+        "trainable_params": sum(p.numel() for p in params),
+    }
 
 
 def _side_main(side: str, spec_path: str, out: str) -> None:
@@ -181,7 +197,7 @@ def _run_side(side: str, spec: dict[str, Any], out: Path) -> dict[str, Any]:
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "tunelab.bench.image", side, str(spec_path), str(out / f"{side}.json")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{side} side failed:\n{proc.stderr[-3000:]}")
     data: dict[str, Any] = json.loads((out / f"{side}.json").read_text())
@@ -196,8 +212,11 @@ def bench_image(out: Path, steps: int = 200, log: Any = print) -> dict[str, Any]
     t0 = time.perf_counter()
     log("quality: tunelab train --preset image (the default base taught the digits 5-9)")
     run_dir = out / "run"
-    proc = subprocess.run([sys.executable, "-m", "tunelab", "train", "--preset", "image", "--out", str(run_dir)],
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunelab", "train", "--preset", "image", "--out", str(run_dir)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"the image run failed:\n{proc.stderr[-3000:]}")
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -210,8 +229,18 @@ def bench_image(out: Path, steps: int = 200, log: Any = print) -> dict[str, Any]
         (folder / it.label).mkdir(parents=True, exist_ok=True)
         (folder / it.label / Path(it.path).name).write_bytes(Path(it.path).read_bytes())
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    spec = {"out": str(out), "base": str(base), "folder": str(folder), "cache": str(out / "hf-cache"),
-            "steps": steps, "batch": 32, "lr": 2e-3, "warmup": 20, "r": 8, "threads": threads}  # fmt: skip
+    spec = {
+        "out": str(out),
+        "base": str(base),
+        "folder": str(folder),
+        "cache": str(out / "hf-cache"),
+        "steps": steps,
+        "batch": 32,
+        "lr": 2e-3,
+        "warmup": 20,
+        "r": 8,
+        "threads": threads,
+    }
     sides = {}
     for side in ("tunelab", "diffusers"):
         log(f"speed: {side}, {steps} steps of 32 images")
@@ -221,21 +250,31 @@ def bench_image(out: Path, steps: int = 200, log: Any = print) -> dict[str, Any]
     ca, kid = m["class_accuracy"], m["kid"]
     result: dict[str, Any] = {
         "bench": "image",
-        "tuned_class_accuracy": ca["tuned"], "base_class_accuracy": ca["base"],
-        "class_accuracy_delta_ci95": ca["ci95"], "class_accuracy_p": ca["p_value"],
-        "per_class": m["per_class"], "samples_per_class": m["samples_per_class"],
+        "tuned_class_accuracy": ca["tuned"],
+        "base_class_accuracy": ca["base"],
+        "class_accuracy_delta_ci95": ca["ci95"],
+        "class_accuracy_p": ca["p_value"],
+        "per_class": m["per_class"],
+        "samples_per_class": m["samples_per_class"],
         "judge_held_out_accuracy": m["judge"]["held_out_accuracy"],
         "kid": {k: kid[k] for k in ("base", "tuned", "delta", "base_ci95", "tuned_ci95", "delta_ci95")},
         "base_classes_after": m["other_class_accuracy"],
         "near_copies": {"tuned": m["memorisation"]["tuned_copies"], "of": m["memorisation"]["of"]},
-        "run": {"steps": summary["steps"], "train_s": summary["train_s"], "total_s": summary["total_s"],
-                "prior_images": summary["prior_images"], "run_dir": str(run_dir)},
+        "run": {
+            "steps": summary["steps"],
+            "train_s": summary["train_s"],
+            "total_s": summary["total_s"],
+            "prior_images": summary["prior_images"],
+            "run_dir": str(run_dir),
+        },
         "speed_ratio": t["images_per_s"] / d["images_per_s"],
         "memory_ratio": t["peak_rss_gb"] / d["peak_rss_gb"],
         "loop_memory_ratio": t["loop_rss_gb"] / max(1e-9, d["loop_rss_gb"]),
-        "sides": sides, "speed_steps": steps, "threads": threads,
+        "sides": sides,
+        "speed_steps": steps,
+        "threads": threads,
         "targets": TARGETS,
-    }  # fmt: skip
+    }
     result["met"] = {
         "tuned_class_accuracy": ca["tuned"] >= TARGETS["tuned_class_accuracy_min"],
         "speed_ratio": result["speed_ratio"] >= TARGETS["speed_ratio_min"],

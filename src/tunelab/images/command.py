@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from tunelab.config import RunConfig
@@ -31,8 +32,9 @@ from tunelab.images.diffusion import sample
 from tunelab.images.evaluate import EvalInputs, evaluate_pair
 from tunelab.images.judge import train_judge
 from tunelab.images.report import write_image_report
+from tunelab.images.sd import class_like, encode_images, encode_text, is_pipeline, load_pipeline, sample_text
 from tunelab.images.train import prepare, save_adapter, train_unet
-from tunelab.images.unet import load_base
+from tunelab.images.unet import ImageMeta, load_base
 from tunelab.progress import Reporter
 from tunelab.train.command import TrainOptions, check_inputs_unchanged, resume_files, run_train
 from tunelab.train.distributed import Dist
@@ -77,14 +79,17 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.dump(), sort_keys=False))
     rep.info(f"run directory: {run_dir}" + (" (resuming)" if resume else ""))
     base_dir = resolve_base(cfg.model.name, rep)
-    unet, noise_scheduler, base_meta = load_base(base_dir)
-    if base_meta.resolution != cfg.image.resolution or base_meta.channels != cfg.image.channels:
-        raise ConfigError(
-            f"the base model makes {base_meta.resolution}x{base_meta.resolution} images with {base_meta.channels} "
-            f"channel(s); the config says {cfg.image.resolution} and {cfg.image.channels}",
-            field="image.resolution",
-        )
-    rep.info(f"image base {base_dir} ({len(base_meta.classes)} of {base_meta.slots} class slots taken)")
+    text = is_pipeline(base_dir)
+    if text:
+        parts = load_pipeline(base_dir)
+        unet, noise_scheduler = parts.unet, parts.scheduler
+        base_meta = ImageMeta([], 0, parts.resolution, 3, {"pipeline": str(base_dir)}, "text")
+        _adopt(cfg, base_meta)
+        rep.info(f"text-conditioned pipeline {base_dir} ({parts.resolution}x{parts.resolution})")
+    else:
+        unet, noise_scheduler, base_meta = load_base(base_dir)
+        _adopt(cfg, base_meta)
+        rep.info(f"image base {base_dir} ({len(base_meta.classes)} of {base_meta.slots} class slots taken)")
 
     if resume:
         train_files, eval_files = resume_files(run_dir)
@@ -114,31 +119,53 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
     elif dist.main:
         atomic_write_json(run_dir / "train" / "inputs.json", {str(p): sha256_file(p) for p in audit.files})
 
-    meta = base_meta.with_classes([it.label for it in audit.train])
-    images = to_tensor(stack(audit.train))
-    ids = torch.tensor([meta.classes.index(it.label) for it in audit.train])
-    new = [c for c in meta.classes if c not in base_meta.classes]
-    if new:
-        rep.info(f"new classes (free slots): {', '.join(new)}")
-    kept = [c for c in base_meta.classes if c not in new and c not in {it.label for it in audit.train}]
-    if cfg.image.prior_images and kept:
-        with rep.status("sampling the base model's own classes for prior preservation"):
-            prior = prior_samples(
-                unet,
-                noise_scheduler.config,
-                base_meta,
-                kept,
-                cfg.image.prior_images,
-                cfg.image.sample_steps,
-                cfg.train.seed,
-            )
-        images = torch.cat([images, prior])
-        ids = torch.cat(
-            [ids, torch.tensor([meta.classes.index(c) for c in kept for _ in range(cfg.image.prior_images)])]
+    new: list[str] = []
+    if text:
+        meta = ImageMeta(
+            sorted({it.label for it in audit.train}), 0, base_meta.resolution, 3, base_meta.made_by, "text"
         )
-        rep.info(f"prior preservation: {len(prior)} base samples of {', '.join(kept)} trained on beside the data")
+        with rep.status("encoding the images to latents and the captions to hidden states, once"):
+            images = encode_images(parts, to_tensor(stack(audit.train)))
+            cond = encode_text(parts, [it.label for it in audit.train])
+        cond_key = "encoder_hidden_states"
+    else:
+        meta = base_meta.with_classes([it.label for it in audit.train])
+        images = to_tensor(stack(audit.train))
+        cond = torch.tensor([meta.classes.index(it.label) for it in audit.train])
+        cond_key = "class_labels"
+        new = [c for c in meta.classes if c not in base_meta.classes]
+        if new:
+            rep.info(f"new classes (free slots): {', '.join(new)}")
+        kept = [c for c in base_meta.classes if c not in new and c not in {it.label for it in audit.train}]
+        if cfg.image.prior_images and kept:
+            with rep.status("sampling the base model's own classes for prior preservation"):
+                prior = prior_samples(
+                    unet,
+                    noise_scheduler.config,
+                    base_meta,
+                    kept,
+                    cfg.image.prior_images,
+                    cfg.image.sample_steps,
+                    cfg.train.seed,
+                )
+            images = torch.cat([images, prior])
+            more = torch.tensor([meta.classes.index(c) for c in kept for _ in range(cfg.image.prior_images)])
+            cond = torch.cat([cond, more])
+            rep.info(f"prior preservation: {len(prior)} base samples of {', '.join(kept)} trained on beside the data")
     model = prepare(unet, cfg)
-    res = train_unet(model, noise_scheduler, images, ids, meta, cfg, rep, run_dir=run_dir, resume=resume, dist=dist)
+    res = train_unet(
+        model,
+        noise_scheduler,
+        images,
+        cond,
+        meta,
+        cfg,
+        rep,
+        run_dir=run_dir,
+        resume=resume,
+        dist=dist,
+        cond_key=cond_key,
+    )
     if not dist.main:
         return {}
     save_adapter(res.model, meta, run_dir / "model")
@@ -156,15 +183,29 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
         keep = [i for i, y in enumerate(labels) if y in others]
         ref_pix += list(pix[keep])
         ref_labels += [labels[i] for i in keep]
-    with rep.status("training the judge (once per set of real images)"):
-        import numpy as np
+    judge = None
+    if not text or class_like(ref_labels):
+        with rep.status("training the judge (once per set of real images)"):
+            judge = train_judge(np.stack(ref_pix), ref_labels, seed=cfg.eval.seed)
+        rep.info(
+            f"judge: {len(judge.classes)} classes, {judge.held_out_accuracy:.3f} accuracy on "
+            f"{judge.held_out} held-out real images"
+        )
+    else:
+        rep.info("the captions are not classes (each needs 2+ images, 50 at most): no judge; memorisation only")
+    size = (meta.channels, meta.resolution, meta.resolution)
+    if text:
+        base_model = load_pipeline(base_dir).unet
 
-        judge = train_judge(np.stack(ref_pix), ref_labels, seed=cfg.eval.seed)
-    rep.info(
-        f"judge: {len(judge.classes)} classes, {judge.held_out_accuracy:.3f} accuracy on "
-        f"{judge.held_out} held-out real images"
-    )
-    base_model, _, _ = load_base(base_dir)
+        def draw(model: Any, labels: list[str], seeds: list[int]) -> Any:
+            return sample_text(parts, model, labels, seeds, steps=cfg.image.sample_steps)
+    else:
+        base_model = load_base(base_dir)[0]
+
+        def draw(model: Any, labels: list[str], seeds: list[int]) -> Any:
+            slots = [meta.classes.index(c) for c in labels]
+            return sample(model, noise_scheduler.config, slots, seeds, steps=cfg.image.sample_steps, size=size)
+
     real = audit.eval
     inputs = EvalInputs(
         targets,
@@ -178,8 +219,7 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
         metrics = evaluate_pair(
             base_model,
             res.model,
-            noise_scheduler.config,
-            meta,
+            draw,
             judge,
             inputs,
             run_dir / "eval",
@@ -253,6 +293,20 @@ def prior_samples(
     seeds = [1_000_000 + seed * 100_000 + i for i in range(len(slots))]
     size = (meta.channels, meta.resolution, meta.resolution)
     return sample(unet, scheduler_config, slots, seeds, steps=steps, size=size)
+
+
+def _adopt(cfg: RunConfig, meta: ImageMeta) -> None:
+    """The base's resolution and channels, unless the config set others itself (then it is an error)."""
+    for name in ("resolution", "channels"):
+        want, have = getattr(cfg.image, name), getattr(meta, name)
+        if want != have:
+            if name in cfg.image.model_fields_set:
+                raise ConfigError(
+                    f"the base model draws {meta.resolution}x{meta.resolution} images with "
+                    f"{meta.channels} channel(s); the config says {want}",
+                    field=f"image.{name}",
+                )
+            setattr(cfg.image, name, have)
 
 
 def _card(base_dir: Path, meta: dict[str, Any], s: dict[str, Any], m: dict[str, Any], a: dict[str, Any]) -> str:

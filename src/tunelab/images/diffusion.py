@@ -17,8 +17,9 @@ def step_generator(seed: int, step: int, rank: int = 0) -> Any:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1024 + rank)
 
 
-def noise_loss(unet: Any, scheduler: Any, x0: Any, labels: Any, gen: Any) -> Any:
-    """Mean squared error between the added noise and the UNet's prediction of it, at uniform random timesteps."""
+def noise_loss(unet: Any, scheduler: Any, x0: Any, cond: dict[str, Any], gen: Any) -> Any:
+    """Mean squared error between the added noise and the UNet's prediction of it, at uniform random timesteps.
+    `cond`: the UNet's conditioning keyword (`class_labels`, or `encoder_hidden_states` for text)."""
     import torch
     import torch.nn.functional as F
 
@@ -26,7 +27,7 @@ def noise_loss(unet: Any, scheduler: Any, x0: Any, labels: Any, gen: Any) -> Any
     noise = torch.randn(x0.shape, generator=gen).to(x0.device)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=gen).to(x0.device)
     noisy = scheduler.add_noise(x0, noise, t)
-    pred = unet(noisy, t, class_labels=labels).sample
+    pred = unet(noisy, t, **cond).sample
     return F.mse_loss(pred.float(), noise)
 
 

@@ -12,6 +12,7 @@ Measured, per class and overall:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,7 @@ import numpy as np
 from tunelab.evaluate.stats import compare_binary
 from tunelab.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_jsonl
 from tunelab.images.data import png_bytes, to_tensor, to_uint8
-from tunelab.images.diffusion import sample
 from tunelab.images.judge import Judge, paired_kid
-from tunelab.images.unet import ImageMeta
 
 COPY_QUANTILE = 0.05
 
@@ -46,12 +45,14 @@ def _nn_dist(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.asarray(np.sqrt(np.maximum(d2, 0).min(1) / a.shape[1]))
 
 
+Draw = Callable[[Any, list[str], list[int]], Any]  # (model, class or caption per image, seed per image) -> images
+
+
 def evaluate_pair(
     base: Any,
     tuned: Any,
-    scheduler_config: Any,
-    meta: ImageMeta,
-    judge: Judge,
+    draw: Draw,
+    judge: Judge | None,
     inputs: EvalInputs,
     out_dir: Path,
     *,
@@ -59,16 +60,19 @@ def evaluate_pair(
     steps: int,
     resamples: int = 1000,
 ) -> dict[str, Any]:
-    """Sample both models, judge, compare; writes eval/{predictions.jsonl, metrics.json, grid.png}."""
-    size = (meta.channels, meta.resolution, meta.resolution)
+    """Sample both models, judge, compare; writes eval/{predictions.jsonl, metrics.json, grid.png}. Without a
+    judge (captions that are not classes) only the memorisation check is measured."""
     classes = inputs.target_classes + inputs.other_classes
     wanted = [(c, s) for c in classes for s in range(seeds)]
-    slots = [meta.classes.index(c) for c, _ in wanted]
     seed_ids = [10_000 + s for _, s in wanted]  # seeds apart from training's, the same for both models
-    xb = sample(base, scheduler_config, slots, seed_ids, steps=steps, size=size)
-    xt = sample(tuned, scheduler_config, slots, seed_ids, steps=steps, size=size)
-    pb, fb = judge.predict(xb)
-    pt, ft = judge.predict(xt)
+    labels = [c for c, _ in wanted]
+    xb = draw(base, labels, seed_ids)
+    xt = draw(tuned, labels, seed_ids)
+    if judge is not None:
+        pb, fb = judge.predict(xb)
+        pt, ft = judge.predict(xt)
+    else:
+        pb = pt = [""] * len(wanted)
     ub, ut = to_uint8(xb), to_uint8(xt)
     nn_t = _nn_dist(ut, inputs.train)
     nn_b = _nn_dist(ub, inputs.train)
@@ -119,17 +123,19 @@ def evaluate_pair(
         "modality": "image",
         "samples_per_class": seeds,
         "sample_steps": steps,
-        "judge": {
+        "judge": None
+        if judge is None
+        else {
             "classes": judge.classes,
             "held_out_accuracy": judge.held_out_accuracy,
             "held_out_images": judge.held_out,
             "key": judge.key,
         },
         "target_classes": inputs.target_classes,
-        "class_accuracy": compare(target, "class_accuracy"),
-        "per_class": per_class,
+        "class_accuracy": compare(target, "class_accuracy") if judge else None,
+        "per_class": per_class if judge else None,
         "other_classes": inputs.other_classes,
-        "other_class_accuracy": compare(other, "other_class_accuracy") if other else None,
+        "other_class_accuracy": compare(other, "other_class_accuracy") if other and judge else None,
         "kid": None,
         "memorisation": {
             "nn_train_rms": {
@@ -143,7 +149,7 @@ def evaluate_pair(
             "of": len(target),
         },
     }
-    if len(inputs.real_eval) >= 2:
+    if judge is not None and len(inputs.real_eval) >= 2:
         real = to_tensor(inputs.real_eval)
         _, fr = judge.predict(real)
         metrics["kid"] = paired_kid(fb[tmask], ft[tmask], fr, resamples=resamples)

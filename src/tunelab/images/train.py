@@ -58,7 +58,14 @@ def prepare(unet: Any, cfg: RunConfig) -> Any:
     """LoRA (the default) or every weight trainable; seeded first, so every process starts from the same adapter."""
     seed_everything(cfg.train.seed)
     if cfg.method.kind == "lora":
-        return add_lora(unet, cfg.method.r, cfg.method.alpha, cfg.method.dropout, list(cfg.image.target_modules))
+        return add_lora(
+            unet,
+            cfg.method.r,
+            cfg.method.alpha,
+            cfg.method.dropout,
+            list(cfg.image.target_modules),
+            class_embedding=getattr(unet, "class_embedding", None) is not None,
+        )
     return unet.requires_grad_(True)
 
 
@@ -75,7 +82,7 @@ def train_unet(
     model: Any,
     noise_scheduler: Any,
     images: Any,
-    labels: Any,
+    cond: Any,
     meta: ImageMeta,
     cfg: RunConfig,
     reporter: Reporter,
@@ -83,8 +90,10 @@ def train_unet(
     run_dir: Path | None = None,
     resume: bool = False,
     dist: Dist | None = None,
+    cond_key: str = "class_labels",
 ) -> ImageTrainResult:
-    """Train `model` (already prepared) on `images` (N, C, H, W in [-1, 1]) with class ids `labels` (N,)."""
+    """Train `model` (already prepared) on `images` (N, C, H, W: pixels in [-1, 1], or latents) conditioned on
+    `cond` (N, ...): class ids, or text hidden states with `cond_key="encoder_hidden_states"`."""
     import torch
 
     dist = dist or Dist()
@@ -97,7 +106,7 @@ def train_unet(
     torch.set_num_threads(cfg.train.threads or default_threads(dist.local_world))
     device = torch.device("cuda", dist.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     model = model.to(device)
-    images, labels = images.to(device), labels.to(device)
+    images, cond = images.to(device), cond.to(device)
     named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     oc = cfg.optimizer
@@ -201,7 +210,7 @@ def train_unet(
                     idx = torch.tensor(group, device=device)
                     sync = j == len(groups) - 1 or not dist.enabled
                     with nullcontext() if sync else runner.no_sync(), autocast:
-                        loss = noise_loss(runner, noise_scheduler, images[idx], labels[idx], gen)
+                        loss = noise_loss(runner, noise_scheduler, images[idx], {cond_key: cond[idx]}, gen)
                     # the mean over the global batch, whatever each process's share (DDP averages over processes)
                     (loss * (len(group) * dist.world / len(chosen))).backward()
                     loss_sum += float(loss.detach()) * len(group)

@@ -34,6 +34,7 @@ class ImageMeta:
     resolution: int
     channels: int
     made_by: dict[str, Any] = field(default_factory=dict)
+    conditioning: str = "class"  # "class": slots of a class embedding; "text": a pipeline's text encoder
 
     def slot_of(self, label: str) -> int | None:
         return self.classes.index(label) if label in self.classes else None
@@ -47,7 +48,9 @@ class ImageMeta:
                 f"{len(new)} new classes ({', '.join(new[:5])}) do not fit",
                 field="data.train",
             )
-        return ImageMeta([*self.classes, *new], self.slots, self.resolution, self.channels, dict(self.made_by))
+        return ImageMeta(
+            [*self.classes, *new], self.slots, self.resolution, self.channels, dict(self.made_by), self.conditioning
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -56,6 +59,7 @@ class ImageMeta:
             "resolution": self.resolution,
             "channels": self.channels,
             "made_by": self.made_by,
+            "conditioning": self.conditioning,
         }
 
 
@@ -69,6 +73,7 @@ def read_meta(path: Path) -> ImageMeta:
             int(raw["resolution"]),
             int(raw["channels"]),
             dict(raw.get("made_by") or {}),
+            str(raw.get("conditioning", "class")),
         )
     except FileNotFoundError as e:
         raise ModelError(f"not a tunelab image model (no {META})", file=path) from e
@@ -142,13 +147,13 @@ def load_base(path: Path) -> tuple[Any, Any, ImageMeta]:
     return unet.eval(), scheduler, meta
 
 
-def add_lora(unet: Any, r: int, alpha: int, dropout: float, targets: list[str]) -> Any:
-    """A PEFT model: LoRA on `targets`, the class embedding trained in full (new classes need their slot)."""
+def add_lora(unet: Any, r: int, alpha: int, dropout: float, targets: list[str], class_embedding: bool = True) -> Any:
+    """A PEFT model: LoRA on `targets`, and the class embedding (if any) trained in full: new classes need
+    their slot."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, modules_to_save=["class_embedding"]
-    )
+    save = ["class_embedding"] if class_embedding else None
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, modules_to_save=save)
     return get_peft_model(unet, config)
 
 

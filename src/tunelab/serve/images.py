@@ -31,12 +31,18 @@ class Generated:
 
 class ImageHost:
     def __init__(self, cfg: ImagesConfig) -> None:
-        from tunelab.images.unet import read_meta
+        from tunelab.images.sd import is_pipeline, load_pipeline
+        from tunelab.images.unet import ImageMeta, read_meta
 
         self.cfg = cfg
         self.base_dir = self._base_dir()
         self.base_name = self.base_dir.name
-        self.meta = read_meta(self.base_dir)
+        self.parts: Any = None  # a text-conditioned pipeline's parts
+        if is_pipeline(self.base_dir):
+            self.parts = load_pipeline(self.base_dir)
+            self.meta = ImageMeta([], 0, self.parts.resolution, 3, {}, "text")
+        else:
+            self.meta = read_meta(self.base_dir)
         for name, path in cfg.adapters.items():  # a wrong adapter path fails at start, not per request
             if not (Path(path) / "adapter_config.json").is_file():
                 raise ModelError(f"image adapter {name!r} is not a PEFT adapter directory", file=path)
@@ -64,6 +70,10 @@ class ImageHost:
     def classes(self, model: str) -> list[str]:
         return list(self._meta(model).classes)
 
+    def text(self, model: str) -> bool:
+        """Whether `model` draws what its prompt says (a pipeline's text encoder) rather than a class it names."""
+        return bool(self._meta(model).conditioning == "text")
+
     def size(self, model: str) -> str:
         m = self._meta(model)
         return f"{m.resolution}x{m.resolution}"
@@ -71,6 +81,8 @@ class ImageHost:
     def _model(self, name: str) -> tuple[Any, Any]:
         from tunelab.images.unet import load_base, load_tuned
 
+        if self.parts is not None:
+            return self._text_model(name), self.parts.scheduler
         if name == self.base_name:
             if self._base is None:
                 self._base = load_base(self.base_dir)
@@ -82,17 +94,36 @@ class ImageHost:
         self._tuned.move_to_end(name)
         return self._tuned[name][0], self._tuned[name][1]
 
+    def _text_model(self, name: str) -> Any:
+        import copy
+
+        from peft import PeftModel
+
+        if name == self.base_name:
+            return self.parts.unet
+        if name not in self._tuned:
+            if len(self._tuned) >= ADAPTERS_KEPT:
+                self._tuned.popitem(last=False)
+            fresh = copy.deepcopy(self.parts.unet)  # peft adds the adapter in place: the base stays clean
+            self._tuned[name] = PeftModel.from_pretrained(fresh, str(self.cfg.adapters[name])).eval()
+        self._tuned.move_to_end(name)
+        return self._tuned[name]
+
     def generate(self, model: str, label: str, n: int, seed: int) -> Generated:
         from tunelab.images.data import png_bytes, to_uint8
         from tunelab.images.diffusion import sample
+        from tunelab.images.sd import sample_text
 
         with self._lock:
             unet, scheduler = self._model(model)
             meta = self._meta(model)
             seeds = [seed + i for i in range(n)]
             size = (meta.channels, meta.resolution, meta.resolution)
-            x = sample(unet, scheduler.config, [meta.classes.index(label)] * n, seeds,
-                       steps=self.cfg.sample_steps, size=size)  # fmt: skip
+            if self.parts is not None:
+                x = sample_text(self.parts, unet, [label] * n, seeds, steps=self.cfg.sample_steps)
+            else:
+                slots = [meta.classes.index(label)] * n
+                x = sample(unet, scheduler.config, slots, seeds, steps=self.cfg.sample_steps, size=size)
             pngs = [png_bytes(a) for a in to_uint8(x)]
         return Generated(pngs, label, f"{meta.resolution}x{meta.resolution}", seeds)
 

@@ -1,0 +1,137 @@
+"""Text-conditioned bases: a Stable Diffusion-style pipeline directory on disk (model_index.json, unet/,
+vae/, text_encoder/, tokenizer/, scheduler/), the layout `StableDiffusionPipeline.save_pretrained` writes.
+
+The UNet (`UNet2DConditionModel`) is fine-tuned with LoRA in the VAE's latent space, conditioned on the text
+encoder's hidden states. The VAE and the text encoder are frozen, so each training image is encoded to latents
+once and each distinct caption to hidden states once, before the first step (diffusers' example script encodes
+both again at every step). Sampling is DDIM with classifier-free guidance, decoded by the VAE.
+
+Nothing is fetched: every part is loaded from the directory with the class its model_index.json names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunelab.errors import ModelError
+
+
+def is_pipeline(path: Path) -> bool:
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(index, dict) and "text_encoder" in index and "vae" in index
+
+
+@dataclass
+class SDParts:
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+    resolution: int  # pixels a side: the UNet's latent size times the VAE's downscale
+
+    @property
+    def scaling(self) -> float:
+        return float(getattr(self.vae.config, "scaling_factor", 0.18215))
+
+
+def load_pipeline(path: Path) -> SDParts:
+    import diffusers
+    import transformers
+
+    index = json.loads((path / "model_index.json").read_text())
+
+    def part(name: str, lib_default: str) -> Any:
+        lib, cls = index.get(name, [lib_default, None])
+        module = transformers if lib == "transformers" else diffusers
+        if cls is None or not hasattr(module, cls):
+            raise ModelError(f"model_index.json names {lib}.{cls} for {name}, which is not installed", file=path)
+        return getattr(module, cls).from_pretrained(str(path / name), local_files_only=True)
+
+    try:
+        unet, vae = part("unet", "diffusers"), part("vae", "diffusers")
+        text_encoder, tokenizer = part("text_encoder", "transformers"), part("tokenizer", "transformers")
+    except OSError as e:
+        raise ModelError(f"cannot load the pipeline's parts: {e}", file=path) from e
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_pretrained(str(path / "scheduler"))
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    size = unet.config.sample_size
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    for m in (unet, vae, text_encoder):
+        m.requires_grad_(False).eval()
+    return SDParts(unet, vae, text_encoder, tokenizer, scheduler, int(size) * scale)
+
+
+def encode_text(parts: SDParts, texts: list[str]) -> Any:
+    """(N, tokens, dim) hidden states, each distinct text encoded once."""
+    import torch
+
+    tok = parts.tokenizer
+    length = min(int(getattr(tok, "model_max_length", 77) or 77), 77)
+    distinct = sorted(set(texts))
+    with torch.inference_mode():
+        ids = tok(distinct, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+        hidden = parts.text_encoder(ids)[0]
+    row = {t: i for i, t in enumerate(distinct)}
+    return hidden[[row[t] for t in texts]].clone()
+
+
+def encode_images(parts: SDParts, images: Any, batch: int = 16) -> Any:
+    """Latents (the VAE's mean, scaled) of (N, 3, H, W) images in [-1, 1]; computed once, before training."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            out.append(parts.vae.encode(images[i : i + batch]).latent_dist.mean * parts.scaling)
+    return torch.cat(out).clone()
+
+
+def sample_text(
+    parts: SDParts,
+    unet: Any,
+    prompts: list[str],
+    seeds: list[int],
+    *,
+    steps: int = 25,
+    guidance: float = 5.0,
+    batch: int = 8,
+) -> Any:
+    """DDIM with classifier-free guidance, decoded: one (3, H, W) image in [-1, 1] per (prompt, seed)."""
+    import torch
+    from diffusers import DDIMScheduler
+
+    ddim = DDIMScheduler.from_config(parts.scheduler.config)
+    ddim.set_timesteps(steps)
+    down = 2 ** (len(parts.vae.config.block_out_channels) - 1)
+    shape = (parts.unet.config.in_channels, parts.resolution // down, parts.resolution // down)
+    out = []
+    with torch.inference_mode():
+        empty = encode_text(parts, [""])
+        for i in range(0, len(prompts), batch):
+            p = prompts[i : i + batch]
+            cond = encode_text(parts, p)
+            both = torch.cat([empty.expand(len(p), -1, -1), cond])
+            starts = [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds[i : i + batch]]
+            x = torch.stack(starts)
+            for t in ddim.timesteps:
+                eps_u, eps_c = unet(torch.cat([x, x]), t, encoder_hidden_states=both).sample.chunk(2)
+                x = ddim.step(eps_u + guidance * (eps_c - eps_u), t, x).prev_sample
+            out.append(parts.vae.decode(x / parts.scaling).sample.clamp(-1, 1))
+    return torch.cat(out)
+
+
+def class_like(texts: list[str], most: int = 50) -> bool:
+    """Captions a judge can be trained on as classes: few distinct ones, each with at least 2 images."""
+    counts = np.unique(np.array(texts, dtype=object), return_counts=True)[1] if texts else np.array([])
+    return 2 <= len(counts) <= most and bool((counts >= 2).all())
