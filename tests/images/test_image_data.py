@@ -95,8 +95,8 @@ def test_audit_removes_duplicates_and_overlap_and_applies_the_licence(tmp_path: 
     assert r["verdict"] == "pass", r["reasons"]
     assert r["duplicates"]["exact"] == 1 and r["duplicates"]["near"] == 1
     assert r["train_images"] == 12 and r["eval_images"] == 4
-    assert r["contamination"]["removed_from_eval"] == 1
-    assert r["contamination"]["pairs"][0]["eval"].endswith("leak.png")
+    assert r["removed_from_eval"] == 1 and r["contamination"][str(evald)]["contaminated"] == 1
+    assert r["contamination"][str(evald)]["pairs"][0]["eval"].endswith("leak.png")
     q = [json.loads(line) for line in (tmp_path / "audit" / "quarantine.jsonl").read_text().splitlines()]
     reasons = {Path(x["file"]).name: x["reason"] for x in q}
     assert "duplicate of" in reasons["copy.png"] and "near duplicate" in reasons["zz-resaved.jpg"]

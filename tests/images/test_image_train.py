@@ -118,3 +118,20 @@ def test_image_run_refuses_bad_input_with_a_clear_message(
     res = run(tmp_path / "home", "train", str(p), "--out", str(tmp_path / "r"))
     assert res.returncode == code, res.stderr
     assert says in res.stderr
+
+
+def test_full_fine_tuning_saves_the_whole_unet_and_serves_it(tiny_base: Path, tmp_path: Path) -> None:
+    from tunelab.serve.config import ImagesConfig
+    from tunelab.serve.images import ImageHost
+
+    p = _config(tmp_path, tiny_base, max_steps=2)
+    cfg = yaml.safe_load(p.read_text())
+    cfg["method"] = {"kind": "full"}
+    p.write_text(yaml.safe_dump(cfg))
+    res = run(tmp_path / "home", "train", str(p), "--out", str(tmp_path / "full"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    model = tmp_path / "full" / "model"
+    assert (model / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert not (model / "adapter_config.json").exists()
+    host = ImageHost(ImagesConfig(base=str(tiny_base), adapters={"full": model}, sample_steps=2))
+    assert len(host.generate("full", "5", 1, seed=0).pngs) == 1

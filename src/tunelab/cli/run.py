@@ -130,7 +130,13 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) ->
     from tunelab.quickstart import load_summary
     from tunelab.report.html import write_report
 
-    path = write_report(run_dir, load_summary(run_dir))
+    summary = load_summary(run_dir)
+    if summary.get("task") == "image":
+        from tunelab.images.report import write_image_report
+
+        path = write_image_report(run_dir, summary)
+    else:
+        path = write_report(run_dir, summary)
     if (run_dir / "manifest.json").is_file():
         record_report(run_dir, path)
     print(path)

@@ -171,7 +171,7 @@ def run_image_audit(
         hit = index.match(it, h)
         if hit is not None:  # the eval item is (nearly) a training image: it cannot measure generalisation
             first, kind = hit
-            contaminated.append({"eval": _where(it), "train": _where(first), "kind": kind})
+            contaminated.append({"eval": _where(it), "train": _where(first), "kind": kind, "source": it.source})
             continue
         if eval_index.match(it, h) is not None:
             dup_counts["eval"] += 1
@@ -203,7 +203,18 @@ def run_image_audit(
         "quarantine_reasons": dict(Counter(_kind(r.reason) for r in rejected)),
         "duplicates": {"exact": dup_counts["exact"], "near": dup_counts["near"], "within_eval": dup_counts["eval"]},
         "near_duplicate_rule": {"phash_bits": PHASH_BITS, "pixel_diff": PIXEL_DIFF},
-        "contamination": {"removed_from_eval": len(contaminated), "pairs": contaminated[:50]},
+        # per eval source, as the text audit writes it; the overlapping images are left out of eval
+        "contamination": {
+            str(p): {
+                "contaminated": sum(1 for c in contaminated if c["source"] == str(p)),
+                "pairs": [{k: v for k, v in c.items() if k != "source"} for c in contaminated if c["source"] == str(p)][
+                    :50
+                ],
+            }
+            for p in eval_
+        },
+        "decontaminated": True,
+        "removed_from_eval": len(contaminated),
         "classes": dict(sorted(classes.items())),
         "normalised_to": {"resolution": resolution, "mode": "L" if channels == 1 else "RGB"},
         "originals": dict(originals.most_common(10)),

@@ -103,7 +103,7 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
     rep.info(
         f"audit: {a['train_images']} training and {a['eval_images']} eval images kept, {a['quarantined']} "
         f"quarantined, {a['duplicates']['exact']} exact and {a['duplicates']['near']} near duplicates removed, "
-        f"{a['contamination']['removed_from_eval']} eval images overlapping training removed; verdict {a['verdict']}"
+        f"{a['removed_from_eval']} eval images overlapping training removed; verdict {a['verdict']}"
     )
     forced = False
     if not audit.passed:

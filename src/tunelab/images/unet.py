@@ -158,11 +158,16 @@ def add_lora(unet: Any, r: int, alpha: int, dropout: float, targets: list[str], 
 
 
 def load_tuned(base: Path, adapter: Path) -> tuple[Any, Any, ImageMeta]:
-    """The base with a tunelab image adapter applied (a PEFT dir with its own tunelab_image.json)."""
+    """The base with a tunelab image adapter applied (a PEFT dir with its own tunelab_image.json), or the
+    fully fine-tuned UNet of a `method.kind: full` run (model/unet/)."""
     from peft import PeftModel
 
     unet, scheduler, _ = load_base(base)
     meta = read_meta(adapter)
+    if (adapter / "unet" / "config.json").is_file():  # a full fine-tune: the whole UNet
+        from diffusers import UNet2DModel
+
+        return UNet2DModel.from_pretrained(str(adapter / "unet")).eval(), scheduler, meta
     model = PeftModel.from_pretrained(unet, str(adapter))
     return model.eval(), scheduler, meta
 

@@ -44,8 +44,8 @@ class ImageHost:
         else:
             self.meta = read_meta(self.base_dir)
         for name, path in cfg.adapters.items():  # a wrong adapter path fails at start, not per request
-            if not (Path(path) / "adapter_config.json").is_file():
-                raise ModelError(f"image adapter {name!r} is not a PEFT adapter directory", file=path)
+            if not any((Path(path) / f).is_file() for f in ("adapter_config.json", "unet/config.json")):
+                raise ModelError(f"image adapter {name!r} is neither a PEFT adapter nor a full UNet", file=path)
             read_meta(Path(path))
         self._lock = threading.Lock()
         self._base: Any = None
