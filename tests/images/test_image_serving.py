@@ -7,14 +7,13 @@ import io
 import json
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.serve.test_server import TUNELAB, Server, _free_port
+from tests.serve.test_server import TUNELAB, Server, start_server, stop_server
 from tunelab.fsutil import atomic_dir
 from tunelab.images.train import save_adapter
 from tunelab.images.unet import add_lora, load_base
@@ -36,29 +35,10 @@ def image_server(tiny_model_dir: Path, tiny_base: Path, tmp_path_factory: pytest
     (tmp / "serve.yaml").write_text(
         f"images:\n  base: {tiny_base}\n  adapters:\n    sevens: adapter\n  sample_steps: 3\n  max_n: 4\n"
     )
-    port = _free_port()
-    proc = subprocess.Popen([*TUNELAB, "serve", "--model", str(tiny_model_dir), "--port", str(port), "--config",
-                             str(tmp / "serve.yaml")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-        assert proc.poll() is None, proc.communicate()
+    proc, url = start_server(["--model", str(tiny_model_dir), "--config", str(tmp / "serve.yaml")], env)
     srv = Server(url, env, {"main": json.loads(made.stdout)["key"]}, proc)
     yield srv
-    for c in srv.clients.values():
-        c.close()
-    proc.terminate()
-    try:
-        proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
+    stop_server(srv)
 
 
 def _png(b64: str | None) -> Image.Image:

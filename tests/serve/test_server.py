@@ -41,6 +41,34 @@ class Server:
         return subprocess.run([*TUNELAB, *args], capture_output=True, text=True, env=self.env, timeout=60)
 
 
+def start_server(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """`tunelab serve ARGS` on a free loopback port, once /health answers."""
+    port = _free_port()
+    proc = subprocess.Popen([*TUNELAB, "serve", *args, "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+        assert proc.poll() is None, proc.communicate()
+    return proc, url
+
+
+def stop_server(srv: Server) -> None:
+    for c in srv.clients.values():
+        c.close()
+    srv.proc.terminate()
+    try:
+        srv.proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        srv.proc.kill()
+        srv.proc.communicate()
+
+
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     from peft import LoraConfig, get_peft_model
@@ -67,45 +95,13 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         "max_context: 96\nmax_tokens: 64\nmax_body_bytes: 20000\n"
         "prices:\n  tiny-llama: {input_per_1k: 1.0, output_per_1k: 2.0}\n"
     )
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            *TUNELAB,
-            "serve",
-            "--model",
-            str(tiny_model_dir),
-            "--adapter",
-            f"tuned={adapter}",
-            "--port",
-            str(port),
-            "--config",
-            str(tmp / "serve.yaml"),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc, url = start_server(
+        ["--model", str(tiny_model_dir), "--adapter", f"tuned={adapter}", "--config", str(tmp / "serve.yaml")], env
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-        assert proc.poll() is None, proc.communicate()
     srv = Server(url, env, keys, proc)
     srv.config = tmp / "serve.yaml"  # type: ignore[attr-defined]
     yield srv
-    for c in srv.clients.values():
-        c.close()
-    proc.terminate()
-    try:
-        proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
+    stop_server(srv)
 
 
 def test_models_lists_the_base_and_every_adapter(server: Server) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import yaml
 
 from tunelab.config import RunConfig
-from tunelab.errors import ConfigError, DataError, GateFailed, ModelError
+from tunelab.errors import ConfigError, DataError, ModelError
 from tunelab.fsutil import atomic_write_json, atomic_write_text, dir_digest, sha256_file
 from tunelab.govern.provenance import record_report, write_manifest
 from tunelab.images.audit import run_image_audit
@@ -36,7 +36,7 @@ from tunelab.images.sd import class_like, encode_images, encode_text, is_pipelin
 from tunelab.images.train import prepare, save_adapter, train_unet
 from tunelab.images.unet import ImageMeta, load_base
 from tunelab.progress import Reporter
-from tunelab.train.command import TrainOptions, check_inputs_unchanged, resume_files, run_train
+from tunelab.train.command import TrainOptions, audit_gate, check_inputs_unchanged, resume_files, run_train
 from tunelab.train.distributed import Dist
 
 TASKS = ("digits-5to9",)
@@ -105,15 +105,7 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
         f"quarantined, {a['duplicates']['exact']} exact and {a['duplicates']['near']} near duplicates removed, "
         f"{a['removed_from_eval']} eval images overlapping training removed; verdict {a['verdict']}"
     )
-    forced = False
-    if not audit.passed:
-        if not opts.force:
-            raise GateFailed(
-                "data audit failed: " + "; ".join(a["reasons"]) + " (--force trains anyway and records it)",
-                file=run_dir / "audit" / "audit.json",
-            )
-        forced = True
-        rep.info("[yellow]the data audit failed; training anyway because of --force (recorded in the manifest)[/]")
+    forced = audit_gate(a, opts.force, run_dir, rep)
     if resume:
         check_inputs_unchanged(run_dir, audit.files)
     elif dist.main:

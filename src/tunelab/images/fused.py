@@ -16,25 +16,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from tunelab.train.fused import patch_forwards, plain_lora
+
 
 def _fusable(m: Any) -> bool:
     import torch
 
-    adapters = list(getattr(m, "active_adapters", []))
-    if len(adapters) != 1:
-        return False
-    name = adapters[0]
     base = m.base_layer
-    return (
-        name in m.lora_A
-        and name not in getattr(m, "lora_variant", {})
-        and not getattr(m, "use_dora", {}).get(name, False)
-        and not getattr(m, "lora_bias", {}).get(name, False)
-        and isinstance(m.lora_dropout[name], torch.nn.Identity)
-        and (
-            (isinstance(base, torch.nn.Linear) and not getattr(m, "fan_in_fan_out", False))
-            or (isinstance(base, torch.nn.Conv2d) and base.groups == 1 and base.padding_mode == "zeros")
-        )
+    return plain_lora(m) and (
+        (isinstance(base, torch.nn.Linear) and not getattr(m, "fan_in_fan_out", False))
+        or (isinstance(base, torch.nn.Conv2d) and base.groups == 1 and base.padding_mode == "zeros")
     )
 
 
@@ -67,13 +58,5 @@ def merged_lora(model: Any) -> Iterator[int]:
     from peft.tuners.lora import Conv2d as LoraConv2d
     from peft.tuners.lora import Linear as LoraLinear
 
-    patched = []
-    for m in model.modules():
-        if isinstance(m, (LoraLinear, LoraConv2d)) and _fusable(m):
-            m.forward = _forward(m, m.active_adapters[0], m.forward)  # type: ignore[method-assign]
-            patched.append(m)
-    try:
-        yield len(patched)
-    finally:
-        for m in patched:
-            m.__dict__.pop("forward", None)
+    with patch_forwards(model, (LoraLinear, LoraConv2d), _fusable, _forward) as n:
+        yield n

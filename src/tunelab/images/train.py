@@ -17,20 +17,18 @@ from typing import Any
 
 from tunelab.config import RunConfig
 from tunelab.errors import ConfigError, DataError
-from tunelab.fsutil import atomic_write_jsonl
 from tunelab.images.diffusion import noise_loss, step_generator
 from tunelab.images.fused import merged_lora
 from tunelab.images.unet import ImageMeta, add_lora, write_meta
 from tunelab.progress import Reporter
-from tunelab.train import checkpoint as ckpt
 from tunelab.train.distributed import Dist
 from tunelab.train.engine import (
     StepPlan,
+    begin,
     default_threads,
     lr_factor,
     peak_rss_gb,
-    restore_latest,
-    rng_state,
+    save_checkpoint,
     seed_everything,
     uses_bf16,
 )
@@ -133,18 +131,10 @@ def train_unet(
     ckpt_root = run_dir / "checkpoints" if run_dir else None
     curve_path = run_dir / "train" / "curve.jsonl" if run_dir else None
     start = 0
-    if resume:
-        if ckpt_root is None:
-            raise ConfigError("resuming needs a run directory", field="--resume")
-        state = restore_latest(ckpt_root, dist, reporter, named, opt, sched, result.skipped_checkpoints)
-        start = state["step"]
+    state = begin(run_dir, resume, dist, reporter, named, opt, sched, result.skipped_checkpoints, steps)
+    if state is not None:
+        start = result.resumed_from = state["step"]
         result.curve, result.images_seen, result.train_s = state["curve"], state["images_seen"], state["train_s"]
-        result.resumed_from = start
-        if curve_path and dist.main:
-            atomic_write_jsonl(curve_path, result.curve)
-        reporter.info(f"resumed from {state['path'].name} (step {start} of {steps})")
-    elif dist.main and curve_path:
-        atomic_write_jsonl(curve_path, [])
 
     runner: Any = model
     if dist.enabled:
@@ -165,29 +155,19 @@ def train_unet(
     )
 
     def write_checkpoint(step: int) -> None:
-        rngs = dist.gather(rng_state())
-        if not (dist.main and ckpt_root):
-            return
-
-        def write(tmp: Path) -> None:
-            from safetensors.torch import save_file
-
-            save_file({k: p.detach().cpu().contiguous() for k, p in named}, str(tmp / "weights.safetensors"))
-            torch.save(opt.state_dict(), tmp / "optimizer.pt")
-            torch.save(sched.state_dict(), tmp / "scheduler.pt")
-            (tmp / "rng.json").write_text(json.dumps(rngs))
-            state = {
-                "step": step,
-                "world_size": dist.world,
-                "images_seen": result.images_seen,
-                "train_s": result.train_s,
-                "curve": result.curve,
-            }
-            (tmp / "state.json").write_text(json.dumps(state))
-            save_adapter(model, meta, tmp / "adapter")  # each checkpoint can be sampled from
-
-        path = ckpt.save(ckpt_root, step, write, cfg.checkpoint.keep_last)
-        reporter.event("checkpoint", step=step, path=str(path))
+        counters = {"images_seen": result.images_seen, "train_s": result.train_s, "curve": result.curve}
+        save_checkpoint(
+            ckpt_root,
+            step,
+            dist,
+            reporter,
+            named,
+            opt,
+            sched,
+            counters,
+            cfg.checkpoint.keep_last,
+            lambda d: save_adapter(model, meta, d),
+        )  # each checkpoint can be sampled from
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
     model.train()

@@ -144,6 +144,19 @@ def _data_files(cfg: RunConfig, run_dir: Path, dist: Dist) -> tuple[list[Path], 
     return [run_dir / "data" / "train.jsonl"], [run_dir / "data" / "eval.jsonl"], card
 
 
+def audit_gate(report: dict[str, Any], force: bool, run_dir: Path, rep: Reporter) -> bool:
+    """Stop (exit 1) when the audit failed, unless --force; returns whether training goes on by force."""
+    if report["verdict"] == "pass":
+        return False
+    if not force:
+        raise GateFailed(
+            "data audit failed: " + "; ".join(report["reasons"]) + " (--force trains anyway and records it)",
+            file=run_dir / "audit" / "audit.json",
+        )
+    rep.info("[yellow]the data audit failed; training anyway because of --force (recorded in the manifest)[/]")
+    return True
+
+
 def check_inputs_unchanged(run_dir: Path, files: list[Path]) -> None:
     """A resumed run must train on the same bytes as the run it continues."""
     recorded = json.loads((run_dir / "train" / "inputs.json").read_text())
@@ -195,15 +208,7 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
         f"audit: {a['records_valid']} of {a['records_total']} records valid, {a['quarantined']} quarantined, "
         f"{a['duplicates']['exact']} exact duplicates removed; verdict {a['verdict']}"
     )
-    forced = False
-    if not audit.passed:
-        if not opts.force:
-            raise GateFailed(
-                "data audit failed: " + "; ".join(a["reasons"]) + " (--force trains anyway and records it)",
-                file=run_dir / "audit" / "audit.json",
-            )
-        forced = True
-        rep.info("[yellow]the data audit failed; training anyway because of --force (recorded in the manifest)[/]")
+    forced = audit_gate(a, opts.force, run_dir, rep)
     if dist.main and not resume:
         inputs = {str(p): sha256_file(p) for p in [*train_files, *eval_files]}
         atomic_write_json(run_dir / "train" / "inputs.json", inputs)

@@ -21,7 +21,7 @@ import random
 import resource
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,6 +325,53 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
+def save_checkpoint(
+    ckpt_root: Path | None, step: int, dist: Dist, reporter: Reporter, named: list[tuple[str, Any]], opt: Any,
+    sched: Any, counters: dict[str, Any], keep_last: int, adapter: Callable[[Path], None] | None = None,
+) -> None:
+    """Every process's RNG state gathered; process 0 writes the checkpoint atomically: trainable tensors,
+    optimizer, scheduler, RNGs, state.json (step, processes and `counters`), and `adapter(dir)` if given.
+    The counterpart of `restore_latest`; shared by the text and image training loops."""
+    import torch
+    from safetensors.torch import save_file
+
+    rngs = dist.gather(rng_state())
+    if not (dist.main and ckpt_root):
+        return
+
+    def write(tmp: Path) -> None:
+        save_file({k: p.detach().cpu().contiguous() for k, p in named}, str(tmp / "weights.safetensors"))
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        torch.save(sched.state_dict(), tmp / "scheduler.pt")
+        (tmp / "rng.json").write_text(json.dumps(rngs))
+        (tmp / "state.json").write_text(json.dumps({"step": step, "world_size": dist.world, **counters}))
+        if adapter is not None:
+            adapter(tmp / "adapter")
+
+    path = ckpt.save(ckpt_root, step, write, keep_last)
+    reporter.event("checkpoint", step=step, path=str(path))
+
+
+def begin(
+    run_dir: Path | None, resume: bool, dist: Dist, reporter: Reporter, named: list[tuple[str, Any]], opt: Any,
+    sched: Any, skipped: list[str], steps: int,
+) -> dict[str, Any] | None:
+    """The start of a training loop: with `resume`, the newest good checkpoint restored and the loss curve
+    rewritten up to it (its state returned); else an empty curve (None returned)."""
+    curve_path = run_dir / "train" / "curve.jsonl" if run_dir else None
+    if not resume:
+        if dist.main and curve_path:
+            atomic_write_jsonl(curve_path, [])
+        return None
+    if run_dir is None:
+        raise ConfigError("resuming needs a run directory", field="--resume")
+    state = restore_latest(run_dir / "checkpoints", dist, reporter, named, opt, sched, skipped)
+    if curve_path and dist.main:
+        atomic_write_jsonl(curve_path, state["curve"])
+    reporter.info(f"resumed from {state['path'].name} (step {state['step']} of {steps})")
+    return state
+
+
 def restore_latest(
     ckpt_root: Path, dist: Dist, reporter: Reporter, named: list[tuple[str, Any]], opt: Any, sched: Any,
     skipped: list[str],
@@ -385,7 +432,6 @@ def train(
     import copy
 
     import torch
-    from safetensors.torch import save_file
 
     dist = dist or Dist()
     dpo = cfg.method.objective == "dpo"
@@ -447,20 +493,12 @@ def train(
     curve_path = run_dir / "train" / "curve.jsonl" if run_dir else None
 
     start = 0
-    if resume:
-        if ckpt_root is None:
-            raise ConfigError("resuming needs a run directory", field="--resume")
-        state = restore_latest(ckpt_root, dist, reporter, named, opt, sched, result.skipped_checkpoints)
-        start = state["step"]
+    state = begin(run_dir, resume, dist, reporter, named, opt, sched, result.skipped_checkpoints, steps)
+    if state is not None:
+        start = result.resumed_from = state["step"]
         result.curve = state["curve"]
         result.real_tokens, result.trained_tokens = state["real_tokens"], state["trained_tokens"]
         result.train_s = state["train_s"]
-        result.resumed_from = start
-        if curve_path and dist.main:
-            atomic_write_jsonl(curve_path, result.curve)
-        reporter.info(f"resumed from {state['path'].name} (step {start} of {steps})")
-    elif dist.main and curve_path:
-        atomic_write_jsonl(curve_path, [])
 
     step_module = _step_module(model, packing, cfg.method.beta if dpo else None, reference)
     runner: Any = step_module
@@ -484,29 +522,11 @@ def train(
     )
 
     def write_checkpoint(step: int) -> None:
-        rngs = dist.gather(rng_state())
-        if not (dist.main and ckpt_root):
-            return
-
-        def write(tmp: Path) -> None:
-            save_file({k: p.detach().cpu().contiguous() for k, p in named}, str(tmp / "weights.safetensors"))
-            torch.save(opt.state_dict(), tmp / "optimizer.pt")
-            torch.save(sched.state_dict(), tmp / "scheduler.pt")
-            (tmp / "rng.json").write_text(json.dumps(rngs))
-            state = {
-                "step": step,
-                "world_size": dist.world,
-                "real_tokens": result.real_tokens,
-                "trained_tokens": result.trained_tokens,
-                "train_s": result.train_s,
-                "curve": result.curve,
-            }
-            (tmp / "state.json").write_text(json.dumps(state))
-            if hasattr(model, "peft_config"):  # a PEFT adapter dir beside the state: each checkpoint is servable
-                _write_adapter(model, tmp / "adapter")
-
-        path = ckpt.save(ckpt_root, step, write, cfg.checkpoint.keep_last)
-        reporter.event("checkpoint", step=step, path=str(path))
+        counters = {"real_tokens": result.real_tokens, "trained_tokens": result.trained_tokens,
+                    "train_s": result.train_s, "curve": result.curve}  # fmt: skip
+        # a PEFT adapter dir beside the state: each checkpoint is servable
+        adapter = (lambda d: _write_adapter(model, d)) if hasattr(model, "peft_config") else None
+        save_checkpoint(ckpt_root, step, dist, reporter, named, opt, sched, counters, cfg.checkpoint.keep_last, adapter)
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
     model.train()

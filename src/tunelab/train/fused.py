@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from typing import Any
 
 
-def _fusable(m: Any) -> bool:
+def plain_lora(m: Any) -> bool:
+    """One active vanilla LoRA adapter: no DoRA or other variant, no LoRA bias, no dropout."""
     import torch
 
     adapters = list(getattr(m, "active_adapters", []))
@@ -28,9 +29,13 @@ def _fusable(m: Any) -> bool:
         and not getattr(m, "use_dora", {}).get(name, False)
         and not getattr(m, "lora_bias", {}).get(name, False)
         and isinstance(m.lora_dropout[name], torch.nn.Identity)
-        and isinstance(m.base_layer, torch.nn.Linear)
-        and not getattr(m, "fan_in_fan_out", False)
     )
+
+
+def _fusable(m: Any) -> bool:
+    import torch
+
+    return plain_lora(m) and isinstance(m.base_layer, torch.nn.Linear) and not getattr(m, "fan_in_fan_out", False)
 
 
 def _forward(m: Any, name: str, peft_forward: Callable[..., Any]) -> Callable[..., Any]:
@@ -63,10 +68,24 @@ def fused_lora(model: Any) -> Iterator[int]:
     except ImportError:
         yield 0
         return
-    patched = []
-    for m in model.modules():
-        if isinstance(m, LoraLinear) and _fusable(m):
-            m.forward = _forward(m, m.active_adapters[0], m.forward)  # type: ignore[method-assign]
+    with patch_forwards(model, (LoraLinear,), _fusable, _forward) as n:
+        yield n
+
+
+@contextmanager
+def patch_forwards(
+    model: Any,
+    kinds: tuple[type, ...],
+    fusable: Callable[[Any], bool],
+    make: Callable[[Any, str, Callable[..., Any]], Callable[..., Any]],
+) -> Iterator[int]:
+    """Within the block, each module of `kinds` that is `fusable` runs `make(module, adapter, peft_forward)`;
+    the instance attribute is removed after, so peft's own forward is back. Yields how many were patched."""
+    patched: list[Any] = []
+    for mod in model.modules():
+        if isinstance(mod, kinds) and fusable(mod):
+            m: Any = mod
+            m.forward = make(m, m.active_adapters[0], m.forward)
             patched.append(m)
     try:
         yield len(patched)
