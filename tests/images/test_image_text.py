@@ -96,3 +96,33 @@ def test_text_conditioned_run_trains_and_evaluates_in_latent_space(tmp_path: Pat
     assert img.size == (16, 16) and img.mode == "RGB" and tuned.label == "red square"
     assert tuned.pngs != base.pngs  # the adapter changes what is drawn
     assert host.generate("squares", "red square", 2, seed=5).pngs == tuned.pngs  # and a seed repeats it
+
+
+def test_free_captions_train_without_a_judge_and_say_so(tmp_path: Path) -> None:
+    pipe = build_tiny_pipeline(tmp_path / "sd", ["red", "blue", "square", "one", "two", "three", "four"])
+    data = _squares(tmp_path / "train", {"red": (220, 30, 30), "blue": (30, 30, 220)}, 2, 0)
+    words = ["one", "two", "three", "four"]
+    rows = [json.loads(x) for x in data.read_text().splitlines()]
+    data.write_text("".join(json.dumps({**r, "text": f"{r['text']} {words[i]}"}) + "\n" for i, r in enumerate(rows)))
+    cfg = {
+        "task": "image",
+        "model": {"name": str(pipe)},
+        "data": {"train": [str(data)]},
+        "image": {"eval_seeds": 2, "sample_steps": 2},
+        "batch": {"size": 2},
+        "train": {"max_steps": 2},
+    }
+    p = tmp_path / "free.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    run = subprocess.run(
+        [sys.executable, "-m", "tunelab", "train", str(p), "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TUNELAB_HOME": str(tmp_path / "home")},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "no judge" in run.stdout
+    m = json.loads((tmp_path / "r" / "eval" / "metrics.json").read_text())
+    assert m["class_accuracy"] is None and m["kid"] is None and m["memorisation"]["of"] == 8
+    assert "only memorisation was measured" in (tmp_path / "r" / "model" / "README.md").read_text()

@@ -71,6 +71,12 @@ def test_image_run_end_to_end_and_kill_9_then_resume(tiny_base: Path, tmp_path: 
     assert "data:image/png;base64," in html and "Does it copy its training images?" in html
     verify = run(home, "govern", "verify", str(a))
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    ev = run(home, "govern", "evidence", str(a), "--out", str(tmp_path / "ev"))
+    assert ev.returncode == 0, ev.stderr
+    facts = json.loads((tmp_path / "ev" / "evidence.json").read_text())["facts"]
+    for name in ("paired_eval", "probe_memorisation", "licence", "data_provenance", "dedup", "model_card"):
+        assert facts[name]["present"], name  # what an image run measured is evidence too
+    assert "class accuracy of generated images" in facts["paired_eval"]["figure"]
 
     b = tmp_path / "b"
     proc = subprocess.Popen([*TUNELAB, "train", str(cfg), "--out", str(b)], env=_env(home),

@@ -81,11 +81,14 @@ def train(
         s = run_image_train(opts)
         if s:
             k = s["kid"]
-            print(
-                f"{s['steps']} steps on {s['examples']} images, {s['images_per_s']:.0f} images/s; class accuracy "
-                f"{s['base_class_accuracy']:.3f} -> {s['tuned_class_accuracy']:.3f} (base -> tuned, "
-                f"p = {s['class_accuracy_p']:.2g})" + (f", KID {k['base']:.4f} -> {k['tuned']:.4f}" if k else "")
+            acc = (
+                f"; class accuracy {s['base_class_accuracy']:.3f} -> {s['tuned_class_accuracy']:.3f} (base -> tuned, "
+                f"p = {s['class_accuracy_p']:.2g})"
+                if s["tuned_class_accuracy"] is not None
+                else "; no judge (the captions are not classes)"
             )
+            kid = f", KID {k['base']:.4f} -> {k['tuned']:.4f}" if k else ""
+            print(f"{s['steps']} steps on {s['examples']} images, {s['images_per_s']:.0f} images/s{acc}{kid}")
             print(f"report    {Path(s['run_dir']) / 'report.html'}")
         return
     s = run_train(opts)

@@ -196,7 +196,22 @@ def training_record(r: Run) -> Fact:
     return Fact("training_record", bool(curve), fig, arts, {"steps": len(curve)})
 
 
+def _image_eval(r: Run) -> dict[str, Any] | None:
+    """An image run's evaluation (eval/metrics.json with modality image), else None."""
+    m = r.json("eval/metrics.json")
+    return m if m and m.get("modality") == "image" else None
+
+
 def paired_eval(r: Run) -> Fact:
+    img = _image_eval(r)
+    if img and img.get("class_accuracy"):
+        ca, kid = img["class_accuracy"], img.get("kid") or {}
+        fig = (f"class accuracy of generated images base {ca['base']:.3f} -> tuned {ca['tuned']:.3f} on {ca['n']} "
+               f"samples paired by class and seed{_ci(ca)}, McNemar"
+               + (f"; KID {kid['base']:.3f} -> {kid['tuned']:.3f}" if kid else ""))  # fmt: skip
+        return Fact("paired_eval", True, fig, ["eval/metrics.json", "eval/predictions.jsonl"],
+                    {"metric": "class_accuracy", "a": ca["base"], "b": ca["tuned"], "delta": ca["delta"],
+                     "ci95": ca["ci95"], "p_value": ca["p_value"], "n": ca["n"]})  # fmt: skip
     cmp = r.json("eval/compare.json")
     if not cmp or not cmp.get("paired"):
         return Fact("paired_eval", False)
@@ -295,6 +310,12 @@ def probe_robustness(r: Run) -> Fact:
 
 
 def probe_memorisation(r: Run) -> Fact:
+    img = _image_eval(r)
+    if img and img.get("memorisation"):
+        mem = img["memorisation"]
+        fig = (f"{mem['tuned_copies']} of {mem['of']} tuned samples are near-copies of a training image (closer than "
+               f"{1 - mem['copy_quantile']:.0%} of real eval images are)")  # fmt: skip
+        return Fact("probe_memorisation", True, fig, ["eval/metrics.json"], dict(mem))
     p = _probe(r, "memorisation")
     if p is None:
         return Fact("probe_memorisation", False)

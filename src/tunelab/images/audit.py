@@ -11,6 +11,7 @@ at most `PIXEL_DIFF` on average. The second test matters at low resolution: on s
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 from tunelab.data.formats import Rejected
 from tunelab.data.licence import DataPolicy, check_licence
 from tunelab.data.tasks import read_datacard
-from tunelab.fsutil import atomic_write_json, atomic_write_jsonl
+from tunelab.fsutil import atomic_write_json, atomic_write_jsonl, sha256_file
 from tunelab.images.data import ImageItem, read_image_set
 
 PHASH_BITS = 6  # of 64
@@ -142,7 +143,18 @@ def run_image_audit(
             elif lic.status == "unknown":
                 msg = f"{p}: no recorded licence (add {p.name}.datacard.yaml beside it)"
                 (reasons if policy.unknown_licence == "fail" else warnings).append(msg)
-            files_out.append({"path": str(p), "role": role, "images": len(got.items), "rejected": len(got.rejected)})
+            digest = sha256_file(p) if p.is_file() else _folder_digest(p, got.files)  # a listing, or a folder's images
+            files_out.append(
+                {
+                    "path": str(p),
+                    "role": role,
+                    "records": len(got.items),
+                    "rejected": len(got.rejected),
+                    "sha256": digest,
+                    "source": (card or {}).get("source"),
+                    "owner": (card or {}).get("owner"),
+                }
+            )
         return items
 
     train_items = read(train, "train")
@@ -218,12 +230,22 @@ def run_image_audit(
         "classes": dict(sorted(classes.items())),
         "normalised_to": {"resolution": resolution, "mode": "L" if channels == 1 else "RGB"},
         "originals": dict(originals.most_common(10)),
-        "licences": licences,
+        "licence": licences,  # the key and shape of the text audit's, so governance reads both
+        "records_total": seen,
+        "records_valid": len(kept_train) + len(kept_eval),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_jsonl(out_dir / "quarantine.jsonl", [r.to_json() for r in rejected])
     atomic_write_json(out_dir / "audit.json", report)
     return ImageAudit(report, kept_train, kept_eval, rejected, sorted(set(files)))
+
+
+def _folder_digest(root: Path, files: list[Path]) -> str:
+    """One sha256 over a folder's images: each one's path below the folder and sha256, in path order."""
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(f"{f.relative_to(root)}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
 
 
 def _kind(reason: str) -> str:

@@ -242,9 +242,10 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
         "audit_verdict": a["verdict"],
         "forced": forced,
         "base_model": str(base_dir),
-        "base_class_accuracy": ca["base"],
-        "tuned_class_accuracy": ca["tuned"],
-        "class_accuracy_p": ca["p_value"],
+        "base_weights_sha256": dir_digest(base_dir / "unet"),
+        "base_class_accuracy": ca["base"] if ca else None,
+        "tuned_class_accuracy": ca["tuned"] if ca else None,
+        "class_accuracy_p": ca["p_value"] if ca else None,
         "kid": metrics["kid"],
         "run_dir": str(run_dir),
     }
@@ -261,7 +262,7 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
             "modality": "image",
             "base_model_source": {
                 "path": str(base_dir),
-                "weights_sha256": dir_digest(base_dir / "unet"),
+                "weights_sha256": summary["base_weights_sha256"],
                 "made_by": base_meta.made_by,
             },
             "audit": {"verdict": a["verdict"], "forced": forced, "reasons": a.get("reasons", [])},
@@ -303,25 +304,33 @@ def _adopt(cfg: RunConfig, meta: ImageMeta) -> None:
 
 def _card(base_dir: Path, meta: dict[str, Any], s: dict[str, Any], m: dict[str, Any], a: dict[str, Any]) -> str:
     ca = m["class_accuracy"]
-    lic = ", ".join(sorted({str(x["id"]) for x in a["licences"]})) or "unknown"
+    ids = sorted({str(x["id"]) for x in a["licence"]})
+    lic = ", ".join(ids) or "unknown"
     kid = m.get("kid")
+    kind = "text-conditioned" if meta.get("conditioning") == "text" else "class-conditioned"
     lines = [
         "---",
-        "library_name: peft",
-        "tags: [tunelab, diffusion, lora, class-conditioned]",
+        "library_name: peft" if s["method"] == "lora" else "library_name: diffusers",
+        f"license: {ids[0].lower() if len(ids) == 1 and ids[0] != 'unknown' else 'other'}",
+        f"tags: [tunelab, diffusion, {s['method']}, {kind}]",
         f"base_model: {base_dir}",
         "---",
-        "# Image adapter made by tunelab",
+        "# Image model made by tunelab",
         "",
-        f"A {s['method']} fine-tune of the class-conditioned UNet in `{base_dir}` on {s['examples']} images of "
+        f"A {s['method']} fine-tune of the {kind} UNet in `{base_dir}` on {s['examples']} images of "
         f"{', '.join(s['classes'])} (data licence: {lic}). New classes: {', '.join(s['new_classes']) or 'none'}.",
         "",
         "## Measured (paired: the same class and seed for base and tuned)",
-        f"- class accuracy of samples as the judge reads them: {ca['base']:.3f} -> {ca['tuned']:.3f} "
-        f"(95% CI of the change {ca['ci95'][0]:+.3f} to {ca['ci95'][1]:+.3f}, McNemar p = {ca['p_value']:.2g})",
-        f"- judge: {m['judge']['held_out_accuracy']:.3f} accuracy on {m['judge']['held_out_images']} "
-        "held-out real images",
     ]
+    if ca:
+        lines += [
+            f"- class accuracy of samples as the judge reads them: {ca['base']:.3f} -> {ca['tuned']:.3f} "
+            f"(95% CI of the change {ca['ci95'][0]:+.3f} to {ca['ci95'][1]:+.3f}, McNemar p = {ca['p_value']:.2g})",
+            f"- judge: {m['judge']['held_out_accuracy']:.3f} accuracy on {m['judge']['held_out_images']} "
+            "held-out real images",
+        ]
+    else:
+        lines.append("- no judge: the captions are not classes, so only memorisation was measured")
     if kid:
         lines.append(
             f"- KID against {kid['real_images']} real eval images: {kid['base']:.4f} -> {kid['tuned']:.4f} "
@@ -334,5 +343,7 @@ def _card(base_dir: Path, meta: dict[str, Any], s: dict[str, Any], m: dict[str, 
         lines.append(
             f"- the base's other classes ({', '.join(m['other_classes'])}): {o['base']:.3f} -> {o['tuned']:.3f}"
         )
+    lines += ["", "## Provenance", f"- base weights sha256: {s['base_weights_sha256']}"]
+    lines += [f"- {f['role']} data {f['path']}: sha256 {f['sha256']}" for f in a["files"]]
     lines += ["", "## Class slots", ", ".join(f"{i}={c}" for i, c in enumerate(meta["classes"])), ""]
     return "\n".join(lines) + "\n"

@@ -115,7 +115,7 @@ def render_image_report(run_dir: Path, summary: dict[str, Any]) -> str:
             f"{a['quarantined']} quarantined ({html.escape(str(a['quarantine_reasons']))}); duplicates removed: "
             f"{a['duplicates']['exact']} exact, {a['duplicates']['near']} near; "
             f"{a['removed_from_eval']} eval images that duplicate training images left out. "
-            f"Licences: {html.escape(', '.join(sorted({str(x['id']) for x in a['licences']})))}. "
+            f"Licences: {html.escape(', '.join(sorted({str(x['id']) for x in a['licence']})))}. "
             f"Verdict: {html.escape(a['verdict'])}.</p>"
         )
     parts.append(
