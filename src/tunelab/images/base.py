@@ -70,10 +70,13 @@ def default_image_base(reporter: Reporter | None = None) -> Path:
 
 
 def build_digits_base(
-    out: Path, steps: int = PRETRAIN_STEPS, reporter: Reporter | None = None, width: int = 32
+    out: Path, steps: int | None = None, reporter: Reporter | None = None, width: int = 32
 ) -> Path:
-    """Train the base UNet on digits 0-4 with tunelab's image loop; written atomically to `out`."""
+    """Train the base UNet on digits 0-4 with tunelab's image loop (PRETRAIN_STEPS steps unless told);
+    written atomically to `out`."""
     import torch
+
+    steps = steps or PRETRAIN_STEPS
 
     from tunelab.images.train import train_unet
 
