@@ -54,7 +54,9 @@ def render_image_report(run_dir: Path, summary: dict[str, Any]) -> str:
         parts.append(f"<p class=verdict>{html.escape(_verdict(m))}</p>")
     parts.append(
         "<h2>Samples</h2><p>One row per class; left: the base model, right: the tuned model, "
-        "each column the same seed.</p>"
+        "each column the same seed. Rows, top to bottom: "
+        + html.escape(", ".join([*m.get("target_classes", []), *m.get("other_classes", [])]))
+        + ".</p>"
     )
     if grid:
         parts.append(
@@ -114,7 +116,7 @@ def render_image_report(run_dir: Path, summary: dict[str, Any]) -> str:
             f"<p>{a['train_images']} training and {a['eval_images']} eval images kept of {a['images_seen']}; "
             f"{a['quarantined']} quarantined ({html.escape(str(a['quarantine_reasons']))}); duplicates removed: "
             f"{a['duplicates']['exact']} exact, {a['duplicates']['near']} near; "
-            f"{a['removed_from_eval']} eval images that duplicate training images left out. "
+            f"{a.get('removed_from_eval', 0)} eval images that duplicate training images left out. "
             f"Licences: {html.escape(', '.join(sorted({str(x['id']) for x in a['licence']})))}. "
             f"Verdict: {html.escape(a['verdict'])}.</p>"
         )
