@@ -204,6 +204,21 @@ def _run_side(side: str, spec: dict[str, Any], out: Path) -> dict[str, Any]:
     return data
 
 
+def speed_sides(base: Path, folder: Path, out: Path, steps: int, batch: int = 32, warmup: int = 20,
+                log: Any = print) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """tunelab's loop and diffusers' on the same class folders, each in a fresh process: images/s and RSS."""
+    out.mkdir(parents=True, exist_ok=True)
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    spec = {"out": str(out), "base": str(base), "folder": str(folder), "cache": str(out / "hf-cache"),
+            "steps": steps, "batch": batch, "lr": 2e-3, "warmup": warmup, "r": 8, "threads": threads}  # fmt: skip
+    sides = {}
+    for side in ("tunelab", "diffusers"):
+        log(f"speed: {side}, {steps} steps of {batch} images")
+        sides[side] = _run_side(side, spec, out)
+        log(f"  {sides[side]['images_per_s']:.0f} images/s, peak RSS {sides[side]['peak_rss_gb']:.2f} GB")
+    return sides
+
+
 def bench_image(out: Path, steps: int = 200, log: Any = print) -> dict[str, Any]:
     from tunelab.images.base import default_image_base
     from tunelab.images.data import read_image_set
@@ -228,24 +243,7 @@ def bench_image(out: Path, steps: int = 200, log: Any = print) -> dict[str, Any]
     for it in items:
         (folder / it.label).mkdir(parents=True, exist_ok=True)
         (folder / it.label / Path(it.path).name).write_bytes(Path(it.path).read_bytes())
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    spec = {
-        "out": str(out),
-        "base": str(base),
-        "folder": str(folder),
-        "cache": str(out / "hf-cache"),
-        "steps": steps,
-        "batch": 32,
-        "lr": 2e-3,
-        "warmup": 20,
-        "r": 8,
-        "threads": threads,
-    }
-    sides = {}
-    for side in ("tunelab", "diffusers"):
-        log(f"speed: {side}, {steps} steps of 32 images")
-        sides[side] = _run_side(side, spec, out)
-        log(f"  {sides[side]['images_per_s']:.0f} images/s, peak RSS {sides[side]['peak_rss_gb']:.2f} GB")
+    sides = speed_sides(base, folder, out, steps, log=log)
     t, d = sides["tunelab"], sides["diffusers"]
     ca, kid = m["class_accuracy"], m["kid"]
     result: dict[str, Any] = {
@@ -272,7 +270,6 @@ def bench_image(out: Path, steps: int = 200, log: Any = print) -> dict[str, Any]
         "loop_memory_ratio": t["loop_rss_gb"] / max(1e-9, d["loop_rss_gb"]),
         "sides": sides,
         "speed_steps": steps,
-        "threads": threads,
         "targets": TARGETS,
     }
     result["met"] = {
