@@ -47,14 +47,28 @@ def sample(
 
     ddim = DDIMScheduler.from_config(scheduler_config)
     ddim.set_timesteps(steps)
+    device = model_device(unet)
     out = []
     with torch.inference_mode():
         for i in range(0, len(labels), batch):
-            lab = torch.tensor(labels[i : i + batch])
-            starts = [torch.randn(size, generator=torch.Generator().manual_seed(s)) for s in seeds[i : i + batch]]
-            x = torch.stack(starts)
+            lab = torch.tensor(labels[i : i + batch], device=device)
+            x = start_noise(seeds[i : i + batch], size).to(device)  # drawn on the CPU: the same on any device
             for t in ddim.timesteps:
                 eps = unet(x, t, class_labels=lab).sample
                 x = ddim.step(eps, t, x).prev_sample
-            out.append(x.clamp(-1, 1))
+            out.append(x.clamp(-1, 1).float().cpu())
     return torch.cat(out) if out else torch.empty((0, *size))
+
+
+def start_noise(seeds: list[int], size: tuple[int, ...]) -> Any:
+    """One standard-normal tensor of `size` per seed, each from its own CPU generator."""
+    import torch
+
+    return torch.stack([torch.randn(size, generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+
+def model_device(model: Any) -> Any:
+    import torch
+
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")

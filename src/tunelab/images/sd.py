@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.errors import ModelError
+from tunelab.images.diffusion import model_device, start_noise
 
 
 def is_pipeline(path: Path) -> bool:
@@ -45,6 +46,7 @@ class SDParts:
 
 def load_pipeline(path: Path) -> SDParts:
     import diffusers
+    import torch
     import transformers
 
     index = json.loads((path / "model_index.json").read_text())
@@ -67,8 +69,11 @@ def load_pipeline(path: Path) -> SDParts:
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     size = unet.config.sample_size
     size = size[0] if isinstance(size, (list, tuple)) else size
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     for m in (unet, vae, text_encoder):
         m.requires_grad_(False).eval()
+    vae.to(device)  # frozen encoders work where the GPU is; the UNet is moved by the training loop
+    text_encoder.to(device)
     return SDParts(unet, vae, text_encoder, tokenizer, scheduler, int(size) * scale)
 
 
@@ -81,7 +86,7 @@ def encode_text(parts: SDParts, texts: list[str]) -> Any:
     distinct = sorted(set(texts))
     with torch.inference_mode():
         ids = tok(distinct, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
-        hidden = parts.text_encoder(ids)[0]
+        hidden = parts.text_encoder(ids.to(model_device(parts.text_encoder)))[0].cpu()
     row = {t: i for i, t in enumerate(distinct)}
     return hidden[[row[t] for t in texts]].clone()
 
@@ -93,7 +98,8 @@ def encode_images(parts: SDParts, images: Any, batch: int = 16) -> Any:
     out = []
     with torch.inference_mode():
         for i in range(0, len(images), batch):
-            out.append(parts.vae.encode(images[i : i + batch]).latent_dist.mean * parts.scaling)
+            x = images[i : i + batch].to(model_device(parts.vae))
+            out.append((parts.vae.encode(x).latent_dist.mean * parts.scaling).cpu())
     return torch.cat(out).clone()
 
 
@@ -115,19 +121,19 @@ def sample_text(
     ddim.set_timesteps(steps)
     down = 2 ** (len(parts.vae.config.block_out_channels) - 1)
     shape = (parts.unet.config.in_channels, parts.resolution // down, parts.resolution // down)
+    device, vae_device = model_device(unet), model_device(parts.vae)
     out = []
     with torch.inference_mode():
-        empty = encode_text(parts, [""])
+        empty = encode_text(parts, [""]).to(device)
         for i in range(0, len(prompts), batch):
             p = prompts[i : i + batch]
-            cond = encode_text(parts, p)
+            cond = encode_text(parts, p).to(device)
             both = torch.cat([empty.expand(len(p), -1, -1), cond])
-            starts = [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds[i : i + batch]]
-            x = torch.stack(starts)
+            x = start_noise(seeds[i : i + batch], shape).to(device)
             for t in ddim.timesteps:
                 eps_u, eps_c = unet(torch.cat([x, x]), t, encoder_hidden_states=both).sample.chunk(2)
                 x = ddim.step(eps_u + guidance * (eps_c - eps_u), t, x).prev_sample
-            out.append(parts.vae.decode(x / parts.scaling).sample.clamp(-1, 1))
+            out.append(parts.vae.decode(x.to(vae_device) / parts.scaling).sample.clamp(-1, 1).float().cpu())
     return torch.cat(out)
 
 
