@@ -79,6 +79,7 @@ def test_text_conditioned_run_trains_and_evaluates_in_latent_space(tmp_path: Pat
     meta = json.loads((r / "model" / "tunelab_image.json").read_text())
     assert meta["conditioning"] == "text" and meta["classes"] == ["blue square", "red square"]
     assert meta["resolution"] == 16 and meta["channels"] == 3  # taken from the pipeline
+    assert yaml.safe_load((r / "config.yaml").read_text())["image"]["channels"] == 3  # and recorded
     m = json.loads((r / "eval" / "metrics.json").read_text())
     assert m["class_accuracy"]["n"] == 4 and m["judge"]["classes"] == ["blue square", "red square"]
     assert (r / "checkpoints").is_dir() and json.loads((r / "summary.json").read_text())["examples"] == 8

@@ -75,8 +75,6 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
     import torch
 
     resume = opts.resume is not None
-    if dist.main and not resume:
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.dump(), sort_keys=False))
     rep.info(f"run directory: {run_dir}" + (" (resuming)" if resume else ""))
     base_dir = resolve_base(cfg.model.name, rep)
     text = is_pipeline(base_dir)
@@ -91,6 +89,8 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
         _adopt(cfg, base_meta)
         rep.info(f"image base {base_dir} ({len(base_meta.classes)} of {base_meta.slots} class slots taken)")
 
+    if dist.main and not resume:  # after the base: the resolution and channels it draws are part of the config
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.dump(), sort_keys=False))
     if resume:
         train_files, eval_files = resume_files(run_dir)
     else:
