@@ -141,3 +141,21 @@ def test_full_fine_tuning_saves_the_whole_unet_and_serves_it(tiny_base: Path, tm
     assert not (model / "adapter_config.json").exists()
     host = ImageHost(ImagesConfig(base=str(tiny_base), adapters={"full": model}, sample_steps=2))
     assert len(host.generate("full", "5", 1, seed=0).pngs) == 1
+
+
+def test_bf16_lora_holds_the_frozen_unet_in_bf16_and_gives_it_back(tiny_base: Path, tmp_path: Path) -> None:
+    import torch
+
+    from tunelab.config import build_config
+    from tunelab.images.train import prepare, train_unet
+    from tunelab.images.unet import load_base
+    from tunelab.progress import Reporter
+
+    unet, sched, meta = load_base(tiny_base)
+    cfg = build_config({"task": "image", "train": {"max_steps": 2, "precision": "bf16", "threads": 1},
+                        "batch": {"size": 4}, "image": {"resolution": 8}})  # fmt: skip
+    model = prepare(unet, cfg)
+    res = train_unet(model, sched, torch.randn(8, 1, 8, 8), torch.tensor([0, 1] * 4), meta, cfg, Reporter(quiet=True))
+    assert res.precision == "bf16 autocast, frozen weights in bf16"
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in res.curve)
+    assert all(p.dtype == torch.float32 for p in res.model.parameters())  # fp32 again after training

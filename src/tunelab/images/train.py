@@ -26,6 +26,7 @@ from tunelab.train.engine import (
     StepPlan,
     begin,
     default_threads,
+    frozen_in_bf16,
     lr_factor,
     peak_rss_gb,
     save_checkpoint,
@@ -125,7 +126,9 @@ def train_unet(
         model=model,
         trainable_params=sum(p.numel() for p in params),
         total_params=sum(p.numel() for p in model.parameters()),
-        precision="bf16 autocast" if use_bf16 else "fp32",
+        precision=("bf16 autocast, frozen weights in bf16" if cfg.method.kind == "lora" else "bf16 autocast")
+        if use_bf16
+        else "fp32",
     )
     plan = StepPlan(n, per_step, cfg.train.seed)
     ckpt_root = run_dir / "checkpoints" if run_dir else None
@@ -176,6 +179,8 @@ def train_unet(
     base_s = result.train_s
     try:
         with ExitStack() as stack:
+            if use_bf16 and hasattr(model, "peft_config"):  # the frozen UNet held in bf16 (half the memory)
+                stack.enter_context(frozen_in_bf16(model))
             if cfg.train.fused_lora and hasattr(model, "peft_config"):
                 stack.enter_context(merged_lora(model))
             update = stack.enter_context(reporter.progress("train", steps))
