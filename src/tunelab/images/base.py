@@ -34,7 +34,7 @@ NEW_CLASSES = [str(d) for d in range(5, 10)]
 SLOTS = 16
 RESOLUTION = 16
 PRETRAIN_STEPS = 1500
-PRETRAIN = {"steps": PRETRAIN_STEPS, "batch": 64, "lr": 2e-3, "warmup": 50, "seed": 0}
+PRETRAIN = {"batch": 64, "lr": 2e-3, "warmup": 50, "seed": 0}
 DIGITS_LICENCE = {"id": "CC-BY-4.0", "name": "Creative Commons Attribution 4.0"}
 DIGITS_SOURCE = (
     "scikit-learn's load_digits(): the UCI ML hand-written digits test set (E. Alpaydin, C. Kaynak, 1998), "
@@ -76,9 +76,9 @@ def build_digits_base(
     written atomically to `out`."""
     import torch
 
-    steps = steps or PRETRAIN_STEPS
-
     from tunelab.images.train import train_unet
+
+    steps = steps or PRETRAIN_STEPS
 
     rep = reporter or Reporter(quiet=True)
     pixels, labels, data_sha = digits()

@@ -32,7 +32,15 @@ from tunelab.images.diffusion import sample
 from tunelab.images.evaluate import EvalInputs, evaluate_pair
 from tunelab.images.judge import train_judge
 from tunelab.images.report import write_image_report
-from tunelab.images.sd import class_like, encode_images, encode_text, is_pipeline, load_pipeline, sample_text
+from tunelab.images.sd import (
+    class_like,
+    encode_images,
+    encode_text,
+    is_pipeline,
+    load_part,
+    load_pipeline,
+    sample_text,
+)
 from tunelab.images.train import prepare, save_adapter, train_unet
 from tunelab.images.unet import ImageMeta, load_base
 from tunelab.progress import Reporter
@@ -112,17 +120,18 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
         atomic_write_json(run_dir / "train" / "inputs.json", {str(p): sha256_file(p) for p in audit.files})
 
     new: list[str] = []
+    train_pix = stack(audit.train)
     if text:
         meta = ImageMeta(
             sorted({it.label for it in audit.train}), 0, base_meta.resolution, 3, base_meta.made_by, "text"
         )
         with rep.status("encoding the images to latents and the captions to hidden states, once"):
-            images = encode_images(parts, to_tensor(stack(audit.train)))
+            images = encode_images(parts, to_tensor(train_pix))
             cond = encode_text(parts, [it.label for it in audit.train])
         cond_key = "encoder_hidden_states"
     else:
         meta = base_meta.with_classes([it.label for it in audit.train])
-        images = to_tensor(stack(audit.train))
+        images = to_tensor(train_pix)
         cond = torch.tensor([meta.classes.index(it.label) for it in audit.train])
         cond_key = "class_labels"
         new = [c for c in meta.classes if c not in base_meta.classes]
@@ -164,7 +173,7 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
 
     rep.stage("evaluate")
     targets = sorted({it.label for it in audit.train})
-    ref_pix, ref_labels = list(stack(audit.train)), [it.label for it in audit.train]
+    ref_pix, ref_labels = list(train_pix), [it.label for it in audit.train]
     if audit.eval:
         ref_pix += list(stack(audit.eval))
         ref_labels += [it.label for it in audit.eval]
@@ -187,7 +196,7 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
         rep.info("the captions are not classes (each needs 2+ images, 50 at most): no judge; memorisation only")
     size = (meta.channels, meta.resolution, meta.resolution)
     if text:
-        base_model = load_pipeline(base_dir).unet
+        base_model = load_part(base_dir, "unet")  # the training loop adapted `unet` in place
 
         def draw(model: Any, labels: list[str], seeds: list[int]) -> Any:
             return sample_text(parts, model, labels, seeds, steps=cfg.image.sample_steps)
@@ -199,14 +208,7 @@ def _run(cfg: RunConfig, opts: TrainOptions, run_dir: Path, rep: Reporter, dist:
             return sample(model, noise_scheduler.config, slots, seeds, steps=cfg.image.sample_steps, size=size)
 
     real = audit.eval
-    inputs = EvalInputs(
-        targets,
-        others,
-        stack(real) if real else np.zeros((0, 1, 1, 1), np.uint8),
-        [it.label for it in real],
-        stack(audit.train),
-        [it.label for it in audit.train],
-    )
+    inputs = EvalInputs(targets, others, stack(real) if real else np.zeros((0, 1, 1, 1), np.uint8), train_pix)
     with rep.status("sampling base and tuned models, paired by seed"):
         metrics = evaluate_pair(
             base_model,

@@ -8,6 +8,7 @@ from the same noise, which is what makes their comparison paired.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -43,21 +44,37 @@ def sample(
 ) -> Any:
     """DDIM (eta 0, deterministic given the start noise): one image per (label, seed), (N, C, H, W) in [-1, 1]."""
     import torch
-    from diffusers import DDIMScheduler
 
-    ddim = DDIMScheduler.from_config(scheduler_config)
-    ddim.set_timesteps(steps)
+    ddim = ddim_scheduler(scheduler_config, steps)
     device = model_device(unet)
     out = []
     with torch.inference_mode():
         for i in range(0, len(labels), batch):
             lab = torch.tensor(labels[i : i + batch], device=device)
             x = start_noise(seeds[i : i + batch], size).to(device)  # drawn on the CPU: the same on any device
-            for t in ddim.timesteps:
-                eps = unet(x, t, class_labels=lab).sample
-                x = ddim.step(eps, t, x).prev_sample
+
+            def eps(x: Any, t: Any, lab: Any = lab) -> Any:
+                return unet(x, t, class_labels=lab).sample
+
+            x = denoise(ddim, x, eps)
             out.append(x.clamp(-1, 1).float().cpu())
     return torch.cat(out) if out else torch.empty((0, *size))
+
+
+def ddim_scheduler(scheduler_config: Any, steps: int) -> Any:
+    """A DDIM scheduler (eta 0) on the training schedule's config, set to `steps` steps."""
+    from diffusers import DDIMScheduler
+
+    ddim = DDIMScheduler.from_config(scheduler_config)
+    ddim.set_timesteps(steps)
+    return ddim
+
+
+def denoise(ddim: Any, x: Any, eps: Callable[[Any, Any], Any]) -> Any:
+    """From start noise `x` to a sample: at each of the scheduler's timesteps, `eps(x, t)` predicts the noise."""
+    for t in ddim.timesteps:
+        x = ddim.step(eps(x, t), t, x).prev_sample
+    return x
 
 
 def start_noise(seeds: list[int], size: tuple[int, ...]) -> Any:

@@ -32,9 +32,7 @@ class EvalInputs:
     target_classes: list[str]  # the classes the training data named
     other_classes: list[str]  # base classes the training data did not name, with real images for the judge
     real_eval: np.ndarray  # (N, H, W, C) uint8, real images of the target classes
-    real_eval_labels: list[str]
     train: np.ndarray  # the training images, for the memorisation check
-    train_labels: list[str]
 
 
 def _nn_dist(x: np.ndarray, ref: np.ndarray) -> np.ndarray:

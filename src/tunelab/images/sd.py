@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.errors import ModelError
-from tunelab.images.diffusion import model_device, start_noise
+from tunelab.images.diffusion import ddim_scheduler, denoise, model_device, start_noise
 
 
 def is_pipeline(path: Path) -> bool:
@@ -44,37 +44,43 @@ class SDParts:
         return float(getattr(self.vae.config, "scaling_factor", 0.18215))
 
 
-def load_pipeline(path: Path) -> SDParts:
+def load_part(path: Path, name: str) -> Any:
+    """One part of a pipeline directory, loaded with the class its model_index.json names (nothing fetched)."""
     import diffusers
-    import torch
     import transformers
 
     index = json.loads((path / "model_index.json").read_text())
-
-    def part(name: str, lib_default: str) -> Any:
-        lib, cls = index.get(name, [lib_default, None])
-        module = transformers if lib == "transformers" else diffusers
-        if cls is None or not hasattr(module, cls):
-            raise ModelError(f"model_index.json names {lib}.{cls} for {name}, which is not installed", file=path)
-        return getattr(module, cls).from_pretrained(str(path / name), local_files_only=True)
-
+    lib, cls = index.get(name, [None, None])
+    module = transformers if lib == "transformers" else diffusers
+    if cls is None or not hasattr(module, cls):
+        raise ModelError(f"model_index.json names {lib}.{cls} for {name}, which is not installed", file=path)
     try:
-        unet, vae = part("unet", "diffusers"), part("vae", "diffusers")
-        text_encoder, tokenizer = part("text_encoder", "transformers"), part("tokenizer", "transformers")
+        part = getattr(module, cls).from_pretrained(str(path / name), local_files_only=True)
     except OSError as e:
-        raise ModelError(f"cannot load the pipeline's parts: {e}", file=path) from e
+        raise ModelError(f"cannot load the pipeline's {name}: {e}", file=path) from e
+    if hasattr(part, "requires_grad_"):  # the models; frozen unless a training loop says otherwise
+        part.requires_grad_(False).eval()
+    return part
+
+
+def load_pipeline(path: Path) -> SDParts:
+    import torch
     from diffusers import DDPMScheduler
 
+    unet, vae = load_part(path, "unet"), load_part(path, "vae")
+    text_encoder, tokenizer = load_part(path, "text_encoder"), load_part(path, "tokenizer")
     scheduler = DDPMScheduler.from_pretrained(str(path / "scheduler"))
-    scale = 2 ** (len(vae.config.block_out_channels) - 1)
     size = unet.config.sample_size
     size = size[0] if isinstance(size, (list, tuple)) else size
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    for m in (unet, vae, text_encoder):
-        m.requires_grad_(False).eval()
     vae.to(device)  # frozen encoders work where the GPU is; the UNet is moved by the training loop
     text_encoder.to(device)
-    return SDParts(unet, vae, text_encoder, tokenizer, scheduler, int(size) * scale)
+    return SDParts(unet, vae, text_encoder, tokenizer, scheduler, int(size) * _downscale(vae))
+
+
+def _downscale(vae: Any) -> int:
+    """How many pixels a side one latent stands for."""
+    return int(2 ** (len(vae.config.block_out_channels) - 1))
 
 
 def encode_text(parts: SDParts, texts: list[str]) -> Any:
@@ -115,11 +121,9 @@ def sample_text(
 ) -> Any:
     """DDIM with classifier-free guidance, decoded: one (3, H, W) image in [-1, 1] per (prompt, seed)."""
     import torch
-    from diffusers import DDIMScheduler
 
-    ddim = DDIMScheduler.from_config(parts.scheduler.config)
-    ddim.set_timesteps(steps)
-    down = 2 ** (len(parts.vae.config.block_out_channels) - 1)
+    ddim = ddim_scheduler(parts.scheduler.config, steps)
+    down = _downscale(parts.vae)
     shape = (parts.unet.config.in_channels, parts.resolution // down, parts.resolution // down)
     device, vae_device = model_device(unet), model_device(parts.vae)
     out = []
@@ -129,10 +133,12 @@ def sample_text(
             p = prompts[i : i + batch]
             cond = encode_text(parts, p).to(device)
             both = torch.cat([empty.expand(len(p), -1, -1), cond])
-            x = start_noise(seeds[i : i + batch], shape).to(device)
-            for t in ddim.timesteps:
+
+            def eps(x: Any, t: Any, both: Any = both) -> Any:  # classifier-free guidance
                 eps_u, eps_c = unet(torch.cat([x, x]), t, encoder_hidden_states=both).sample.chunk(2)
-                x = ddim.step(eps_u + guidance * (eps_c - eps_u), t, x).prev_sample
+                return eps_u + guidance * (eps_c - eps_u)
+
+            x = denoise(ddim, start_noise(seeds[i : i + batch], shape).to(device), eps)
             out.append(parts.vae.decode(x.to(vae_device) / parts.scaling).sample.clamp(-1, 1).float().cpu())
     return torch.cat(out)
 

@@ -8,7 +8,6 @@ rank), and the weights, optimizer, LR schedule and RNGs are restored from the ch
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from tunelab.train.engine import (
     frozen_in_bf16,
     lr_factor,
     peak_rss_gb,
+    record_step,
     save_checkpoint,
     seed_everything,
     uses_bf16,
@@ -215,11 +215,7 @@ def train_unet(
                     "images": result.images_seen,
                     "elapsed_s": round(result.train_s, 3),
                 }
-                result.curve.append(row)
-                if curve_f:
-                    curve_f.write(json.dumps(row) + "\n")
-                    curve_f.flush()
-                reporter.event("train_step", **row)
+                record_step(row, result.curve, curve_f, reporter)
                 update(loss=row["loss"], lr=lr, img_s=round(result.images_per_s, 1))
                 if cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0 and step + 1 < steps:
                     write_checkpoint(step + 1)

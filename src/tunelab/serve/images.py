@@ -40,16 +40,16 @@ class ImageHost:
         self.parts: Any = None  # a text-conditioned pipeline's parts
         if is_pipeline(self.base_dir):
             self.parts = load_pipeline(self.base_dir)
-            self.meta = ImageMeta([], 0, self.parts.resolution, 3, {}, "text")
+            base_meta = ImageMeta([], 0, self.parts.resolution, 3, {}, "text")
         else:
-            self.meta = read_meta(self.base_dir)
+            base_meta = read_meta(self.base_dir)
+        self.metas = {self.base_name: base_meta}  # each model's classes, size and conditioning, read once
         for name, path in cfg.adapters.items():  # a wrong adapter path fails at start, not per request
             if not any((Path(path) / f).is_file() for f in ("adapter_config.json", "unet/config.json")):
                 raise ModelError(f"image adapter {name!r} is neither a PEFT adapter nor a full UNet", file=path)
-            read_meta(Path(path))
+            self.metas[name] = read_meta(Path(path))
         self._lock = threading.Lock()
-        self._base: Any = None
-        self._tuned: OrderedDict[str, Any] = OrderedDict()
+        self._models: OrderedDict[str, tuple[Any, Any]] = OrderedDict()  # the base, and adapters LRU
 
     def _base_dir(self) -> Path:
         if self.cfg.base:
@@ -62,76 +62,64 @@ class ImageHost:
         return default_image_base()
 
     def models(self) -> list[str]:
-        return [self.base_name, *self.cfg.adapters]
-
-    def _meta(self, model: str) -> Any:
-        return self.meta if model == self.base_name else _meta(self.cfg.adapters[model])
+        return list(self.metas)
 
     def classes(self, model: str) -> list[str]:
-        return list(self._meta(model).classes)
+        return list(self.metas[model].classes)
 
     def text(self, model: str) -> bool:
         """Whether `model` draws what its prompt says (a pipeline's text encoder) rather than a class it names."""
-        return bool(self._meta(model).conditioning == "text")
+        return bool(self.metas[model].conditioning == "text")
 
     def size(self, model: str) -> str:
-        m = self._meta(model)
+        m = self.metas[model]
         return f"{m.resolution}x{m.resolution}"
 
     def _model(self, name: str) -> tuple[Any, Any]:
+        """(unet, noise scheduler) of a served model; the base stays loaded, adapters LRU (ADAPTERS_KEPT)."""
+        if name not in self._models:
+            loaded = self._load(name)
+            adapters = [k for k in self._models if k != self.base_name]  # least recently used first
+            if name != self.base_name and len(adapters) >= ADAPTERS_KEPT:
+                del self._models[adapters[0]]
+            self._models[name] = loaded
+        self._models.move_to_end(name)
+        return self._models[name]
+
+    def _load(self, name: str) -> tuple[Any, Any]:
         from tunelab.images.unet import load_base, load_tuned
 
-        if self.parts is not None:
-            return self._text_model(name), self.parts.scheduler
+        if self.parts is None:
+            if name == self.base_name:
+                unet, scheduler, _ = load_base(self.base_dir)
+            else:
+                unet, scheduler, _ = load_tuned(self.base_dir, Path(self.cfg.adapters[name]))
+            return unet, scheduler
         if name == self.base_name:
-            if self._base is None:
-                self._base = load_base(self.base_dir)
-            return self._base[0], self._base[1]
-        if name not in self._tuned:
-            if len(self._tuned) >= ADAPTERS_KEPT:
-                self._tuned.popitem(last=False)
-            self._tuned[name] = load_tuned(self.base_dir, Path(self.cfg.adapters[name]))
-        self._tuned.move_to_end(name)
-        return self._tuned[name][0], self._tuned[name][1]
-
-    def _text_model(self, name: str) -> Any:
+            return self.parts.unet, self.parts.scheduler
         import copy
 
         from peft import PeftModel
 
-        if name == self.base_name:
-            return self.parts.unet
-        if name not in self._tuned:
-            if len(self._tuned) >= ADAPTERS_KEPT:
-                self._tuned.popitem(last=False)
-            fresh = copy.deepcopy(self.parts.unet)  # peft adds the adapter in place: the base stays clean
-            self._tuned[name] = PeftModel.from_pretrained(fresh, str(self.cfg.adapters[name])).eval()
-        self._tuned.move_to_end(name)
-        return self._tuned[name]
+        fresh = copy.deepcopy(self.parts.unet)  # peft adds the adapter in place: the base stays clean
+        return PeftModel.from_pretrained(fresh, str(self.cfg.adapters[name])).eval(), self.parts.scheduler
 
     def generate(self, model: str, label: str, n: int, seed: int) -> Generated:
         from tunelab.images.data import png_bytes, to_uint8
         from tunelab.images.diffusion import sample
         from tunelab.images.sd import sample_text
 
+        meta = self.metas[model]
+        seeds = [seed + i for i in range(n)]
         with self._lock:
             unet, scheduler = self._model(model)
-            meta = self._meta(model)
-            seeds = [seed + i for i in range(n)]
-            size = (meta.channels, meta.resolution, meta.resolution)
             if self.parts is not None:
                 x = sample_text(self.parts, unet, [label] * n, seeds, steps=self.cfg.sample_steps)
             else:
+                size = (meta.channels, meta.resolution, meta.resolution)
                 slots = [meta.classes.index(label)] * n
                 x = sample(unet, scheduler.config, slots, seeds, steps=self.cfg.sample_steps, size=size)
-            pngs = [png_bytes(a) for a in to_uint8(x)]
-        return Generated(pngs, label, f"{meta.resolution}x{meta.resolution}", seeds)
-
-
-def _meta(path: Path) -> Any:
-    from tunelab.images.unet import read_meta
-
-    return read_meta(Path(path))
+        return Generated([png_bytes(a) for a in to_uint8(x)], label, self.size(model), seeds)
 
 
 def class_in(prompt: str, classes: list[str]) -> str | list[str]:

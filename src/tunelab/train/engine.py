@@ -325,6 +325,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
+def record_step(row: dict[str, Any], curve: list[dict[str, Any]], curve_f: Any, reporter: Reporter) -> None:
+    """One optimizer step's row: kept in memory, appended to train/curve.jsonl (flushed), and sent as an event."""
+    curve.append(row)
+    if curve_f:
+        curve_f.write(json.dumps(row) + "\n")
+        curve_f.flush()
+    reporter.event("train_step", **row)
+
+
 def save_checkpoint(
     ckpt_root: Path | None, step: int, dist: Dist, reporter: Reporter, named: list[tuple[str, Any]], opt: Any,
     sched: Any, counters: dict[str, Any], keep_last: int, adapter: Callable[[Path], None] | None = None,
@@ -584,11 +593,7 @@ def train(
                 if dpo:
                     row["reward_accuracy"] = dist.all_sum(step_module.stats["correct"]) / n_total
                     row["reward_margin"] = dist.all_sum(step_module.stats["margin"]) / n_total
-                result.curve.append(row)
-                if curve_f:
-                    curve_f.write(json.dumps(row) + "\n")
-                    curve_f.flush()
-                reporter.event("train_step", **row)
+                record_step(row, result.curve, curve_f, reporter)
                 update(loss=row["loss"], lr=lr, tok_s=int(result.real_tokens / max(1e-9, result.train_s)))
                 if cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0 and step + 1 < steps:
                     write_checkpoint(step + 1)
