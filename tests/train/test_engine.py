@@ -237,6 +237,39 @@ def test_rounded_packing_changes_the_shapes_and_nothing_else(tiny_model_dir: Pat
         assert float((g1[k] - g2[k]).abs().max()) <= 1e-5 * float(g1[k].abs().max()), k  # sums in another order
 
 
+def test_loss_weights_count_in_packed_and_padded_batches_alike(tiny_model_dir: Path) -> None:
+    from tunelab.models.chat import Encoded
+    from tunelab.train.attention import packed_attention
+    from tunelab.train.engine import _batch, _inner, _step_module
+    from tunelab.train.packing import trained_weight
+
+    model = load_model(tiny_model_dir)
+    a = Encoded(list(range(5, 17)), [IGNORE] * 6 + list(range(40, 46)))
+    b = Encoded(list(range(30, 39)), [IGNORE] * 7 + [50, 51])
+    wa = [0.0] * 6 + [0.5] * 6
+    wb = [0.0] * 7 + [2.0, 3.0]
+    step = _step_module(model, packing=True)
+    plain = _step_module(model, packing=False)
+    with torch.no_grad():
+        with packed_attention(_inner(model)):
+            unweighted = [float(step(_batch([e], True, 0, torch.device("cpu"))[0])) for e in (a, b)]
+            per_label = []
+            for e in (a, b):  # one trained label at a time: its own loss
+                for k, t in enumerate(e.labels):
+                    if t != IGNORE:
+                        one = Encoded(e.input_ids, [IGNORE] * k + [t] + [IGNORE] * (len(e.labels) - k - 1))
+                        per_label.append(float(step(_batch([one], True, 0, torch.device("cpu"))[0])))
+            weighted = float(step(_batch([Encoded(a.input_ids, a.labels, wa), b], True, 0, torch.device("cpu"))[0]))
+        padded = float(plain(_batch([Encoded(a.input_ids, a.labels, wa), b], False, 0, torch.device("cpu"))[0]))
+    assert sum(per_label[:6]) == pytest.approx(unweighted[0], rel=1e-4)
+    expected = 0.5 * sum(per_label[:6]) + unweighted[1]  # b sets no weights: 1 each
+    assert weighted == pytest.approx(expected, rel=1e-4)
+    assert padded == pytest.approx(expected, rel=1e-4)
+    assert trained_weight(Encoded(a.input_ids, a.labels, wa)) == pytest.approx(3.0)
+    assert trained_weight(Encoded(b.input_ids, b.labels, wb)) == pytest.approx(5.0)
+    assert trained_weight(b) == 2
+
+
 def test_packed_padded_and_micro_batched_training_agree(tiny_model_dir: Path) -> None:
     from tunelab.train.engine import trainable_state
 

@@ -54,3 +54,21 @@ def test_chunked_cross_entropy_computes_no_weight_gradient_when_frozen() -> None
     loss = chunked_cross_entropy(h, w, torch.randint(0, 11, (5,)))
     loss.backward()
     assert h.grad is not None and w.grad is None
+
+
+def test_weighted_chunked_cross_entropy_scales_each_row_in_value_and_gradients() -> None:
+    from tunelab.train.losses import chunked_cross_entropy
+
+    torch.manual_seed(2)
+    h1 = torch.randn(21, 16, requires_grad=True)
+    h2 = h1.detach().clone().requires_grad_(True)
+    w = torch.randn(30, 16)
+    t = torch.randint(0, 30, (21,))
+    scale = torch.rand(21) * 3
+    ours = chunked_cross_entropy(h1, w, t, chunk=8, scale=scale)
+    ref = (F.cross_entropy(h2 @ w.t(), t, reduction="none") * scale).sum()
+    assert torch.allclose(ours, ref, atol=1e-4)
+    ours.backward()
+    ref.backward()
+    assert h1.grad is not None and h2.grad is not None
+    assert torch.allclose(h1.grad, h2.grad, atol=1e-5)

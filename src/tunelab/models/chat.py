@@ -23,6 +23,7 @@ IGNORE = -100
 class Encoded:
     input_ids: list[int]
     labels: list[int]  # IGNORE where no loss is taken
+    weights: list[float] | None = None  # per label, how much its loss counts (None: 1 each)
 
     @property
     def n_trained(self) -> int:

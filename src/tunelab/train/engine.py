@@ -37,7 +37,7 @@ from tunelab.train.attention import attention_backend, packed_attention, support
 from tunelab.train.distributed import Dist
 from tunelab.train.fused import fused_lora
 from tunelab.train.losses import lm_loss_sum
-from tunelab.train.packing import micro_batches, pack, trained_count
+from tunelab.train.packing import micro_batches, pack, shifted_weights, trained_count, trained_weight
 
 if TYPE_CHECKING:
     import torch
@@ -240,7 +240,7 @@ def _step_module(model: Any, packing: bool, dpo_beta: float | None = None, refer
 
         def forward(self, batch: dict[str, Any]) -> torch.Tensor:
             if dpo_beta is None:
-                loss, _ = lm_loss_sum(_hidden(decoder, batch, packing), lm_head, batch["targets"])
+                loss, _ = lm_loss_sum(_hidden(decoder, batch, packing), lm_head, batch["targets"], batch.get("weights"))
                 return loss
             with torch.no_grad():
                 if reference is None:
@@ -275,6 +275,8 @@ def _batch(
             "seq_ids": p.seq_ids.to(device),
             "n_seqs": len(examples),
         }
+        if p.weights is not None:
+            b["weights"] = p.weights.to(device)
         return b, p.tokens
     width = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
@@ -293,6 +295,11 @@ def _batch(
         "seq_ids": seq_ids.to(device),
         "n_seqs": len(examples),
     }
+    if any(e.weights is not None for e in examples):
+        w = torch.zeros((len(examples), width), dtype=torch.float32)
+        for i, e in enumerate(examples):
+            w[i, : len(e.input_ids)] = torch.tensor(shifted_weights(e))
+        b["weights"] = w.to(device)
     return b, int(mask.sum())
 
 
@@ -558,8 +565,10 @@ def train(
             update(advance=start)
             for step in range(start, steps):
                 chosen = [examples[i] for i in plan.indices(step)]
-                # Loss normaliser, known to every process: trained tokens (SFT) or pairs (DPO).
-                n_total = len(chosen) if dpo else sum(trained_count(e) for e in _flat(chosen, False))
+                # Loss normaliser, known to every process: trained tokens (SFT; their weights, where an example
+                # sets them) or pairs (DPO).
+                n_total = len(chosen) if dpo else sum(trained_weight(e) for e in _flat(chosen, False))
+                n_total = n_total if n_total > 0 else 1
                 mine = chosen[dist.rank :: dist.world]
                 groups = micro_batches(mine, cfg.batch.max_tokens, _size)
                 loss_sum = 0.0
@@ -570,7 +579,7 @@ def train(
                     sync = j == len(groups) - 1 or not dist.enabled
                     with nullcontext() if sync else runner.no_sync(), autocast:
                         loss = runner(batch)
-                    (loss * (dist.world / max(1, n_total))).backward()
+                    (loss * (dist.world / n_total)).backward()
                     loss_sum += float(loss.detach())
                     real_tokens += real
                 loss_sum = dist.all_sum(loss_sum)
@@ -584,7 +593,7 @@ def train(
                 result.train_s = base_s + time.perf_counter() - t_resume
                 row = {
                     "step": step + 1,
-                    "loss": loss_sum / max(1, n_total),
+                    "loss": loss_sum / n_total,
                     "lr": lr,
                     "grad_norm": grad_norm,
                     "real_tokens": result.real_tokens,

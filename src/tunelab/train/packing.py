@@ -28,6 +28,7 @@ class Packed:
     cu_seqlens: list[int]  # span boundaries: [0, len0, len0+len1, ...]; positions past the last are filler
     seq_ids: torch.Tensor  # [1, T]: the example each position belongs to (the filler: one past the last)
     tokens: int  # real tokens: the examples' own, without rounding
+    weights: torch.Tensor | None = None  # [1, T]: each target's loss weight, when an example sets weights
 
 
 def pack(examples: list[Encoded], round_to: int = 1, row_round_to: int = 1, pad_id: int = 0) -> Packed:
@@ -65,6 +66,12 @@ def pack(examples: list[Encoded], round_to: int = 1, row_round_to: int = 1, pad_
     filler = -cu[-1] % row_round_to
     if filler:  # not a span: attention does not run on it
         span([pad_id] * filler, [IGNORE] * filler, len(examples), 1)
+    weights = None
+    if any(e.weights is not None for e in examples):
+        w: list[float] = []
+        for e, a, b in zip(examples, cu, cu[1:], strict=False):
+            w += shifted_weights(e) + [0.0] * (b - a - len(e.input_ids))
+        weights = torch.tensor([w + [0.0] * (len(ids) - len(w))], dtype=torch.float32)
     return Packed(
         input_ids=torch.tensor([ids], dtype=torch.long),
         position_ids=torch.tensor([pos], dtype=torch.long),
@@ -72,11 +79,17 @@ def pack(examples: list[Encoded], round_to: int = 1, row_round_to: int = 1, pad_
         cu_seqlens=cu,
         seq_ids=torch.tensor([seq], dtype=torch.long),
         tokens=sum(len(e.input_ids) for e in examples),
+        weights=weights,
     )
 
 
 def shifted_targets(e: Encoded) -> list[int]:
     return [*e.labels[1:], IGNORE]
+
+
+def shifted_weights(e: Encoded) -> list[float]:
+    """Each shifted target's loss weight (1 where the example sets none)."""
+    return [*(e.weights[1:] if e.weights is not None else [1.0] * (len(e.labels) - 1)), 0.0]
 
 
 def micro_batches(units: list[T], max_tokens: int, size: Callable[[T], int] | None = None) -> list[list[T]]:
@@ -99,3 +112,10 @@ def micro_batches(units: list[T], max_tokens: int, size: Callable[[T], int] | No
 
 def trained_count(e: Encoded) -> int:
     return sum(1 for t in e.labels[1:] if t != IGNORE)
+
+
+def trained_weight(e: Encoded) -> float:
+    """The example's share of the loss normaliser: its trained labels' weights (their count by default)."""
+    if e.weights is None:
+        return float(trained_count(e))
+    return sum(w for w, t in zip(e.weights[1:], e.labels[1:], strict=True) if t != IGNORE)
