@@ -50,6 +50,7 @@ class Item:
     attack: bool
     source: str
     split: str  # "train" | "test"
+    span: tuple[int, int] | None = None  # an attack pasted into a document: where it is
 
     @property
     def group(self) -> str:
@@ -286,11 +287,12 @@ def package_readmes() -> list[tuple[str, str]]:
     return out
 
 
-def _insert(doc: str, attack: str, rng: random.Random) -> str:
-    """`attack` pasted into `doc` at a paragraph or sentence boundary (an indirect injection)."""
+def _insert(doc: str, attack: str, rng: random.Random) -> tuple[str, tuple[int, int]]:
+    """`attack` pasted into `doc` at a paragraph or sentence boundary (an indirect injection), and where."""
     cuts = [m.end() for m in re.finditer(r"\n\n|(?<=[.!?])\s", doc)] or [len(doc)]
     at = rng.choice(cuts)
-    return doc[:at] + ("\n\n" if rng.random() < 0.5 else " ") + attack + " " + doc[at:]
+    before = doc[:at] + ("\n\n" if rng.random() < 0.5 else " ")
+    return before + attack + " " + doc[at:], (len(before), len(before) + len(attack))
 
 
 def _bbc(n: int) -> list[str]:
@@ -443,14 +445,16 @@ def build(*, with_fragments: bool = True) -> tuple[list[Item], dict[str, int]]:
         items.append(Item(text, False, source, split))
     for text, split, source in docs[::3]:
         attack = rng.choice(test_attacks if split == "test" else train_attacks)
-        items.append(Item(_insert(text, attack, rng), True, f"{source}+injection", split))
+        injected, span = _insert(text, attack, rng)
+        items.append(Item(injected, True, f"{source}+injection", split, span))
     bbc = _bbc(240)
     for k, art in enumerate(bbc):
         task = _TEST_TASKS[k % len(_TEST_TASKS)].format(doc=art)
         if k < 180:
             items.append(Item(task, False, "bbc", "test"))
         else:
-            items.append(Item(_insert(task, rng.choice(test_attacks), rng), True, "bbc+injection", "test"))
+            injected, span = _insert(task, rng.choice(test_attacks), rng)
+            items.append(Item(injected, True, "bbc+injection", "test", span))
     if with_fragments:
         benign_train = [it.text for it in items if it.split == "train" and not it.attack]
         items += [Item(t, False, "fragments", "train") for t in fragments(benign_train, 400, 13)]
