@@ -259,7 +259,7 @@ def guard_train(
         "runs/guard"
     ),
     engine: Annotated[str, typer.Option(help="learned (default) or ngram: the first, n-gram classifier.")] = "learned",
-    steps: Annotated[int, typer.Option(min=0, help="Optimizer steps (learned; 0: the default, 1000).")] = 0,
+    steps: Annotated[int, typer.Option(min=0, help="Optimizer steps (learned; 0: the default, 1200).")] = 0,
     layers: Annotated[int, typer.Option(min=0, help="Decoder layers of the default model kept (0: 3).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the sample, the crops and the training (learned).")] = 0,
     target_fpr: Annotated[

