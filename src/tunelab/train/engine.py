@@ -282,11 +282,14 @@ def _batch(
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
     tgt = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    wts = torch.zeros((len(examples), width)) if any(e.weights is not None for e in examples) else None
     for i, e in enumerate(examples):
         n = len(e.input_ids)
         ids[i, :n] = torch.tensor(e.input_ids)
         mask[i, :n] = 1
         tgt[i, : n - 1] = torch.tensor(e.labels[1:])
+        if wts is not None:
+            wts[i, :n] = torch.tensor(shifted_weights(e))
     seq_ids = torch.arange(len(examples))[:, None].expand(len(examples), width)
     b = {
         "input_ids": ids.to(device),
@@ -295,11 +298,8 @@ def _batch(
         "seq_ids": seq_ids.to(device),
         "n_seqs": len(examples),
     }
-    if any(e.weights is not None for e in examples):
-        w = torch.zeros((len(examples), width), dtype=torch.float32)
-        for i, e in enumerate(examples):
-            w[i, : len(e.input_ids)] = torch.tensor(shifted_weights(e))
-        b["weights"] = w.to(device)
+    if wts is not None:
+        b["weights"] = wts.to(device)
     return b, int(mask.sum())
 
 

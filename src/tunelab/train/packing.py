@@ -48,9 +48,11 @@ def pack(examples: list[Encoded], round_to: int = 1, row_round_to: int = 1, pad_
     pos: list[int] = []
     tgt: list[int] = []
     seq: list[int] = []
+    wts: list[float] = []
+    weighted = any(e.weights is not None for e in examples)
     cu = [0]
 
-    def span(token_ids: list[int], targets: list[int], sid: int, round_up: int) -> int:
+    def span(token_ids: list[int], targets: list[int], weights: list[float], sid: int, round_up: int) -> int:
         n = len(token_ids)
         pad = -n % round_up
         ids.extend(token_ids)
@@ -59,19 +61,18 @@ def pack(examples: list[Encoded], round_to: int = 1, row_round_to: int = 1, pad_
         tgt.extend(targets)
         tgt.extend([IGNORE] * pad)
         seq.extend([sid] * (n + pad))
+        if weighted:
+            wts.extend(weights)
+            wts.extend([0.0] * pad)
         return n + pad
 
     for i, e in enumerate(examples):
-        cu.append(cu[-1] + span(e.input_ids, shifted_targets(e), i, round_to))
+        w = shifted_weights(e) if weighted else []
+        cu.append(cu[-1] + span(e.input_ids, shifted_targets(e), w, i, round_to))
     filler = -cu[-1] % row_round_to
     if filler:  # not a span: attention does not run on it
-        span([pad_id] * filler, [IGNORE] * filler, len(examples), 1)
-    weights = None
-    if any(e.weights is not None for e in examples):
-        w: list[float] = []
-        for e, a, b in zip(examples, cu, cu[1:], strict=False):
-            w += shifted_weights(e) + [0.0] * (b - a - len(e.input_ids))
-        weights = torch.tensor([w + [0.0] * (len(ids) - len(w))], dtype=torch.float32)
+        span([pad_id] * filler, [IGNORE] * filler, [0.0] * filler, len(examples), 1)
+    weights = torch.tensor([wts], dtype=torch.float32) if weighted else None
     return Packed(
         input_ids=torch.tensor([ids], dtype=torch.long),
         position_ids=torch.tensor([pos], dtype=torch.long),
