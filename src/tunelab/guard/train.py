@@ -76,13 +76,14 @@ def _payload_tokens(offsets: list[tuple[int, int]], span: tuple[int, int], n: in
 
 
 def _crop(
-    ids: list[int], offsets: list[tuple[int, int]], item: GuardItem, window: int, rng: random.Random
+    ids: list[int], payload: tuple[int, int] | None, item: GuardItem, window: int, rng: random.Random
 ) -> tuple[list[int], int]:
-    """A window of at most `window` tokens (the one holding the payload when there is one) and its start."""
+    """A window of at most `window` tokens (the one holding the payload's [first, last) tokens when there is
+    one) and its start."""
     if len(ids) <= window:
         return ids, 0
-    if item.span is not None:
-        first, last = _payload_tokens(offsets, item.span, len(ids))
+    if payload is not None:
+        first, last = payload
         lo, hi = max(0, last - window), min(first, len(ids) - window)
         start = rng.randint(lo, hi) if lo <= hi else first
     elif item.attack:
@@ -141,12 +142,10 @@ def encode(
     out = []
     for it, ids, offs in zip(items, enc["input_ids"], enc["offset_mapping"], strict=True):
         offsets = [(int(a), int(b)) for a, b in offs]
-        content, start = _crop(list(ids), offsets, it, s.window, rng)
-        payload = None
-        if it.span is not None:
-            first, last = _payload_tokens(offsets, it.span, len(ids))
-            payload = (first - start, last - start)
-        m = marks(it, len(content), payload, len(content) == len(ids), s, rng)
+        payload = _payload_tokens(offsets, it.span, len(ids)) if it.span is not None else None
+        content, start = _crop(list(ids), payload, it, s.window, rng)
+        in_crop = (payload[0] - start, payload[1] - start) if payload is not None else None
+        m = marks(it, len(content), in_crop, len(content) == len(ids), s, rng)
         x, y = template.example(it.role, content, it.attack, it.category, m)
         if rows is not None:
             y = [t if t == IGNORE else rows[t] for t in y]
