@@ -213,10 +213,9 @@ class LearnedGuard:
         text's own positions."""
         import torch
 
-        n = len(lens)
-        last = torch.tensor(lens) - 1
         if not self.every:
-            return hidden[torch.arange(n), last].to(torch.float32) @ self.direction
+            return _at_last(hidden, lens) @ self.direction
+        last = torch.tensor(lens) - 1
         per_pos = hidden.to(torch.float32) @ self.direction  # [n, width]
         content = torch.tensor(lens) - len(self.template.suffix)  # positions < this are the text's own
         pos = torch.arange(per_pos.shape[1])[None, :]
@@ -236,8 +235,7 @@ class LearnedGuard:
         none = names.index(NONE)
         best: list[dict[str, float]] = [{**dict.fromkeys(names, 0.0), NONE: 1.0} for _ in texts]
         for idx, lens, hidden in self._hidden_rows(texts, ["reply"] * len(texts), batch_tokens):
-            last = hidden[torch.arange(len(lens)), torch.tensor(lens) - 1].to(torch.float32)
-            probs = torch.softmax(last @ rows.T, dim=-1).tolist()
+            probs = torch.softmax(_at_last(hidden, lens) @ rows.T, dim=-1).tolist()
             for i, p in zip(idx, probs, strict=True):
                 if p[none] < best[i][NONE]:
                     best[i] = dict(zip(names, p, strict=True))
@@ -311,6 +309,13 @@ class LearnedGuard:
         c = self.meta["calibration"]
         z = c["a"] + c["b"] * raw + c["c"] * rule + c.get("d", 0.0) * ngram
         return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+
+
+def _at_last(hidden: Any, lens: list[int]) -> Any:
+    """Each row's hidden state (float32) at its last real position: where the answer is read."""
+    import torch
+
+    return hidden[torch.arange(len(lens)), torch.tensor(lens) - 1].to(torch.float32)
 
 
 def load(path: Path | None = None, *, dtype: str = "auto") -> LearnedGuard:
