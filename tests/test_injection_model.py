@@ -66,3 +66,27 @@ def test_training_gives_the_shipped_model() -> None:
     agree = [(fresh.score(it.text) >= fresh.threshold) == (shipped.score(it.text) >= shipped.threshold) for it in items]
     assert sum(agree) / len(agree) >= 0.98
     assert fresh.manifest["settings"] == shipped.manifest["settings"]
+
+
+def test_two_fits_on_the_same_items_give_the_same_weights() -> None:
+    """Enough positions (80,000) for the CPU's multi-threaded sum of the weights' gradient: without
+    deterministic kernels its order, and so the weights Adam makes of it, changed from fit to fit."""
+    import random
+
+    import torch
+
+    from tunelab.serve.injection_corpus import Item
+    from tunelab.serve.injection_train import fit
+
+    rng = random.Random(0)
+    vocab = [f"w{k}" for k in range(3000)] + ["ignore", "previous", "instructions", "system", "prompt"]
+    texts = [" ".join(rng.choice(vocab) for _ in range(200)) for _ in range(400)]
+    items = [Item(t, k % 3 == 0, f"s{k % 4}", "train") for k, t in enumerate(texts)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        (w1, b1), (w2, b2) = fit(items, steps=8), fit(items, steps=8)
+    finally:
+        torch.set_num_threads(threads)
+    assert b1 == b2 and np.array_equal(w1, w2)
+    assert not torch.are_deterministic_algorithms_enabled()  # restored as it was

@@ -92,13 +92,21 @@ def fit(items: Sequence[Labelled], *, l2: float = 3e-7, steps: int = 300, lr: fl
     w = torch.zeros(DIM, requires_grad=True)
     b = torch.zeros((), requires_grad=True)
     opt = torch.optim.Adam([w, b], lr=lr)
-    for _ in range(steps):
-        opt.zero_grad()
-        z = batch.logits(w, b)
-        loss = (torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none") * sw).sum()
-        loss = loss + l2 * (w * w).sum()
-        loss.backward()
-        opt.step()
+    # The gradient of `w[ids]` sums into the weights with atomic adds across threads on a CPU, in whatever order
+    # they land; Adam then turns a rare word's 1e-9 of difference into a full step. Deterministic kernels: the
+    # same items give the same weights (without them, two fits differed by up to 2.2 in a weight).
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for _ in range(steps):
+            opt.zero_grad()
+            z = batch.logits(w, b)
+            loss = (torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none") * sw).sum()
+            loss = loss + l2 * (w * w).sum()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
     return w.detach().numpy().astype(np.float32), float(b.detach())
 
 
