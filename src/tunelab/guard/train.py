@@ -34,7 +34,7 @@ from typing import Any
 
 from tunelab.evaluate.metrics import detection_rates, threshold_at_fpr, tpr_at_fpr
 from tunelab.fsutil import atomic_dir, atomic_write_json, dir_digest
-from tunelab.guard.dataset import GuardItem, build, corpus_sha256, summary
+from tunelab.guard.dataset import GuardItem, build, corpus_sha256, licences, summary
 from tunelab.guard.harm import CATEGORIES
 from tunelab.guard.model import NGRAM_FILE, NONE, QUESTIONS, WINDOW, LearnedGuard, Template, cut_base, label_head
 from tunelab.progress import Reporter
@@ -363,6 +363,7 @@ def train_guard(out: Path, settings: GuardTrainSettings | None = None, *, report
             "examples": len(examples),
             "corpus": summary(items),
             "corpus_sha256": corpus_sha256(items),
+            "licences": licences(),
             "near_duplicates_dropped_from_held_out": dropped,
             "threshold": {"value": meta["threshold"], "chosen_by": f"calib split, benign FPR <= {s.target_fpr} "
                           f"and hard benign FPR <= {s.target_hard_fpr}"},

@@ -262,6 +262,9 @@ def _docs() -> Iterator[tuple[str, str]]:
 
 
 _PERMISSIVE = re.compile(r"\b(?:MIT|BSD|Apache|PSF|Python Software Foundation|ISC|0BSD|Unlicense|CC0)\b", re.I)
+# attack suites installed for their data (`guard.suites`): their READMEs describe attacks, and leaving them out
+# keeps every carrier (and so every held-out text) the same whether or not they are installed
+_NOT_README_CARRIERS = frozenset({"spikee", "agentdojo"})
 
 
 def package_readmes() -> list[tuple[str, str]]:
@@ -279,6 +282,8 @@ def package_readmes() -> list[tuple[str, str]]:
         if not body or not _PERMISSIVE.search(lic) or len(body) < 1500:
             continue
         name = (meta.get("Name") or "").lower()
+        if name in _NOT_README_CARRIERS:
+            continue
         paras = [p.strip() for p in re.split(r"\n\s*\n", body) if len(p.strip()) > 200 and "```" not in p]
         for k in range(0, min(len(paras), 24), 4):
             chunk = "\n\n".join(paras[k : k + 4])[:4000]
