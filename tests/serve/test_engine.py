@@ -179,12 +179,12 @@ def test_lean_decoder_equals_transformers_and_peft_with_mixed_adapters(tiny_mode
 
     a = _lora_adapter(tiny_model_dir, tmp_path / "a", 1, ["q_proj", "k_proj", "v_proj", "o_proj"])
     b = _lora_adapter(tiny_model_dir, tmp_path / "b", 2, ["gate_proj", "up_proj", "down_proj", "v_proj"])
-    ref = PeftModel.from_pretrained(load_model(tiny_model_dir), a, adapter_name="a")
-    ref.load_adapter(b, adapter_name="b")
+    ref = PeftModel.from_pretrained(load_model(tiny_model_dir), a, adapter_name="first")
+    ref.load_adapter(b, adapter_name="second")
     ref.eval()
     lean = LeanModel(load_model(tiny_model_dir), max_rows=4)
-    lean.load_adapter(a, "a")
-    lean.load_adapter(b, "b")
+    lean.load_adapter(a, "first")
+    lean.load_adapter(b, "second")
 
     def alone(ids: list[int], adapter: str | None) -> torch.Tensor:
         x = torch.tensor([ids])
@@ -195,7 +195,12 @@ def test_lean_decoder_equals_transformers_and_peft_with_mixed_adapters(tiny_mode
             ref.set_adapter(adapter)
             return ref(input_ids=x).logits[0, -1]
 
-    seqs = {0: ([5, 6, 7, 8], "a"), 1: ([9, 10], None), 2: (list(range(20, 60)) * 8, "b"), 3: ([11, 12, 13], "b")}
+    # adapter names that are in no other key: peft 0.22 reports as missing every key holding the loaded
+    # adapter's name as a substring ("b" is in "base_model"), and the test's warnings are errors
+    seqs = {
+        0: ([5, 6, 7, 8], "first"), 1: ([9, 10], None), 2: (list(range(20, 60)) * 8, "second"),
+        3: ([11, 12, 13], "second"),
+    }  # fmt: skip
 
     def check(rows: list[int], got: torch.Tensor) -> None:
         for r, g in zip(rows, got, strict=True):
