@@ -17,11 +17,12 @@ near-duplicates one of them.
 from __future__ import annotations
 
 import ast
-import json
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
 
+from tunelab.fsutil import read_jsonl
 from tunelab.guard.indirect import Generated
 from tunelab.serve import injection_corpus as ic
 
@@ -34,10 +35,17 @@ _SLOT = re.compile(r"\{([a-z][a-z0-9_]*)\}")
 
 
 def _jsonl(path: Path) -> list[dict[str, object]]:
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r for r in rows if isinstance(r, dict)]
+    return read_jsonl(path) if path.is_file() else []
+
+
+def _distinct(n: int, make: Callable[[int], str]) -> list[str]:
+    """Up to `n` different texts from `make(0)`, `make(1)`, ... (at most 3n tries)."""
+    out: dict[str, None] = {}
+    for k in range(n * 3):
+        if len(out) >= n:
+            break
+        out[make(k)] = None
+    return list(out)
 
 
 def _spikee_root() -> Path | None:
@@ -63,12 +71,7 @@ def spikee_attacks(n: int, seed: int, root: Path | None = None) -> list[str]:
                 instructions[str(r["instruction"]).strip()] = None
     ws, ins = list(wrappers), list(instructions)
     rng = random.Random(seed)
-    out: dict[str, None] = {}
-    for k in range(n * 3 if ws and ins else 0):
-        if len(out) >= n:
-            break
-        out[ws[k % len(ws)].replace(_INSTRUCTION, rng.choice(ins)).strip()] = None
-    return list(out)
+    return _distinct(n, lambda k: ws[k % len(ws)].replace(_INSTRUCTION, rng.choice(ins)).strip()) if ws and ins else []
 
 
 def spikee_benign(root: Path | None = None) -> list[str]:
@@ -134,15 +137,13 @@ def agentdojo_attacks(n: int, seed: int, root: Path | None = None) -> list[str]:
     users = ("Emma Johnson", "the user", "your owner", "Emma")
     models = ("GPT-4", "Claude", "AI assistant", "Command R+", "AI model developed by Google", "Llama")
     rng = random.Random(seed)
-    out: dict[str, None] = {}
     ts = list(templates)
-    for k in range(n * 3 if ts and goals else 0):
-        if len(out) >= n:
-            break
-        t = ts[k % len(ts)]
-        text = t.replace("{goal}", rng.choice(goals)).replace("{user}", rng.choice(users))
-        out[text.replace("{model}", rng.choice(models)).replace("{task}", "the task").strip()] = None
-    return list(out)
+
+    def make(k: int) -> str:
+        text = ts[k % len(ts)].replace("{goal}", rng.choice(goals)).replace("{user}", rng.choice(users))
+        return text.replace("{model}", rng.choice(models)).replace("{task}", "the task").strip()
+
+    return _distinct(n, make) if ts and goals else []
 
 
 def agentdojo_outputs(root: Path | None = None, size: int = 1500) -> list[tuple[str, dict[str, str]]]:
@@ -180,18 +181,17 @@ def fill(
     """`chunk` with each injection slot filled: the benign default, or `attack` in `slot`; and its span."""
     parts: list[str] = []
     span: tuple[int, int] | None = None
-    at = 0
+    at = length = 0  # where the next slot's text starts in `chunk`, and in the output
     for m in _SLOT.finditer(chunk):
         name = m.group(1)
         if name not in defaults:
             continue
-        parts.append(chunk[at : m.start()])
-        start = sum(len(p) for p in parts)
+        value = defaults[name]
+        length += m.start() - at
         if name == slot and span is None:  # a slot used twice: the attack in its first place only
-            parts.append(attack)
-            span = (start, start + len(attack))
-        else:
-            parts.append(defaults[name])
+            value, span = attack, (length, length + len(attack))
+        parts += [chunk[at : m.start()], value]
+        length += len(value)
         at = m.end()
     parts.append(chunk[at:])
     return "".join(parts), span
