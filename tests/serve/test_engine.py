@@ -473,3 +473,37 @@ def test_mailbox_delivers_every_token_in_order_with_few_wakeups() -> None:
     got, wakeups = asyncio.run(main())
     assert got == [list(range(200))] * 3
     assert 1 <= wakeups < 600  # one per post would be 600
+
+
+def test_transformers_runner_serves_adapters_whose_names_are_in_the_models_keys(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Adapters called "a" and "b" ("b" is in "base_model"): peft 0.22 counted every other key holding the name as
+    the adapter's missing keys and warned (an error here); the runner gives peft names that hold no key part.
+    Each row still runs its own adapter, and a deleted one frees its name."""
+    import torch
+
+    from tunelab.models.loading import load_model
+    from tunelab.serve.engine import HFRunner
+
+    a = _lora_adapter(tiny_model_dir, tmp_path / "a", 1, ["q_proj", "v_proj"])
+    b = _lora_adapter(tiny_model_dir, tmp_path / "b", 2, ["up_proj", "down_proj"])
+    runner = HFRunner(load_model(tiny_model_dir))
+    runner.load_adapter(a, "a")
+    runner.load_adapter(b, "b")
+    prompt = list(range(5, 20))
+    with torch.inference_mode():
+        out = runner.add([prompt] * 3, [None, "a", "b"])
+    assert not torch.allclose(out[0], out[1], atol=1e-4) and not torch.allclose(out[1], out[2], atol=1e-4)
+    runner.delete_adapter("a")
+    runner.load_adapter(a, "c")  # a new name: not the deleted one's number, nor "b"'s
+    assert len(set(runner.names.values())) == 2
+    with torch.inference_mode():
+        runner.reset()
+        again = runner.add([prompt] * 2, ["c", "b"])
+    torch.testing.assert_close(again, out[1:], rtol=1e-4, atol=1e-4)
+    for name in ("b", "c"):
+        runner.delete_adapter(name)
+    with torch.inference_mode():
+        runner.reset()
+        torch.testing.assert_close(runner.add([prompt], [None]), out[:1], rtol=1e-4, atol=1e-4)

@@ -84,22 +84,34 @@ class HFRunner:
         self.weights = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(dtype, dtype)
         self.base = base_model(model)
         self.kw = _cache_kw(self.base)
-        self.peft = hasattr(model, "get_base_model")
+        self.peft = self.preloaded = hasattr(model, "get_base_model")  # (a PeftModel's adapters keep their names)
+        # served adapter name -> peft's: peft 0.22 picks an adapter's keys by substring (`name in key`), so an
+        # adapter called "a" or "model" saw every other key as its own "missing" one; these names hold no key part
+        self.names: dict[str, str] = {}
+        self.loaded = 0  # adapters loaded so far: the next peft name's number (never reused)
         self.cache: Any = None
         self.mask: Any = None
         self.pos: Any = None
 
     def load_adapter(self, path: Any, name: str) -> None:
+        inner = self.names[name] = f"tl_adapter{self.loaded}_"
+        self.loaded += 1
         if not self.peft:
             from peft import PeftModel
 
-            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=inner)
             self.peft = True
         else:
-            self.model.load_adapter(path, adapter_name=name)
+            self.model.load_adapter(path, adapter_name=inner)
 
     def delete_adapter(self, name: str) -> None:
-        self.model.delete_adapter(name)
+        import warnings
+
+        with warnings.catch_warnings():  # which adapter peft keeps "active" is moot: every row names its own
+            warnings.filterwarnings("ignore", message=".* was active which is now deleted")
+            self.model.delete_adapter(self.names.pop(name))
+        if self.names:  # peft leaves the deleted one active, and its next forward looks its config up
+            self.model.set_adapter(next(iter(self.names.values())))
 
     def reset(self) -> None:
         self.cache, self.mask, self.pos = None, None, None
@@ -108,9 +120,9 @@ class HFRunner:
         kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "use_cache": True}
         if cache is not None:
             kwargs[self.kw] = cache
-        if self.peft:
-            return self.model(**kwargs, adapter_names=[a or BASE for a in adapters])
-        return self.base(**kwargs)
+        if self.peft and (self.names or self.preloaded):
+            return self.model(**kwargs, adapter_names=[self.names.get(a, a) if a else BASE for a in adapters])
+        return self.base(**kwargs)  # (every adapter deleted: peft would look up the last one's config)
 
     def add(self, prompts: list[list[int]], adapters: list[str | None]) -> Any:
         import torch
