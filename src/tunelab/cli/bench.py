@@ -166,6 +166,11 @@ def bench_guard(
     if json_:
         print(json.dumps(r, indent=2))
         return
+    c = r["corpus"]
+    if not c["same_as_guard"]:
+        print(f"note: this corpus (sha256 {c['sha256'][:12]}) is not the one the guard was trained on "
+              f"({str(c['guard_trained_on'])[:12]}); README carriers missing or at other versions: "
+              f"{', '.join(c['missing_carriers']) or 'none'} (install with -c constraints.txt)")
     t = r["test_split"]
     print(f"held-out test split: {t['n']} texts, {t['attacks']} attacks ({t['indirect']} indirect), "
           f"{t['hard_negatives']} hard negatives")  # fmt: skip

@@ -82,11 +82,25 @@ def percentile(values: Sequence[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-def threshold_at_fpr(scores: Sequence[float], labels: Sequence[bool], max_fpr: float) -> float:
+def wilson_upper(count: int, n: int, z: float) -> float:
+    """The Wilson score interval's upper end for a rate of `count` in `n` at `z` standard errors (z=0: the rate)."""
+    if n == 0:
+        return 1.0
+    p, z2 = count / n, z * z
+    centre = p + z2 / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return (centre + half) / (1 + z2 / n)
+
+
+def threshold_at_fpr(scores: Sequence[float], labels: Sequence[bool], max_fpr: float, *, z: float = 0.0) -> float:
     """The lowest threshold (flag at score >= it) whose FPR on these negatives is at most `max_fpr`: the one
-    that keeps the most positives under that cap."""
+    that keeps the most positives under that cap. With `z` > 0 the FPR's Wilson upper bound at z standard
+    errors must be under the cap instead: a margin for the sampling error of few negatives, so that the rate on
+    other texts of the same kind stays under it too."""
     neg = sorted((float(s) for s, a in zip(scores, labels, strict=True) if not a), reverse=True)
     k = math.floor(max_fpr * len(neg) + 1e-9)  # this many negatives may be flagged
+    while k > 0 and z > 0 and wilson_upper(k, len(neg), z) > max_fpr:
+        k -= 1
     if k >= len(neg):
         return min(map(float, scores), default=0.0)
     return math.nextafter(neg[k], math.inf)

