@@ -94,7 +94,7 @@ def test_seeded_sampling_is_reproducible(tiny_model_dir: Path) -> None:
         eng.stop()
 
 
-def test_min_tokens_holds_off_the_stop_token_and_the_watermark_biases_each_row(tiny_model_dir: Path) -> None:
+def test_min_tokens_the_watermark_and_logit_bias_shape_each_rows_sampling(tiny_model_dir: Path) -> None:
     from tunelab.govern.watermark import Watermark
     from tunelab.models.loading import load_model
 
@@ -129,6 +129,10 @@ def test_min_tokens_holds_off_the_stop_token_and_the_watermark_biases_each_row(t
         marked, why = run(watermark=wm)
         assert why == "length", why
         assert len(marked) == 8 and all(wm.is_green(p, t, vocab) for p, t in zip([7, *marked], marked, strict=False))
+        banned, _ = run(logit_bias={first: -100.0})  # OpenAI's logit_bias: -100 bans a token, +100 forces it
+        assert len(banned) == 8 and first not in banned
+        forced, _ = run(logit_bias={9: 100.0, first: -5.0}, temperature=1.0, seed=0)
+        assert forced == [9] * 8
     finally:
         eng.stop()
 

@@ -226,6 +226,9 @@ def test_context_limit_is_400_context_length_exceeded(server: Server) -> None:
         ),
         ({"model": "tiny-llama", "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages.0.role"),
         ({"model": "tiny-llama", "prompt": "x" * 30000}, 413, None),
+        ({"model": "tiny-llama", "prompt": "x", "logit_bias": {"the": 5}}, 400, "logit_bias"),
+        ({"model": "tiny-llama", "prompt": "x", "logit_bias": {"5": 101}}, 400, "logit_bias"),
+        ({"model": "tiny-llama", "prompt": "x", "logit_bias": {"99999": -100}}, 400, "logit_bias"),
     ],
 )
 def test_bad_input_is_a_4xx_openai_error(server: Server, body: Any, status: int, param: str | None) -> None:

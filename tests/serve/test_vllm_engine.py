@@ -29,6 +29,7 @@ class _Params:  # vllm.SamplingParams's fields that tunelab sets
     temperature: float
     top_p: float
     seed: int | None
+    logit_bias: dict[int, float] | None
     stop_token_ids: list[int] | None
     output_kind: Any
     detokenize: bool
@@ -56,6 +57,7 @@ class _StandIn:
     aborted: list[str] = field(default_factory=list)
     loras: list[Any] = field(default_factory=list)
     removed: list[int] = field(default_factory=list)
+    params: list[_Params] = field(default_factory=list)
 
     def add_request(self, rid: str, prompt: dict[str, Any], params: _Params, lora_request: Any = None) -> str:
         ids = prompt["prompt_token_ids"]
@@ -64,6 +66,7 @@ class _StandIn:
         assert params.detokenize is False and params.output_kind == "DELTA"
         self.live[rid] = (list(self.script[ids[0]]), params.max_tokens, params)
         self.loras.append(lora_request)
+        self.params.append(params)
         return rid
 
     def step(self) -> list[_ReqOut]:
@@ -125,7 +128,7 @@ def test_tokens_arrive_once_in_order_and_replies_end_as_they_should(stand_in_vll
     eng = VLLMEngine(llm, adapters, max_batch=8, max_queue=8, eos_ids=frozenset({eos}))
     r_eos, g_eos, _ = _collect([10, 1])
     r_len, g_len, _ = _collect([11], max_tokens=3, adapter="a")
-    r_done, g_done, _ = _collect([12])
+    r_done, g_done, _ = _collect([12], logit_bias={5: 2.5})
     r_stop, g_stop, _ = _collect([13], stop_ids=frozenset({42}))
     r_bad, g_bad, _ = _collect([])
     for r in (r_eos, r_len, r_done, r_stop, r_bad):
@@ -140,6 +143,7 @@ def test_tokens_arrive_once_in_order_and_replies_end_as_they_should(stand_in_vll
     assert g_bad[0].startswith("error: ValueError") and len(g_bad) == 1  # only its own request fails
     assert sorted(llm.aborted) == ["tunelab-0", "tunelab-3"]  # ended by tunelab before vLLM finished them
     assert [lo.lora_name if lo else None for lo in llm.loras] == [None, "a", None, None]
+    assert [p.logit_bias for p in llm.params] == [None, None, {5: 2.5}, None]  # the request's own, as given
     assert eng.tokens_out == 3 + 1 + 3 + 3 + 2  # the EOS and stop tokens count as generated
     adapters.delete_adapter("a")
     assert llm.removed == [1] and "a" not in adapters.requests
@@ -184,6 +188,17 @@ def test_without_vllm_or_a_gpu_the_backend_is_a_config_error(tmp_path: Path) -> 
 
     with pytest.raises(ConfigError, match="vLLM"):
         build_llm(tmp_path, context=512, max_batch=8, adapters={}, max_loras=4, extra={})
+
+
+def test_the_watermark_is_refused_on_vllm_whose_sampler_would_not_add_it() -> None:
+    from pydantic import ValidationError
+
+    from tunelab.serve.config import ServeConfig
+
+    ServeConfig(backend="vllm")
+    ServeConfig(watermark={"enabled": True})
+    with pytest.raises(ValidationError, match="backend: tunelab"):
+        ServeConfig(backend="vllm", watermark={"enabled": True})
 
 
 def test_lora_rank_rounds_up_to_what_vllm_accepts(tmp_path: Path) -> None:

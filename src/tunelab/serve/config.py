@@ -115,6 +115,14 @@ class ServeConfig(BaseModel):
     watermark: WatermarkConfig = Field(default_factory=WatermarkConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
 
+    @model_validator(mode="after")
+    def _marked_by_our_sampler(self) -> ServeConfig:
+        # the mark is added by tunelab's sampler; vLLM's samples on its own, so its replies would carry the
+        # watermark's fingerprint without the mark
+        if self.watermark.enabled and self.backend == "vllm":
+            raise ValueError("watermark.enabled needs backend: tunelab (vLLM's sampler does not add the mark)")
+        return self
+
 
 def load_serve_config(path: Path | None, **overrides: Any) -> ServeConfig:
     import yaml

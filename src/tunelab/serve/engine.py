@@ -54,6 +54,7 @@ class GenRequest:
     seed: int | None = None
     adapter: str | None = None
     watermark: Any = None  # govern.watermark.Watermark: its bias is added to the logits before sampling
+    logit_bias: dict[int, float] | None = None  # the request's own: added to those tokens' logits (after the mark)
     min_tokens: int = 0  # end-of-sequence tokens are not sampled before this many tokens
     stop_ids: frozenset[int] = frozenset()
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -68,6 +69,7 @@ class _Row:
     req: GenRequest
     last_logits: Any
     prev: int = -1  # the last token (the prompt's, then each sampled one): the watermark's context
+    bias: Any = None  # the request's logit_bias as (token ids, values) tensors, made at its first token
 
 
 class HFRunner:
@@ -309,6 +311,12 @@ class Engine:
         req = row.req
         if req.watermark is not None:
             logits = req.watermark.bias(logits, row.prev)
+        if req.logit_bias:
+            if row.bias is None:
+                ids, vals = list(req.logit_bias), list(req.logit_bias.values())
+                row.bias = (torch.tensor(ids, device=logits.device),
+                            torch.tensor(vals, device=logits.device, dtype=logits.dtype))  # fmt: skip
+            logits = logits.index_add(0, *row.bias)
         if req.generated < req.min_tokens and (self.eos_ids or req.stop_ids):
             logits = logits.clone()
             logits[list(self.eos_ids | req.stop_ids)] = float("-inf")

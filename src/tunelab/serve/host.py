@@ -37,6 +37,7 @@ class Host:
         else:
             model = load_model(self.resolved.path)
             self.context = cfg.max_context or _positions(model.config)
+            self.vocab = _vocab(model.config, self.tok)
             self.runner = self._runner(model, cfg)
             self.engine = Engine(
                 model,
@@ -57,7 +58,9 @@ class Host:
         from tunelab.serve.vllm_engine import VLLMAdapters, VLLMEngine, build_llm
 
         path = Path(self.resolved.path)
-        self.context = cfg.max_context or _positions(AutoConfig.from_pretrained(path))
+        conf = AutoConfig.from_pretrained(path)
+        self.context = cfg.max_context or _positions(conf)
+        self.vocab = _vocab(conf, self.tok)
         try:
             gc = GenerationConfig.from_pretrained(path)
         except OSError:  # no generation_config.json: the tokenizer's EOS alone
@@ -146,6 +149,13 @@ class Host:
 def _positions(conf: Any) -> int:
     """A model config's context length (2048 where it says none)."""
     return int(getattr(conf, "max_position_embeddings", 2048) or 2048)
+
+
+def _vocab(conf: Any, tok: Any) -> int:
+    """The width of the model's logits: its config's vocab_size (a multimodal config's text part), else the
+    tokenizer's size."""
+    text = conf.get_text_config() if hasattr(conf, "get_text_config") else conf
+    return int(getattr(text, "vocab_size", None) or len(tok))
 
 
 def verify_adapter(path: Path, *, require: bool) -> None:

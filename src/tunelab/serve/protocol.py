@@ -45,6 +45,7 @@ class _Req(BaseModel):
     n: int = Field(1, ge=1, le=MAX_N)
     stop: str | list[str] | None = None
     seed: int | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as a string, as JSON keys are) -> bias in [-100, 100]
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     user: str | None = None
@@ -55,6 +56,25 @@ class _Req(BaseModel):
         if isinstance(v, list) and (len(v) > 4 or not all(isinstance(s, str) and s for s in v)):
             raise ValueError("at most 4 non-empty stop strings")
         return v
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for k, b in (v or {}).items():
+            if not k.strip().isdigit():
+                raise ValueError(f"logit_bias keys are token ids; {k!r} is not one")
+            if not -100 <= b <= 100:
+                raise ValueError(f"logit_bias values are from -100 to 100; token {k} has {b}")
+        return v
+
+    def token_bias(self, vocab: int) -> dict[int, float]:
+        """`logit_bias` as token id -> bias, each id checked against the model's vocabulary (400 if outside)."""
+        out = {int(k): float(b) for k, b in (self.logit_bias or {}).items()}
+        bad = sorted(t for t in out if t >= vocab)
+        if bad:
+            raise ApiError(400, f"logit_bias names token {bad[0]}, outside this model's vocabulary of {vocab}",
+                           param="logit_bias")  # fmt: skip
+        return out
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) and self.stop else list(self.stop or [])

@@ -102,6 +102,7 @@ class Stream:
             seed=seed,
             adapter=adapter,
             watermark=watermark,
+            logit_bias=body.token_bias(host.vocab) if body.logit_bias else None,
         )
 
     def _on_token(self, tok: int | None, reason: str | None) -> None:

@@ -85,6 +85,7 @@ class VLLMEngine(Engine):
                 temperature=r.temperature,
                 top_p=r.top_p,
                 seed=r.seed,
+                logit_bias=r.logit_bias,
                 stop_token_ids=sorted(r.stop_ids) or None,
                 output_kind=RequestOutputKind.DELTA,
                 detokenize=False,
