@@ -14,6 +14,8 @@ Figures, per guard:
 `corpus`: whether the corpus built here is the one the guard was trained and calibrated on (sha256): it is
 where the packages of `readme_carriers.txt` are installed at their versions (`constraints.txt`); where it is
 not, the test split holds other texts and the figures are not the guard's published ones.
+`location`: on the flagged attacks whose payload is known, how often the sentence a decision shows (where the
+label first rises) overlaps the payload, beside the text's first 160 characters (what a decision showed before).
 `moderation`: the guard's reply question on held-out people-labelled replies (`guard.harm`: answers to
 red-team requests never seen answered in training) at its moderation threshold, beside the phrase lexicons.
 Also: the reliability diagram and ECE of the learned guard's calibrated probability on the test split; the
@@ -39,7 +41,7 @@ from tunelab.bench.guard_set import labelled
 from tunelab.evaluate.metrics import percentile, tpr_at_fpr
 from tunelab.fsutil import atomic_write_json
 from tunelab.guard.dataset import GuardItem, build, corpus_sha256
-from tunelab.guard.train import ece, features, goal_figures, moderation_figures, reliability
+from tunelab.guard.train import ece, goal_figures, location_figures, moderation_figures, reliability
 from tunelab.hardware import cpu_bf16
 from tunelab.serve.guards import (
     GuardConfig,
@@ -144,7 +146,10 @@ def bench_guard(out: Path, *, repeats: int = 4, limit: int | None = None) -> dic
         replies = random.Random(0).sample(replies, min(len(replies), limit // 2))
     texts, roles = [it.text for it in test], [it.role for it in test]
     guard = load_learned()
-    raw, rules, ngram = features(guard, test)
+    readings = guard.read(texts, roles)
+    raw = [r.raw for r in readings]
+    rules = [rule_score(t)[0] for t in texts]
+    ngram = [guard.ngram.logit(t) for t in texts]
     scored: dict[str, list[float]] = {
         "learned": [guard.probability(*f) for f in zip(raw, rules, ngram, strict=True)],
         "learned_no_rules": [guard.probability(r, 0.0, n) for r, n in zip(raw, ngram, strict=True)],
@@ -159,6 +164,7 @@ def bench_guard(out: Path, *, repeats: int = 4, limit: int | None = None) -> dic
     thresholds = {"learned": guard.threshold, "learned_no_rules": guard.threshold, "rules": 0.5, "v1_rules_ngram": 0.5}
     guards = {k: goal_figures(test, v, thresholds[k]) for k, v in scored.items()}
     rel = reliability(scored["learned"], [it.attack for it in test])
+    location = location_figures(test, readings, scored["learned"], guard.threshold)
 
     mod = guard.meta.get("moderation")
     moderation = moderation_figures(guard, replies, float(mod["threshold"])) if mod else None
@@ -191,6 +197,7 @@ def bench_guard(out: Path, *, repeats: int = 4, limit: int | None = None) -> dic
         "public_detector": _public_detector(),
         "moderation": moderation,
         "reliability_learned": rel,
+        "location": location,
         "ece_learned": ece(rel),
         "corpus": corpus,
         "test_split": {

@@ -17,6 +17,11 @@ text's end), all windows of all texts go through in one batch, and the text's sc
 (Trained and scored on 512-token windows with the label after the text alone, the same model found half as
 many injections: with 3 layers, the last position does not gather a 30-token payload out of 500 tokens.)
 
+Read at every token, the label also says *where* an instruction is (`read`): the first token at which it
+reaches half the text's highest lies inside the payload for 90% of the calib split's indirect injections
+(median payload 37 of 418 tokens); `span_around` widens that point to its sentence, the excerpt a decision
+shows.
+
 The served probability (`probability`) is a logistic calibration of three scores: this model's, the phrase
 rules' and the logit of a hashed n-gram classifier fitted on the same texts (`ngram.npz`). Each catches what
 the others miss; the calibration is fitted on held-out data (`train.py`).
@@ -27,14 +32,16 @@ weights, the documents the training generated (`synthetic.json`) and `guard.json
 sha256, the template, the calibration and the threshold, and the training manifest.
 
 On a CPU with bf16 matrix units (AVX512-BF16/AMX) the merged model runs in bf16: a 512-token text (4 windows,
-3 layers) takes ~25 ms on 2 cores there; elsewhere fp32, about 3 times slower (`tunelab bench guard` measures
-the machine it runs on).
+3 layers) takes ~25 ms on 2 cores there; elsewhere fp32: about 150 ms (p99 184) on 2 AVX2 cores of an AMD
+EPYC, where the three layers' ~15 GFLOP run near the cores' fp32 peak (`tunelab bench guard` measures the
+machine it runs on).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -51,6 +58,30 @@ NONE = "none"  # the reply question's answer for a harmless reply; the others ar
 WINDOW = 128  # tokens of text per window: a payload is a large part of one, not lost in 500 tokens of document
 SHIPPED = Path(__file__).with_name("weights")
 NGRAM_FILE = "ngram.npz"
+
+
+# where a sentence or a paragraph ends: what `span_around` widens a point to
+_BOUNDARY = re.compile(r"\n\s*\n|(?<=[.!?])\s")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One text as the guard read it: its raw score (the highest label over its windows and positions) and
+    `at`, the character offset where the label first reaches half that (None when the guard reads only after
+    the text, or nothing in it scored above 0: there is no instruction to point at)."""
+
+    raw: float
+    at: int | None = None
+
+
+def span_around(text: str, at: int, *, before: int = 400, after: int = 200) -> tuple[int, int]:
+    """[start, end) of the sentence holding the character before `at` (at most `before` / `after` characters
+    either side): where a reading points, as a person reads it."""
+    anchor = min(max(at - 1, 0), max(len(text) - 1, 0))
+    start = max([m.end() for m in _BOUNDARY.finditer(text, 0, anchor + 1) if m.end() <= anchor] or [0])
+    m = _BOUNDARY.search(text, anchor + 1)
+    end = m.start() if m else len(text)
+    return max(start, anchor - before), min(end, anchor + 1 + after)
 
 
 @dataclass(frozen=True)
@@ -200,27 +231,45 @@ class LearnedGuard:
     def raw(self, texts: Sequence[str], roles: Sequence[str] | None = None, *, batch_tokens: int = 8192) -> list[float]:
         """Each text's raw score: max over its windows of logit(yes) - logit(no), read after the text and (a guard
         trained with `readout: every`) at each of its tokens."""
-        roles = [r if r in ("user", "tool") else "user" for r in (roles or ["user"] * len(texts))]
-        best = [-math.inf] * len(texts)
-        for idx, lens, hidden in self._hidden_rows(texts, roles, batch_tokens):
-            scores = self._row_scores(hidden, lens)
-            for i, v in zip(idx, scores.tolist(), strict=True):
-                best[i] = max(best[i], float(v))
-        return best
+        return [r.raw for r in self.read(texts, roles, batch_tokens=batch_tokens)]
 
-    def _row_scores(self, hidden: Any, lens: list[int]) -> Any:
-        """Per row: the label read after the text (its last position), or the highest over that and the
-        text's own positions."""
+    def read(
+        self, texts: Sequence[str], roles: Sequence[str] | None = None, *, batch_tokens: int = 8192
+    ) -> list[Reading]:
+        """Each text's `Reading`: its raw score and where in it the label first reaches half of that."""
+        roles = [r if r in ("user", "tool") else "user" for r in (roles or ["user"] * len(texts))]
+        fast = bool(getattr(self.tok, "is_fast", False))  # a Rust tokenizer gives each token's characters
+        enc = self.tok(list(texts), add_special_tokens=False, return_offsets_mapping=fast)
+        ids = [list(e) for e in enc["input_ids"]]
+        ends = [[int(e) for _, e in o] for o in enc["offset_mapping"]] if fast else None
+        # per text, the label at each of its tokens (highest over the windows holding it), then after the text
+        curves = [[-math.inf] * (len(t) + 1) for t in ids]
+        for idx, starts, lens, hidden in self._hidden_rows(ids, roles, batch_tokens):
+            for i, s, row in zip(idx, starts, self._row_curves(hidden, lens), strict=True):
+                c = curves[i]
+                *own, after = row
+                for k, v in enumerate(own):
+                    c[s + k] = max(c[s + k], v)
+                c[-1] = max(c[-1], after)
+        out = []
+        for i, (text, c) in enumerate(zip(texts, curves, strict=True)):
+            top = max(c)
+            first = next(k for k, v in enumerate(c) if v > top / 2) if self.every and top > 0 else None
+            at = None if first is None or ends is None else ends[i][first] if first < len(ends[i]) else len(text)
+            out.append(Reading(top, at))
+        return out
+
+    def _row_curves(self, hidden: Any, lens: list[int]) -> list[list[float]]:
+        """Per row: the label at each of the text's own positions (none unless the guard reads every token),
+        then the label read after the text (its last position)."""
         import torch
 
+        last = _at_last(hidden, lens) @ self.direction
         if not self.every:
-            return _at_last(hidden, lens) @ self.direction
-        last = torch.tensor(lens) - 1
-        per_pos = hidden.to(torch.float32) @ self.direction  # [n, width]
-        content = torch.tensor(lens) - len(self.template.suffix)  # positions < this are the text's own
-        pos = torch.arange(per_pos.shape[1])[None, :]
-        keep = (pos < content[:, None]) | (pos == last[:, None])
-        return per_pos.masked_fill(~keep, -math.inf).amax(dim=1)
+            return [[v] for v in last.tolist()]
+        per_pos = (hidden.to(torch.float32) @ self.direction).tolist()  # [n, width]
+        content = [n - len(self.template.suffix) for n in lens]  # positions < this are the text's own
+        return [[*row[:c], a] for row, c, a in zip(per_pos, content, last.tolist(), strict=True)]
 
     def moderate(self, texts: Sequence[str], *, batch_tokens: int = 8192) -> list[dict[str, float]]:
         """For each reply: the probability of each harm category and of NONE (a softmax over the reply question's
@@ -234,21 +283,21 @@ class LearnedGuard:
         rows = head[[self.template.harms[n] for n in names]].detach().to(torch.float32)
         none = names.index(NONE)
         best: list[dict[str, float]] = [{**dict.fromkeys(names, 0.0), NONE: 1.0} for _ in texts]
-        for idx, lens, hidden in self._hidden_rows(texts, ["reply"] * len(texts), batch_tokens):
+        for idx, _, lens, hidden in self._hidden_rows(self.content_ids(texts), ["reply"] * len(texts), batch_tokens):
             probs = torch.softmax(_at_last(hidden, lens) @ rows.T, dim=-1).tolist()
             for i, p in zip(idx, probs, strict=True):
                 if p[none] < best[i][NONE]:
                     best[i] = dict(zip(names, p, strict=True))
         return best
 
-    def _hidden_rows(self, texts: Sequence[str], roles: Sequence[str], batch_tokens: int) -> Any:
-        """(text indices, row lengths, hidden states [rows, width, H]) for batches of all texts' windows (each
-        row a window and the suffix), each read after its role's question, which is run once and kept as a
-        key/value cache."""
-        rows: list[tuple[str, int, list[int]]] = []  # (role, text index, window + suffix)
-        for i, (ids, role) in enumerate(zip(self.content_ids(texts), roles, strict=True)):
+    def _hidden_rows(self, texts_ids: Sequence[list[int]], roles: Sequence[str], batch_tokens: int) -> Any:
+        """(text indices, window starts, row lengths, hidden states [rows, width, H]) for batches of all texts'
+        windows (each row a window and the suffix; texts as token ids), each read after its role's question,
+        which is run once and kept as a key/value cache."""
+        rows: list[tuple[str, int, list[int], int]] = []  # (role, text index, window + suffix, window start)
+        for i, (ids, role) in enumerate(zip(texts_ids, roles, strict=True)):
             for s, e in windows(len(ids), self.window, self.stride):
-                rows.append((role, i, ids[s:e] + self.template.suffix))
+                rows.append((role, i, ids[s:e] + self.template.suffix, s))
         rows.sort(key=lambda r: (r[0], len(r[2])))
         import torch
 
@@ -262,7 +311,8 @@ class LearnedGuard:
                     j += 1
                 chunk = rows[k:j]
                 seqs = [r[2] for r in chunk]
-                yield [r[1] for r in chunk], [len(q) for q in seqs], self._forward_rows(role, seqs, width)
+                yield ([r[1] for r in chunk], [r[3] for r in chunk], [len(q) for q in seqs],
+                       self._forward_rows(role, seqs, width))  # fmt: skip
                 k = j
 
     def _prefix(self, role: str) -> list[tuple[Any, Any]]:

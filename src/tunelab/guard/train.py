@@ -39,7 +39,18 @@ from tunelab.evaluate.metrics import detection_rates, threshold_at_fpr, tpr_at_f
 from tunelab.fsutil import atomic_dir, atomic_write_json, dir_digest
 from tunelab.guard.dataset import GuardItem, build, corpus_sha256, licences, summary
 from tunelab.guard.harm import CATEGORIES
-from tunelab.guard.model import NGRAM_FILE, NONE, QUESTIONS, WINDOW, LearnedGuard, Template, cut_base, label_head
+from tunelab.guard.model import (
+    NGRAM_FILE,
+    NONE,
+    QUESTIONS,
+    WINDOW,
+    LearnedGuard,
+    Reading,
+    Template,
+    cut_base,
+    label_head,
+    span_around,
+)
 from tunelab.progress import Reporter
 from tunelab.serve.injection_corpus import missing_carriers
 from tunelab.serve.injection_model import WINDOW as NGRAM_WINDOW
@@ -245,6 +256,40 @@ def goal_figures(items: list[GuardItem], probs: list[float], threshold: float) -
         # injections built from `indirect.FRESH`, written before the final training and scored once
         "fresh_indirect_tpr_at_fpr2": fresh_at2["tpr"],
         "at_serving_threshold": {**served, "indirect_tpr": ind_served["tpr"], "threshold": threshold},
+    }
+
+
+def location_figures(
+    items: list[GuardItem], readings: list[Reading], probs: list[float], threshold: float, sample_chars: int = 160
+) -> dict[str, Any]:
+    """Where a decision points, on the flagged attacks whose payload is known (generated or pasted into a
+    document): how often the sentence it shows (`span_around` the reading's point) overlaps the payload, and how
+    much of the payload it holds; beside what a decision showed before, the text's first `sample_chars`."""
+    flagged = [(it, r) for it, r, p in zip(items, readings, probs, strict=True)
+               if it.attack and it.span is not None and p >= threshold]  # fmt: skip
+    hit = head = 0
+    cover: list[float] = []
+    chars: list[int] = []
+    pointed = 0
+    for it, r in flagged:
+        a, b = it.span or (0, 0)
+        head += a < sample_chars
+        if r.at is None:
+            continue
+        pointed += 1
+        s, e = span_around(it.text, r.at)
+        inter = max(0, min(e, b) - max(s, a))
+        hit += inter > 0
+        cover.append(inter / max(1, b - a))
+        chars.append(e - s)
+    n = max(1, len(flagged))
+    return {
+        "flagged_with_payload": len(flagged),
+        "pointed": pointed,
+        "span_overlaps_payload": hit / n,
+        "payload_share_in_span": sum(cover) / max(1, len(cover)),
+        "span_chars_median": sorted(chars)[len(chars) // 2] if chars else None,
+        "text_start_overlaps_payload": head / n,
     }
 
 

@@ -45,7 +45,7 @@ from tunelab.serve.injection_model import InjectionModel
 from tunelab.serve.leakage import leaks, mask
 
 if TYPE_CHECKING:
-    from tunelab.guard.model import LearnedGuard
+    from tunelab.guard.model import LearnedGuard, Reading
 
 Action = Literal["block", "redact", "flag", "off"]
 
@@ -219,17 +219,17 @@ def threshold_of(rule: GuardRule) -> float:
     return load_learned(rule.classifier_model).threshold if rule.classifier and rule.engine == "learned" else 0.5
 
 
-# learned scores of recent (model, role, text): a conversation's earlier turns are not scored again
-_SEEN: OrderedDict[tuple[str | None, str, str], float] = OrderedDict()
+# learned readings of recent (model, role, text): a conversation's earlier turns are not scored again
+_SEEN: OrderedDict[tuple[str | None, str, str], Reading] = OrderedDict()
 _SEEN_MAX = 4096
 
 
-def _learned_raw(texts: Sequence[str], roles: Sequence[str], model: str | None) -> list[float]:
+def _learned_readings(texts: Sequence[str], roles: Sequence[str], model: str | None) -> list[Reading]:
     keys = [(model, r, t) for t, r in zip(texts, roles, strict=True)]
     todo = [k for k in dict.fromkeys(keys) if k not in _SEEN]
     if todo:
-        raw = load_learned(model).raw([k[2] for k in todo], [k[1] for k in todo])
-        for k, v in zip(todo, raw, strict=True):
+        got = load_learned(model).read([k[2] for k in todo], [k[1] for k in todo])
+        for k, v in zip(todo, got, strict=True):
             _SEEN[k] = v
             if len(_SEEN) > _SEEN_MAX:
                 _SEEN.popitem(last=False)
@@ -238,6 +238,17 @@ def _learned_raw(texts: Sequence[str], roles: Sequence[str], model: str | None) 
         _SEEN.move_to_end(k)
         out.append(_SEEN[k])
     return out
+
+
+def injection_span(text: str, role: str, rule: GuardRule) -> tuple[int, int] | None:
+    """[start, end) of the sentence where the learned guard's label first rises in `text` (read in `role`):
+    where the instruction most likely is. None for another engine, or where the guard points nowhere."""
+    from tunelab.guard.model import span_around
+
+    if not rule.classifier or rule.engine != "learned":
+        return None
+    at = _learned_readings([text], [role], rule.classifier_model)[0].at
+    return None if at is None else span_around(text, at)
 
 
 def injection_scores(
@@ -258,7 +269,7 @@ def injection_scores(
             out.append((max(sc, clf), fired, clf))
         return out
     guard = load_learned(rule.classifier_model)
-    raw = _learned_raw(texts, roles, rule.classifier_model)
+    raw = [r.raw for r in _learned_readings(texts, roles, rule.classifier_model)]
     out = []
     for t, r, (sc, fired) in zip(texts, raw, ruled, strict=True):
         ng = guard.ngram.logit(t)
@@ -271,6 +282,15 @@ def injection_score(
 ) -> tuple[float, list[str], float | None]:
     """`injection_scores` for one text."""
     return injection_scores([text], [role], rule)[0]
+
+
+def _where(text: str, role: str, rule: GuardRule, chars: int) -> dict[str, Any]:
+    """Where a flagged text's instruction is, for a decision: `span` (characters) and `sample`, the sentence
+    there (else the text's start), both redacted as the incident log is."""
+    span = injection_span(text, role, rule)
+    if span is None:
+        return {"span": None, "sample": sample(text, chars)}
+    return {"span": list(span), "sample": sample(text[span[0] : span[1]], chars)}
 
 
 def _injection_detail(score: float, rules: list[str], clf: float | None) -> dict[str, Any]:
@@ -335,8 +355,12 @@ def scan_many(
         for f in find_pii(text):
             counts[f.type] = counts.get(f.type, 0) + 1
         mod = replies.get(k) or {"categories": moderation(text)}
+        flagged = score >= th
+        span = injection_span(text, "tool" if role == "reply" else role, rule) if flagged else None
         out.append({
-            "injection": {"flagged": score >= th, "role": role, **_injection_detail(score, rules, clf)},
+            "injection": {"flagged": flagged, "role": role, **_injection_detail(score, rules, clf),
+                          "span": None if span is None else list(span),
+                          "excerpt": None if span is None else text[span[0] : span[1]]},
             "pii": counts,
             "moderation": {"flagged": bool(mod["categories"]), **mod},
         })  # fmt: skip
@@ -363,7 +387,7 @@ def check_chat(messages: Sequence[tuple[str, str]], cfg: GuardConfig) -> tuple[l
         ):
             if score >= th:
                 detail = {**_injection_detail(score, rules, clf), "role": messages[i][0], "message": i,
-                          "sample": sample(texts[i], cfg.sample_chars)}  # fmt: skip
+                          **_where(texts[i], SCAN_ROLE[messages[i][0]], cfg.injection, cfg.sample_chars)}  # fmt: skip
                 decisions.append(Decision("injection", cfg.injection.action, detail))
                 blocked = blocked or cfg.injection.action == "block"
     for i, (role, text) in enumerate(messages):
