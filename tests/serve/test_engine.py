@@ -103,7 +103,7 @@ def test_min_tokens_the_watermark_and_logit_bias_shape_each_rows_sampling(tiny_m
     eng = Engine(model, max_batch=4)
     eng.start()
 
-    def run(**kw: object) -> tuple[list[int], str]:
+    def run(max_tokens: int = 8, **kw: object) -> tuple[list[int], str]:
         toks: list[int] = []
         why: list[str] = []
         ev = threading.Event()
@@ -115,7 +115,7 @@ def test_min_tokens_the_watermark_and_logit_bias_shape_each_rows_sampling(tiny_m
                 why.append(r)
                 ev.set()
 
-        eng.submit(GenRequest(prompt=[5, 6, 7], max_tokens=8, on_token=cb, **kw))  # type: ignore[arg-type]
+        eng.submit(GenRequest(prompt=[5, 6, 7], max_tokens=max_tokens, on_token=cb, **kw))  # type: ignore[arg-type]
         assert ev.wait(30)
         return toks, why[0]
 
@@ -133,6 +133,25 @@ def test_min_tokens_the_watermark_and_logit_bias_shape_each_rows_sampling(tiny_m
         assert len(banned) == 8 and first not in banned
         forced, _ = run(logit_bias={9: 100.0, first: -5.0}, temperature=1.0, seed=0)
         assert forced == [9] * 8
+        # presence and frequency penalties: greedy on logits minus (presence + frequency * count) of each token
+        # generated so far, as a plain loop over the model computes them
+        import torch
+
+        want: list[int]
+        counts: dict[int, int]
+        ids, want, counts = [5, 6, 7], [], {}
+        with torch.inference_mode():
+            for _ in range(40):
+                lg = model(torch.tensor([ids])).logits[0, -1].float()
+                for t, c in counts.items():
+                    lg[t] -= 1.5 + 0.5 * c
+                t = int(lg.argmax())
+                want.append(t)
+                ids.append(t)
+                counts[t] = counts.get(t, 0) + 1
+        penalised, _ = run(40, presence_penalty=1.5, frequency_penalty=0.5)
+        free, _ = run(40)
+        assert len(set(free)) < 40 and penalised == want and penalised != free, (penalised, free)
     finally:
         eng.stop()
 

@@ -229,6 +229,7 @@ def test_context_limit_is_400_context_length_exceeded(server: Server) -> None:
         ({"model": "tiny-llama", "prompt": "x", "logit_bias": {"the": 5}}, 400, "logit_bias"),
         ({"model": "tiny-llama", "prompt": "x", "logit_bias": {"5": 101}}, 400, "logit_bias"),
         ({"model": "tiny-llama", "prompt": "x", "logit_bias": {"99999": -100}}, 400, "logit_bias"),
+        ({"model": "tiny-llama", "prompt": "x", "presence_penalty": 2.5}, 400, "presence_penalty"),
     ],
 )
 def test_bad_input_is_a_4xx_openai_error(server: Server, body: Any, status: int, param: str | None) -> None:

@@ -30,6 +30,8 @@ class _Params:  # vllm.SamplingParams's fields that tunelab sets
     top_p: float
     seed: int | None
     logit_bias: dict[int, float] | None
+    presence_penalty: float
+    frequency_penalty: float
     stop_token_ids: list[int] | None
     output_kind: Any
     detokenize: bool
@@ -128,7 +130,7 @@ def test_tokens_arrive_once_in_order_and_replies_end_as_they_should(stand_in_vll
     eng = VLLMEngine(llm, adapters, max_batch=8, max_queue=8, eos_ids=frozenset({eos}))
     r_eos, g_eos, _ = _collect([10, 1])
     r_len, g_len, _ = _collect([11], max_tokens=3, adapter="a")
-    r_done, g_done, _ = _collect([12], logit_bias={5: 2.5})
+    r_done, g_done, _ = _collect([12], logit_bias={5: 2.5}, presence_penalty=0.5, frequency_penalty=-1.0)
     r_stop, g_stop, _ = _collect([13], stop_ids=frozenset({42}))
     r_bad, g_bad, _ = _collect([])
     for r in (r_eos, r_len, r_done, r_stop, r_bad):
@@ -144,6 +146,7 @@ def test_tokens_arrive_once_in_order_and_replies_end_as_they_should(stand_in_vll
     assert sorted(llm.aborted) == ["tunelab-0", "tunelab-3"]  # ended by tunelab before vLLM finished them
     assert [lo.lora_name if lo else None for lo in llm.loras] == [None, "a", None, None]
     assert [p.logit_bias for p in llm.params] == [None, None, {5: 2.5}, None]  # the request's own, as given
+    assert [(p.presence_penalty, p.frequency_penalty) for p in llm.params][1:3] == [(0.0, 0.0), (0.5, -1.0)]
     assert eng.tokens_out == 3 + 1 + 3 + 3 + 2  # the EOS and stop tokens count as generated
     adapters.delete_adapter("a")
     assert llm.removed == [1] and "a" not in adapters.requests

@@ -55,6 +55,10 @@ class GenRequest:
     adapter: str | None = None
     watermark: Any = None  # govern.watermark.Watermark: its bias is added to the logits before sampling
     logit_bias: dict[int, float] | None = None  # the request's own: added to those tokens' logits (after the mark)
+    # OpenAI's penalties on the tokens generated so far: minus presence once a token has come, minus frequency
+    # for each time it has
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     min_tokens: int = 0  # end-of-sequence tokens are not sampled before this many tokens
     stop_ids: frozenset[int] = frozenset()
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -70,6 +74,7 @@ class _Row:
     last_logits: Any
     prev: int = -1  # the last token (the prompt's, then each sampled one): the watermark's context
     bias: Any = None  # the request's logit_bias as (token ids, values) tensors, made at its first token
+    counts: dict[int, int] = field(default_factory=dict)  # generated tokens, counted where a penalty is set
 
 
 class HFRunner:
@@ -317,6 +322,11 @@ class Engine:
                 row.bias = (torch.tensor(ids, device=logits.device),
                             torch.tensor(vals, device=logits.device, dtype=logits.dtype))  # fmt: skip
             logits = logits.index_add(0, *row.bias)
+        if row.counts:
+            ids, n = list(row.counts), list(row.counts.values())
+            pen = [req.frequency_penalty * c + req.presence_penalty for c in n]
+            logits = logits.index_add(0, torch.tensor(ids, device=logits.device),
+                                      -torch.tensor(pen, device=logits.device, dtype=logits.dtype))  # fmt: skip
         if req.generated < req.min_tokens and (self.eos_ids or req.stop_ids):
             logits = logits.clone()
             logits[list(self.eos_ids | req.stop_ids)] = float("-inf")
@@ -340,6 +350,8 @@ class Engine:
                 continue
             tok = self._sample(row)
             row.prev = tok
+            if req.presence_penalty or req.frequency_penalty:
+                row.counts[tok] = row.counts.get(tok, 0) + 1
             req.generated += 1
             self.tokens_out += 1
             if tok in req.stop_ids or tok in self.eos_ids:

@@ -103,6 +103,8 @@ class Stream:
             adapter=adapter,
             watermark=watermark,
             logit_bias=body.token_bias(host.vocab) if body.logit_bias else None,
+            presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty,
         )
 
     def _on_token(self, tok: int | None, reason: str | None) -> None:

@@ -86,6 +86,8 @@ class VLLMEngine(Engine):
                 top_p=r.top_p,
                 seed=r.seed,
                 logit_bias=r.logit_bias,
+                presence_penalty=r.presence_penalty,
+                frequency_penalty=r.frequency_penalty,
                 stop_token_ids=sorted(r.stop_ids) or None,
                 output_kind=RequestOutputKind.DELTA,
                 detokenize=False,
