@@ -230,6 +230,13 @@ def test_context_limit_is_400_context_length_exceeded(server: Server) -> None:
         ({"model": "tiny-llama", "prompt": "x", "logit_bias": {"5": 101}}, 400, "logit_bias"),
         ({"model": "tiny-llama", "prompt": "x", "logit_bias": {"99999": -100}}, 400, "logit_bias"),
         ({"model": "tiny-llama", "prompt": "x", "presence_penalty": 2.5}, 400, "presence_penalty"),
+        # parameters whose meaning the server cannot honour are refused, not silently ignored
+        ({"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}], "logprobs": True}, 400, "logprobs"),
+        ({"model": "tiny-llama", "prompt": "x", "echo": True}, 400, "echo"),
+        ({"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}],
+          "response_format": {"type": "json_object"}}, 400, "response_format"),
+        ({"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}], "tool_choice": "required",
+          "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, 400, "tool_choice"),
     ],
 )
 def test_bad_input_is_a_4xx_openai_error(server: Server, body: Any, status: int, param: str | None) -> None:
@@ -247,6 +254,15 @@ def test_bad_input_is_a_4xx_openai_error(server: Server, body: Any, status: int,
     if param:
         assert err["param"] == param
     assert httpx.get(server.url + "/health").status_code == 200  # the worker is alive
+
+
+def test_off_values_of_unsupported_parameters_are_accepted(server: Server) -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+    r = server.client().chat.completions.create(
+        model="tiny-llama", messages=[{"role": "user", "content": "x"}], max_tokens=2, logprobs=False,
+        response_format={"type": "text"}, tools=tools, tool_choice="auto",  # type: ignore[arg-type]
+    )  # fmt: skip
+    assert r.choices[0].message.tool_calls is None and r.choices[0].logprobs is None
 
 
 def test_concurrent_load_loses_nothing_and_the_ledger_matches(server: Server) -> None:

@@ -30,6 +30,7 @@ async def complete(state: ServerState, request: Request, body: ChatRequest | Com
     gcfg = cfg.guards
     wm = None
     try:
+        body.refuse_unsupported()
         adapter = state.adapter_for(key, body.model)
         limiter.check(key, cfg.retry_after_s)
         gcfg = cfg.model_guards.get(body.model, cfg.guards)

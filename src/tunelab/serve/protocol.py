@@ -78,6 +78,26 @@ class _Req(BaseModel):
                            param="logit_bias")  # fmt: skip
         return out
 
+    def refuse_unsupported(self) -> None:
+        """A 400 naming a parameter whose meaning this server cannot honour, rather than a reply that silently
+        ignores it: log probabilities, structured output, a forced tool call, and the legacy echo / suffix /
+        best_of. Their off values (false, null, "text", "auto", "none") pass."""
+        x = self.model_extra or {}
+        off: dict[str, tuple[Any, ...]] = {"logprobs": (None, False), "top_logprobs": (None, 0), "echo": (None, False),
+                                           "suffix": (None, ""), "best_of": (None, 1, self.n)}  # fmt: skip
+        for name, ok in off.items():
+            if name in x and x[name] not in ok:
+                raise ApiError(400, f"{name} is not supported by this server", param=name)
+        rf = x.get("response_format")
+        kind = rf.get("type") if isinstance(rf, dict) else rf
+        if kind not in (None, "text"):
+            raise ApiError(400, f"response_format {kind!r} is not supported: decoding is not constrained here; "
+                           "ask for JSON in the prompt and validate the reply", param="response_format")  # fmt: skip
+        for name in ("tool_choice", "function_call"):
+            if x.get(name) not in (None, "auto", "none"):
+                why = "this server does not generate tool calls, so it cannot force one (auto and none pass: text)"
+                raise ApiError(400, f"{name}: {why}", param=name)
+
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) and self.stop else list(self.stop or [])
 
