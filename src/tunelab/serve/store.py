@@ -252,6 +252,22 @@ class Store:
         cols = ("request_id", "ts", "key_id", "model", "prompt_tokens", "completion_tokens", "latency_s", "status")
         return [{**dict(zip(cols, r[:8], strict=True)), "guards": json.loads(r[8] or "[]")} for r in rows]
 
+    def guard_decisions(self, limit: int = 20, key_id: str | None = None) -> list[dict[str, Any]]:
+        """The guards' decisions of the latest `limit` requests that had any (only `key_id`'s, when given), newest
+        first: one row per decision, with the request's time, key name, model and status."""
+        sql = ("SELECT u.request_id, u.ts, k.name, u.model, u.status, u.guards FROM usage u "
+               "LEFT JOIN keys k ON k.id = u.key_id WHERE u.guards != '[]'")  # fmt: skip
+        args: tuple[Any, ...] = ()
+        if key_id is not None:
+            sql, args = sql + " AND u.key_id = ?", (key_id,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY u.n DESC LIMIT ?", (*args, limit)).fetchall()
+        out = []
+        for rid, ts, name, model, status, guards in rows:
+            for d in json.loads(guards or "[]"):
+                out.append({"request_id": rid, "ts": ts, "key_name": name, "model": model, "status": status, **d})
+        return out
+
     def usage_summary(
         self, prices: dict[str, dict[str, float]] | None = None, since: float | None = None
     ) -> list[dict[str, Any]]:

@@ -150,4 +150,5 @@ async def report(request: Request, job_id: str) -> Response:
 @router.get("/usage")
 async def usage(request: Request) -> Response:
     v = need(request)
-    return render("usage.html", v, title="Usage", rows=_usage(v), prices=v.state.cfg.prices)
+    decisions = v.state.store.guard_decisions(key_id=None if v.key.admin else v.key.id)
+    return render("usage.html", v, title="Usage", rows=_usage(v), prices=v.state.cfg.prices, decisions=decisions)

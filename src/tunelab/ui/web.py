@@ -4,6 +4,7 @@ turned into pages in one place (`install`), as the CLI and the API each turn err
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from tunelab.serve.store import ApiKey
 from tunelab.ui import session
 
 env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape())
+env.filters["utc"] = lambda ts: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(ts)))
 env.filters["tojson_text"] = lambda v: json.dumps(v, ensure_ascii=False).replace("<", "\\u003c")
 HEADERS = {
     "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
