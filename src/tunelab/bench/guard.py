@@ -41,7 +41,7 @@ from tunelab.bench.guard_set import labelled
 from tunelab.evaluate.metrics import percentile, tpr_at_fpr
 from tunelab.fsutil import atomic_write_json
 from tunelab.guard.dataset import GuardItem, build, corpus_sha256
-from tunelab.guard.train import ece, goal_figures, location_figures, moderation_figures, reliability
+from tunelab.guard.train import ece, features, goal_figures, location_figures, moderation_figures, reliability
 from tunelab.hardware import cpu_bf16
 from tunelab.serve.guards import (
     GuardConfig,
@@ -147,9 +147,7 @@ def bench_guard(out: Path, *, repeats: int = 4, limit: int | None = None) -> dic
     texts, roles = [it.text for it in test], [it.role for it in test]
     guard = load_learned()
     readings = guard.read(texts, roles)
-    raw = [r.raw for r in readings]
-    rules = [rule_score(t)[0] for t in texts]
-    ngram = [guard.ngram.logit(t) for t in texts]
+    raw, rules, ngram = features(guard, test, readings)
     scored: dict[str, list[float]] = {
         "learned": [guard.probability(*f) for f in zip(raw, rules, ngram, strict=True)],
         "learned_no_rules": [guard.probability(r, 0.0, n) for r, n in zip(raw, ngram, strict=True)],

@@ -346,11 +346,14 @@ class LearnedGuard:
         ).last_hidden_state
         return hidden
 
-    def features(self, texts: Sequence[str], roles: Sequence[str] | None = None) -> list[tuple[float, float, float]]:
-        """(raw, rules' score, n-gram logit) for each text: what `probability` combines."""
+    def features(
+        self, texts: Sequence[str], roles: Sequence[str] | None = None, *, readings: Sequence[Reading] | None = None
+    ) -> list[tuple[float, float, float]]:
+        """(raw, rules' score, n-gram logit) for each text: what `probability` combines (`readings`: the texts'
+        own, already read, so the model is not run again)."""
         from tunelab.serve.guards import rule_score
 
-        raw = self.raw(texts, roles)
+        raw = self.raw(texts, roles) if readings is None else [r.raw for r in readings]
         return [(r, rule_score(t)[0], self.ngram.logit(t)) for r, t in zip(raw, texts, strict=True)]
 
     def probability(self, raw: float, rule: float = 0.0, ngram: float = 0.0) -> float:

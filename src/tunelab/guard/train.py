@@ -222,9 +222,11 @@ def ece(rows: list[dict[str, Any]]) -> float:
     return sum(r["n"] * abs(r["mean_predicted"] - r["observed"]) for r in rows) / max(1, n)
 
 
-def features(guard: LearnedGuard, items: list[GuardItem]) -> tuple[list[float], list[float], list[float]]:
-    """(raw model scores, rules' scores, n-gram logits) of the items."""
-    f = guard.features([it.text for it in items], [it.role for it in items])
+def features(
+    guard: LearnedGuard, items: list[GuardItem], readings: list[Reading] | None = None
+) -> tuple[list[float], list[float], list[float]]:
+    """(raw model scores, rules' scores, n-gram logits) of the items (`readings`: theirs, already read)."""
+    f = guard.features([it.text for it in items], [it.role for it in items], readings=readings)
     return [x[0] for x in f], [x[1] for x in f], [x[2] for x in f]
 
 
