@@ -32,6 +32,7 @@ class _Params:  # vllm.SamplingParams's fields that tunelab sets
     logit_bias: dict[int, float] | None
     presence_penalty: float
     frequency_penalty: float
+    logprobs: int | None
     stop_token_ids: list[int] | None
     output_kind: Any
     detokenize: bool
@@ -41,6 +42,7 @@ class _Params:  # vllm.SamplingParams's fields that tunelab sets
 class _Out:
     token_ids: list[int]
     finish_reason: str | None
+    logprobs: list[dict[int, Any]] | None = None  # per new token: the sampled one's and the k best, by token id
 
 
 @dataclass
@@ -78,7 +80,12 @@ class _StandIn:
             new, rest = toks[:n], toks[n:]
             left -= n
             fin = "length" if left == 0 else ("stop" if not rest else None)
-            outs.append(_ReqOut(rid, [_Out(new, fin)], fin is not None))
+            k = self.live[rid][2].logprobs
+            lps = None
+            if k is not None:  # the scripted tokens rank third: two tokens (900, 901) are always likelier
+                best = {900 + j: types.SimpleNamespace(logprob=-0.2 - 0.5 * j, rank=j + 1) for j in range(min(k, 2))}
+                lps = [{**best, t: types.SimpleNamespace(logprob=-1.5 - t / 100, rank=3)} for t in new]
+            outs.append(_ReqOut(rid, [_Out(new, fin, lps)], fin is not None))
             if fin:
                 del self.live[rid]
             else:
@@ -148,8 +155,26 @@ def test_tokens_arrive_once_in_order_and_replies_end_as_they_should(stand_in_vll
     assert [p.logit_bias for p in llm.params] == [None, None, {5: 2.5}, None]  # the request's own, as given
     assert [(p.presence_penalty, p.frequency_penalty) for p in llm.params][1:3] == [(0.0, 0.0), (0.5, -1.0)]
     assert eng.tokens_out == 3 + 1 + 3 + 3 + 2  # the EOS and stop tokens count as generated
+    assert all(p.logprobs is None for p in llm.params) and not r_done.token_logprobs
     adapters.delete_adapter("a")
     assert llm.removed == [1] and "a" not in adapters.requests
+
+
+def test_log_probabilities_come_from_vllm_for_the_tokens_sent(stand_in_vllm: None) -> None:
+    from tunelab.serve.logprobs import TokenLogprob
+    from tunelab.serve.vllm_engine import VLLMAdapters, VLLMEngine
+
+    eos = 2
+    llm = _StandIn({10: [5, 6, 7, eos, 9]})
+    eng = VLLMEngine(llm, VLLMAdapters(llm, "auto"), max_batch=8, max_queue=8, eos_ids=frozenset({eos}))
+    r, got, _ = _collect([10], logprobs=1)
+    eng.submit(r)
+    eng._admit()
+    while eng.rows:
+        eng._step()
+    assert llm.params[0].logprobs == 1 and got == [5, 6, 7, "stop"]
+    # one entry per token sent (none for the EOS), the sampled token's own value and the k best
+    assert r.token_logprobs == [TokenLogprob(t, -1.5 - t / 100, ((900, -0.2),)) for t in (5, 6, 7)]
 
 
 def test_cancelled_requests_are_aborted_in_vllm(stand_in_vllm: None) -> None:

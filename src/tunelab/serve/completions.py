@@ -130,18 +130,18 @@ async def complete(state: ServerState, request: Request, body: ChatRequest | Com
     finish(ct)
     obj = "chat.completion" if chat else "text_completion"
     choices = []
-    for i, (text, reason) in enumerate(results):
+    for i, (text, reason, lp) in enumerate(results):
         if chat:
             choices.append(
                 {
                     "index": i,
                     "message": {"role": "assistant", "content": text},
                     "finish_reason": reason,
-                    "logprobs": None,
+                    "logprobs": lp,
                 }
             )
         else:
-            choices.append({"index": i, "text": text, "finish_reason": reason, "logprobs": None})
+            choices.append({"index": i, "text": text, "finish_reason": reason, "logprobs": lp})
     return {
         "id": rid,
         "object": obj,

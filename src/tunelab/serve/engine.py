@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunelab.evaluate.scoring import _cache_kw, _out_cache, base_model
+from tunelab.serve.logprobs import TokenLogprob, from_logits
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 
@@ -60,6 +61,10 @@ class GenRequest:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     min_tokens: int = 0  # end-of-sequence tokens are not sampled before this many tokens
+    # log-probabilities: None, none; k, each sent token's and the k most likely (`serve.logprobs`), appended to
+    # `token_logprobs` before the token is handed to `on_token`
+    logprobs: int | None = None
+    token_logprobs: list[TokenLogprob] = field(default_factory=list)
     stop_ids: frozenset[int] = frozenset()
     cancelled: threading.Event = field(default_factory=threading.Event)
     generated: int = 0
@@ -357,6 +362,8 @@ class Engine:
             if tok in req.stop_ids or tok in self.eos_ids:
                 req.on_token(None, "stop")
                 continue
+            if req.logprobs is not None:
+                req.token_logprobs.append(from_logits(row.last_logits, tok, req.logprobs))
             req.on_token(tok, None)
             if req.generated >= req.max_tokens:
                 req.on_token(None, "length")

@@ -13,6 +13,7 @@ from typing import Any
 from tunelab.errors import ConfigError, ModelError
 from tunelab.serve.config import ServeConfig, lean_weights
 from tunelab.serve.engine import Engine
+from tunelab.serve.logprobs import TokenText
 
 
 class Host:
@@ -30,6 +31,7 @@ class Host:
         self.resolved = resolve_model(cfg.model)
         self.name = self.resolved.name
         self.tok = load_tokenizer(self.resolved.path)
+        self.token_text = TokenText(self.tok)  # tokens as log-probability entries show them
         self.engine: Engine
         self.runner: Any
         if cfg.backend == "vllm":

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tunelab.serve.logprobs import MAX_TOP, MAX_TOP_LEGACY
+
 MAX_N = 8
 
 
@@ -80,11 +82,10 @@ class _Req(BaseModel):
 
     def refuse_unsupported(self) -> None:
         """A 400 naming a parameter whose meaning this server cannot honour, rather than a reply that silently
-        ignores it: log probabilities, structured output, a forced tool call, and the legacy echo / suffix /
-        best_of. Their off values (false, null, "text", "auto", "none") pass."""
+        ignores it: structured output, a forced tool call, and the legacy echo / suffix / best_of. Their off
+        values (false, null, "text", "auto", "none") pass."""
         x = self.model_extra or {}
-        off: dict[str, tuple[Any, ...]] = {"logprobs": (None, False), "top_logprobs": (None, 0), "echo": (None, False),
-                                           "suffix": (None, ""), "best_of": (None, 1, self.n)}  # fmt: skip
+        off: dict[str, tuple[Any, ...]] = {"echo": (None, False), "suffix": (None, ""), "best_of": (None, 1, self.n)}
         for name, ok in off.items():
             if name in x and x[name] not in ok:
                 raise ApiError(400, f"{name} is not supported by this server", param=name)
@@ -97,6 +98,10 @@ class _Req(BaseModel):
             if x.get(name) not in (None, "auto", "none"):
                 why = "this server does not generate tool calls, so it cannot force one (auto and none pass: text)"
                 raise ApiError(400, f"{name}: {why}", param=name)
+
+    def logprob_k(self) -> int | None:
+        """None: no log-probabilities; k: each token's and the k most likely (the subclasses' own fields)."""
+        return None
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) and self.stop else list(self.stop or [])
@@ -134,11 +139,22 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(_Req):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP)
+
+    def logprob_k(self) -> int | None:
+        if self.top_logprobs and not self.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(_Req):
     prompt: str | list[str]
     temperature: float = Field(1.0, ge=0.0, le=2.0)
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LEGACY)  # the legacy API's: how many most likely
+
+    def logprob_k(self) -> int | None:
+        return self.logprobs
 
     def prompt_text(self) -> str:
         if isinstance(self.prompt, list):

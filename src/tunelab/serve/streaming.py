@@ -1,5 +1,5 @@
 """Streaming: tokens from the engine thread to the event loop (`Mailbox`), one choice's text deltas with stop
-strings and output guards (`Stream`), and the SSE body of a streamed response (`sse`)."""
+strings, output guards and log-probabilities (`Stream`), and the SSE body of a streamed response (`sse`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tunelab.serve.engine import GenRequest
-from tunelab.serve.protocol import now, usage
+from tunelab.serve.logprobs import chat_entries, legacy
+from tunelab.serve.protocol import CompletionRequest, now, usage
 
 if TYPE_CHECKING:
     from tunelab.serve.host import Host
@@ -92,6 +93,11 @@ class Stream:
         self.sent = 0
         self.count = 0
         self.stops = body.stops()
+        self.k = body.logprob_k()
+        self.legacy = isinstance(body, CompletionRequest)
+        self.spans: list[tuple[int, int]] = []  # each token's characters in the decoded reply
+        self.lp_next = 0  # the first token whose log-probabilities are not sent yet
+        self.lp_limit: int | None = None  # where an output guard first changed the reply: no entries past it
         seed = body.seed + index if body.seed is not None else None
         self.req = GenRequest(
             prompt=prompt,
@@ -105,6 +111,7 @@ class Stream:
             logit_bias=body.token_bias(host.vocab) if body.logit_bias else None,
             presence_penalty=body.presence_penalty,
             frequency_penalty=body.frequency_penalty,
+            logprobs=self.k,
         )
 
     def _on_token(self, tok: int | None, reason: str | None) -> None:
@@ -134,10 +141,10 @@ class Stream:
         only that), else the reply so far."""
         return self.out_filter(text, final) if self.out_filter else (text, False)
 
-    async def deltas(self) -> AsyncIterator[tuple[str, str | None]]:
-        """(new text, finish reason or None); the last item carries the reason. With output guards the text
-        is checked as a whole each time and the last HOLD characters are held back, so a finding that is
-        still being written is redacted before any of it is sent."""
+    async def deltas(self) -> AsyncIterator[tuple[str, str | None, dict[str, Any] | None]]:
+        """(new text, finish reason or None, its tokens' log-probabilities or None); the last item carries the
+        reason. With output guards the text is checked as a whole each time and the last HOLD characters are
+        held back, so a finding that is still being written is redacted before any of it is sent."""
         hold = HOLD if self.out_filter else 0
         while True:
             tok, reason = await self.q.get()
@@ -145,47 +152,93 @@ class Stream:
                 self._timed()
                 self.count += 1
                 self.ids.append(tok)
+                before = self.spans[-1][1] if self.spans else 0
                 raw = str(self.host.tok.decode(self.ids, skip_special_tokens=True))
+                if len(raw) < before:  # bytes of a character now whole: fewer U+FFFD than before
+                    self.spans = [(min(a, len(raw)), min(b, len(raw))) for a, b in self.spans]
+                self.spans.append((min(before, len(raw)), len(raw)))
                 cut = _first_stop(raw, self.stops)
                 if cut is not None:
                     self.cancel()
                     view, blocked = self._view(raw[:cut])
-                    yield ("", "content_filter") if blocked else (view[self.sent :], "stop")
+                    if blocked:
+                        yield "", "content_filter", None
+                    else:
+                        yield view[self.sent :], "stop", self._logprobs(raw[:cut], view, len(view), True)
                     self.text, self.sent = view, len(view)
                     return
                 view, blocked = self._view(raw, final=False)
                 if blocked:
                     self.cancel()
-                    yield "", "content_filter"
+                    yield "", "content_filter", None
                     return
                 safe = len(view) - max(hold, _held(view, self.stops))
                 if safe > self.sent and view.startswith(self.text[: self.sent]):
                     delta = view[self.sent : safe]
                     self.sent = safe
                     self.text = view
-                    yield delta, None
+                    yield delta, None, self._logprobs(raw, view, safe, False)
                 continue
             if reason and reason.startswith("error"):
                 raise RuntimeError(reason)
-            view, blocked = self._view(str(self.host.tok.decode(self.ids, skip_special_tokens=True)))
+            raw = str(self.host.tok.decode(self.ids, skip_special_tokens=True))
+            view, blocked = self._view(raw)
             if blocked:
-                yield "", "content_filter"
+                yield "", "content_filter", None
                 return
             self.text = view
-            yield view[self.sent :], "length" if reason == "length" else "stop"
+            lp = self._logprobs(raw, view, len(view), True)
+            yield view[self.sent :], "length" if reason == "length" else "stop", lp
             self.sent = len(view)
             return
 
-    async def collect(self) -> tuple[str, str]:
+    def _logprobs(self, raw: str, view: str, shown: int, final: bool) -> dict[str, Any] | None:
+        """The log-probabilities of the tokens not yet covered whose text is now shown (`shown` characters of
+        `view`, the guarded `raw`): wholly, or at the end any of it (a token cut by a stop string). None when
+        not asked for; an empty list when none is due. Where the guard changed the text, no token from that
+        character on gets any: its `token` would show what was removed."""
+        if self.k is None:
+            return None
+        if self.lp_limit is None and view != raw[: len(view)]:
+            self.lp_limit = next((i for i, (a, b) in enumerate(zip(view, raw, strict=False)) if a != b),
+                                 min(len(view), len(raw)))  # fmt: skip
+        closed = self.lp_limit is not None
+        limit = min(shown, self.lp_limit) if self.lp_limit is not None else shown
+        entries = self.req.token_logprobs
+        i = self.lp_next
+        while i < len(self.spans) and i < len(entries):
+            a, b = self.spans[i]
+            if b > limit and not (final and not closed and a < limit):
+                break
+            i += 1
+        idx = range(self.lp_next, i)
+        self.lp_next = i
+        chosen = [entries[j] for j in idx]
+        if self.legacy:
+            return legacy(chosen, [self.spans[j][0] for j in idx], self.host.token_text, self.k)
+        return {"content": chat_entries(chosen, self.host.token_text, self.k), "refusal": None}
+
+    async def collect(self) -> tuple[str, str, dict[str, Any] | None]:
         parts, reason = [], "stop"
-        async for d, r in self.deltas():
+        got: list[dict[str, Any]] = []
+        async for d, r, lp in self.deltas():
             parts.append(d)
+            if lp is not None:
+                got.append(lp)
             if r:
                 reason = r
-        return "".join(parts), reason
+        return "".join(parts), reason, _merge(got, self.legacy) if self.k is not None else None
 
 
 HOLD = 40  # characters held back while streaming through output guards
+
+
+def _merge(parts: list[dict[str, Any]], legacy: bool) -> dict[str, Any]:
+    """One reply's log-probabilities from those of its deltas."""
+    if not legacy:
+        return {"content": [e for p in parts for e in p["content"]], "refusal": None}
+    keys = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
+    return {k: [x for p in parts for x in p[k]] for k in keys}
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:
@@ -213,12 +266,12 @@ async def sse(
         data = {"id": rid, "object": obj, "created": created, "model": body.model, "choices": choices, **extra}
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
-    merged: asyncio.Queue[tuple[int, str, str | None] | None] = asyncio.Queue()
+    merged: asyncio.Queue[tuple[int, str, str | None, dict[str, Any] | None] | None] = asyncio.Queue()
 
     async def pump(s: Stream) -> None:
         try:
-            async for d, r in s.deltas():
-                await merged.put((s.index, d, r))
+            async for d, r, lp in s.deltas():
+                await merged.put((s.index, d, r, lp))
         finally:
             await merged.put(None)
 
@@ -244,11 +297,11 @@ async def sse(
             if item is None:
                 done += 1
                 continue
-            i, d, r = item
+            i, d, r, lp = item
             if chat:
-                yield chunk([{"index": i, "delta": {"content": d} if d else {}, "finish_reason": r, "logprobs": None}])
+                yield chunk([{"index": i, "delta": {"content": d} if d else {}, "finish_reason": r, "logprobs": lp}])
             else:
-                yield chunk([{"index": i, "text": d, "finish_reason": r, "logprobs": None}])
+                yield chunk([{"index": i, "text": d, "finish_reason": r, "logprobs": lp}])
         if status == 200:
             ct = sum(s.count for s in streams)
             if body.include_usage():

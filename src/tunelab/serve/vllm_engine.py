@@ -26,6 +26,7 @@ from typing import Any
 
 from tunelab.errors import ConfigError, ModelError
 from tunelab.serve.engine import Engine, GenRequest
+from tunelab.serve.logprobs import TokenLogprob
 
 _LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed `max_lora_rank` values
 
@@ -88,6 +89,7 @@ class VLLMEngine(Engine):
                 logit_bias=r.logit_bias,
                 presence_penalty=r.presence_penalty,
                 frequency_penalty=r.frequency_penalty,
+                logprobs=r.logprobs,
                 stop_token_ids=sorted(r.stop_ids) or None,
                 output_kind=RequestOutputKind.DELTA,
                 detokenize=False,
@@ -117,12 +119,15 @@ class VLLMEngine(Engine):
                 continue
             comp = out.outputs[0]
             ended = None
-            for tok in comp.token_ids:
+            lps = comp.logprobs if x.req.logprobs is not None else None
+            for j, tok in enumerate(comp.token_ids):
                 x.req.generated += 1
                 self.tokens_out += 1
                 if tok in self.eos_ids or tok in x.req.stop_ids:  # ends the reply, is not part of it
                     ended = "stop"
                     break
+                if lps is not None:
+                    x.req.token_logprobs.append(_entry(int(tok), lps[j], x.req.logprobs or 0))
                 x.req.on_token(int(tok), None)
             if ended and not out.finished:
                 self.llm.abort_request([x.rid])
@@ -173,3 +178,10 @@ def build_llm(path: Path, *, context: int, max_batch: int, adapters: dict[str, P
         return vllm.LLMEngine.from_engine_args(vllm.EngineArgs(**args))
     except TypeError as e:  # an unknown key under `vllm:`
         raise ConfigError(f"vLLM's EngineArgs: {e}", field="vllm") from None
+
+
+def _entry(tok: int, got: dict[int, Any], k: int) -> TokenLogprob:
+    """vLLM's log-probabilities of one position (token id -> Logprob(logprob, rank): the k best and the sampled
+    one) as tunelab's entry."""
+    best = sorted(((int(t), float(v.logprob)) for t, v in got.items()), key=lambda tv: -tv[1])[:k]
+    return TokenLogprob(tok, float(got[tok].logprob), tuple(best))
