@@ -207,3 +207,14 @@ def test_no_entry_shows_what_an_output_guard_redacted() -> None:
 def test_entries_stop_with_the_stop_string() -> None:
     text, tokens = _run_stream("one two three four", None, stops=["thr"])
     assert text == "one two " and "".join(tokens) == "one two "
+
+
+def test_a_token_with_no_chance_gets_openais_floor_not_minus_infinity() -> None:
+    import torch
+
+    from tunelab.serve.logprobs import FLOOR, from_logits
+
+    e = from_logits(torch.tensor([0.0, float("-inf"), 1.0]), 1, 3)
+    assert e.logprob == FLOOR and e.top[-1] == (1, FLOOR)
+    assert e.top[0][0] == 2 and math.isclose(e.top[0][1], -math.log1p(math.exp(-1.0)), abs_tol=1e-6)
+    json.dumps([e.logprob, e.top], allow_nan=False)  # what the server's JSON responses require

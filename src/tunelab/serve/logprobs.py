@@ -25,6 +25,7 @@ from typing import Any
 
 MAX_TOP = 20  # OpenAI's limit on top_logprobs (chat); the legacy completions' `logprobs` goes to 5
 MAX_TOP_LEGACY = 5
+FLOOR = -9999.0  # OpenAI's value for a token too unlikely to have a finite log-probability (JSON has no -inf)
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
@@ -41,7 +42,7 @@ def from_logits(logits: Any, token: int, k: int) -> TokenLogprob:
     """The entry of `token` sampled from `logits` (one position's, any float dtype), with the top `k`."""
     import torch
 
-    lp = torch.log_softmax(logits.float(), dim=-1)
+    lp = torch.log_softmax(logits.float(), dim=-1).clamp(min=FLOOR)
     top: tuple[tuple[int, float], ...] = ()
     if k > 0:
         vals, ids = torch.topk(lp, k)

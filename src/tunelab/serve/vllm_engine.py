@@ -26,7 +26,7 @@ from typing import Any
 
 from tunelab.errors import ConfigError, ModelError
 from tunelab.serve.engine import Engine, GenRequest
-from tunelab.serve.logprobs import TokenLogprob
+from tunelab.serve.logprobs import FLOOR, TokenLogprob
 
 _LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed `max_lora_rank` values
 
@@ -183,5 +183,5 @@ def build_llm(path: Path, *, context: int, max_batch: int, adapters: dict[str, P
 def _entry(tok: int, got: dict[int, Any], k: int) -> TokenLogprob:
     """vLLM's log-probabilities of one position (token id -> Logprob(logprob, rank): the k best and the sampled
     one) as tunelab's entry."""
-    best = sorted(((int(t), float(v.logprob)) for t, v in got.items()), key=lambda tv: -tv[1])[:k]
-    return TokenLogprob(tok, float(got[tok].logprob), tuple(best))
+    best = sorted(((int(t), max(FLOOR, float(v.logprob))) for t, v in got.items()), key=lambda tv: -tv[1])[:k]
+    return TokenLogprob(tok, max(FLOOR, float(got[tok].logprob)), tuple(best))
