@@ -141,10 +141,11 @@ class Stream:
         only that), else the reply so far."""
         return self.out_filter(text, final) if self.out_filter else (text, False)
 
-    async def deltas(self) -> AsyncIterator[tuple[str, str | None, dict[str, Any] | None]]:
-        """(new text, finish reason or None, its tokens' log-probabilities or None); the last item carries the
-        reason. With output guards the text is checked as a whole each time and the last HOLD characters are
-        held back, so a finding that is still being written is redacted before any of it is sent."""
+    async def deltas(self) -> AsyncIterator[tuple[str, str | None, range | None]]:
+        """(new text, finish reason or None, the tokens whose log-probabilities it brings or None when none are
+        asked for: `logprobs` formats them); the last item carries the reason. With output guards the text is
+        checked as a whole each time and the last HOLD characters are held back, so a finding that is still
+        being written is redacted before any of it is sent."""
         hold = HOLD if self.out_filter else 0
         while True:
             tok, reason = await self.q.get()
@@ -152,11 +153,9 @@ class Stream:
                 self._timed()
                 self.count += 1
                 self.ids.append(tok)
-                before = self.spans[-1][1] if self.spans else 0
                 raw = str(self.host.tok.decode(self.ids, skip_special_tokens=True))
-                if len(raw) < before:  # bytes of a character now whole: fewer U+FFFD than before
-                    self.spans = [(min(a, len(raw)), min(b, len(raw))) for a, b in self.spans]
-                self.spans.append((min(before, len(raw)), len(raw)))
+                if self.k is not None:
+                    self._span(len(raw))
                 cut = _first_stop(raw, self.stops)
                 if cut is not None:
                     self.cancel()
@@ -164,7 +163,7 @@ class Stream:
                     if blocked:
                         yield "", "content_filter", None
                     else:
-                        yield view[self.sent :], "stop", self._logprobs(raw[:cut], view, len(view), True)
+                        yield view[self.sent :], "stop", self._due(raw[:cut], view, len(view), True)
                     self.text, self.sent = view, len(view)
                     return
                 view, blocked = self._view(raw, final=False)
@@ -177,7 +176,7 @@ class Stream:
                     delta = view[self.sent : safe]
                     self.sent = safe
                     self.text = view
-                    yield delta, None, self._logprobs(raw, view, safe, False)
+                    yield delta, None, self._due(raw, view, safe, False)
                 continue
             if reason and reason.startswith("error"):
                 raise RuntimeError(reason)
@@ -187,16 +186,23 @@ class Stream:
                 yield "", "content_filter", None
                 return
             self.text = view
-            lp = self._logprobs(raw, view, len(view), True)
-            yield view[self.sent :], "length" if reason == "length" else "stop", lp
+            due = self._due(raw, view, len(view), True)
+            yield view[self.sent :], "length" if reason == "length" else "stop", due
             self.sent = len(view)
             return
 
-    def _logprobs(self, raw: str, view: str, shown: int, final: bool) -> dict[str, Any] | None:
-        """The log-probabilities of the tokens not yet covered whose text is now shown (`shown` characters of
-        `view`, the guarded `raw`): wholly, or at the end any of it (a token cut by a stop string). None when
-        not asked for; an empty list when none is due. Where the guard changed the text, no token from that
-        character on gets any: its `token` would show what was removed."""
+    def _span(self, n: int) -> None:
+        """Record the characters of the newest token, the decoded reply being `n` characters long now."""
+        before = self.spans[-1][1] if self.spans else 0
+        if n < before:  # bytes of a character now whole: fewer U+FFFD than before
+            self.spans = [(min(a, n), min(b, n)) for a, b in self.spans]
+        self.spans.append((min(before, n), n))
+
+    def _due(self, raw: str, view: str, shown: int, final: bool) -> range | None:
+        """The tokens not yet covered whose log-probabilities are now due, their text being shown (`shown`
+        characters of `view`, the guarded `raw`): wholly, or at the end any of it (a token cut by a stop string).
+        None when not asked for. Where the guard changed the text, no token from that character on gets any:
+        its `token` would show what was removed."""
         if self.k is None:
             return None
         if self.lp_limit is None and view != raw[: len(view)]:
@@ -211,34 +217,29 @@ class Stream:
             if b > limit and not (final and not closed and a < limit):
                 break
             i += 1
-        idx = range(self.lp_next, i)
+        due = range(self.lp_next, i)
         self.lp_next = i
-        chosen = [entries[j] for j in idx]
+        return due
+
+    def logprobs(self, due: range | None) -> dict[str, Any] | None:
+        """The `logprobs` object of these tokens (`deltas`' third item), as the request's API shapes it."""
+        if due is None or self.k is None:
+            return None
+        chosen = [self.req.token_logprobs[j] for j in due]
         if self.legacy:
-            return legacy(chosen, [self.spans[j][0] for j in idx], self.host.token_text, self.k)
+            return legacy(chosen, [self.spans[j][0] for j in due], self.host.token_text, self.k)
         return {"content": chat_entries(chosen, self.host.token_text, self.k), "refusal": None}
 
     async def collect(self) -> tuple[str, str, dict[str, Any] | None]:
         parts, reason = [], "stop"
-        got: list[dict[str, Any]] = []
-        async for d, r, lp in self.deltas():
+        async for d, r, _ in self.deltas():
             parts.append(d)
-            if lp is not None:
-                got.append(lp)
             if r:
                 reason = r
-        return "".join(parts), reason, _merge(got, self.legacy) if self.k is not None else None
+        return "".join(parts), reason, self.logprobs(range(self.lp_next) if self.k is not None else None)
 
 
 HOLD = 40  # characters held back while streaming through output guards
-
-
-def _merge(parts: list[dict[str, Any]], legacy: bool) -> dict[str, Any]:
-    """One reply's log-probabilities from those of its deltas."""
-    if not legacy:
-        return {"content": [e for p in parts for e in p["content"]], "refusal": None}
-    keys = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
-    return {k: [x for p in parts for x in p[k]] for k in keys}
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:
@@ -270,8 +271,8 @@ async def sse(
 
     async def pump(s: Stream) -> None:
         try:
-            async for d, r, lp in s.deltas():
-                await merged.put((s.index, d, r, lp))
+            async for d, r, due in s.deltas():
+                await merged.put((s.index, d, r, s.logprobs(due)))
         finally:
             await merged.put(None)
 
